@@ -1,0 +1,6 @@
+"""Test setup: eight virtual CPU devices for sharding tests, fp32 matmuls."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
