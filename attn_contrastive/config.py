@@ -1,0 +1,114 @@
+"""Shared config pieces and the checks that guard them.
+
+Each file in ``configs/`` is one experiment with ``get_config(arg)``; the
+pieces here keep their common defaults in one place. ``check_overrides``
+turns a mistyped ``--config.key=value`` into a message naming the key and
+the nearest valid ones.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+import ml_collections
+
+DATA_CHOICES = ("synthetic", "imagenet")
+
+
+def parse_arg(arg: str | None, choices: dict[str, Iterable[str]]) -> dict[str, str]:
+  """Parses a ``:a,b`` config argument into ``{group: choice}``.
+
+  ``choices`` maps a group name to its allowed values, the first being the
+  default. Unknown words are refused with the allowed ones listed.
+  """
+  picked = {group: tuple(vals)[0] for group, vals in choices.items()}
+  for word in filter(None, (arg or "").split(",")):
+    groups = [g for g, vals in choices.items() if word in vals]
+    if not groups:
+      allowed = sorted(v for vals in choices.values() for v in vals)
+      raise ValueError(f"unknown config argument {word!r}; choose from {allowed}")
+    picked[groups[0]] = word
+  return picked
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every training task (synthetic-data sizes)."""
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.seed = 0
+  c.init_checkpoint = ""
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="salient_objects/classification", data_dir="", train_split="train",
+      eval_split="validation", image_size=64, num_classes=10,
+      num_train_examples=10_000, auto_prepare=True))
+  c.input = ml_collections.ConfigDict(dict(
+      global_batch_size=256, num_threads=2, prefetch=4, num_workers=0))
+  c.aug = ml_collections.ConfigDict(dict(
+      strength=1.0, p_jitter=0.8, p_gray=0.2, p_blur=0.5, area_min=0.08,
+      eval_crop_fraction=0.875))
+  c.model = ml_collections.ConfigDict(dict(
+      depth=18, width=16, stem_kernel=3, stem_stride=1, stem_pool=True,
+      dtype="float32", conv_impl="auto", bn_momentum=0.9,
+      proj_hidden_dim=256, proj_out_dim=64))
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, label_smoothing=0.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
+      momentum=0.9, nesterov=False, trust_coefficient=1e-3, warmup_epochs=2.0))
+  c.train = ml_collections.ConfigDict(dict(
+      num_epochs=10.0, num_steps=-1, log_every=10, checkpoint_every=200,
+      keep_checkpoints=3, async_checkpoint=True, eval_every=-1,
+      eval_batch_size=500, profile=False))
+  return c
+
+
+def imagenet_data(c: ml_collections.ConfigDict) -> None:
+  """Switches ``c`` to ImageNet (tfds ``imagenet2012``) at 224 px, ResNet stem."""
+  c.data.name = "imagenet2012"
+  c.data.image_size = 224
+  c.data.num_classes = 1000
+  c.data.num_train_examples = 1_281_167
+  c.data.auto_prepare = False
+  c.input.num_threads = 16
+  c.input.num_workers = 8
+  c.model.update(dict(width=64, stem_kernel=7, stem_stride=2, stem_pool=True,
+                      dtype="bfloat16"))
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.eval_batch_size = 1000
+
+
+def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in cfg.items():
+    path = f"{prefix}{k}"
+    keys.append(path)
+    if isinstance(v, ml_collections.ConfigDict):
+      keys.extend(_flat_keys(v, path + "."))
+  return keys
+
+
+def unknown_key_message(key: str, cfg: ml_collections.ConfigDict) -> str | None:
+  """A helpful refusal for ``key`` if ``cfg`` has no such (dotted) key."""
+  valid = _flat_keys(cfg)
+  if key in valid:
+    return None
+  near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+  parent = key.rpartition(".")[0]
+  siblings = [k for k in valid if k.rpartition(".")[0] == parent]
+  msg = f"unknown config key {key!r}."
+  if near:
+    msg += f" Did you mean {', '.join(repr(n) for n in near)}?"
+  msg += f" Valid keys at that level: {', '.join(sorted(siblings)) or '(none)'}"
+  return msg
+
+
+def check_overrides(argv: list[str], cfg: ml_collections.ConfigDict,
+                    flag: str = "config") -> None:
+  """Raises ``KeyError`` with a helpful message for any unknown override."""
+  for arg in argv:
+    if arg.startswith(f"--{flag}."):
+      key = arg[len(flag) + 3:].split("=", 1)[0]
+      msg = unknown_key_message(key, cfg)
+      if msg:
+        raise KeyError(msg)

@@ -1,0 +1,126 @@
+"""grain input pipelines: per-example augmentation on the host, per-process
+shards, per-host batches.
+
+Where augmentation runs: on the host, in numpy/OpenCV, inside the grain
+pipeline. ImageNet images have different sizes, so the random-resized crop
+must see the decoded original before anything can be batched; doing the whole
+view there keeps one code path for the image and its attention map, and
+moves only uint8 crops to the device. Mean/std normalisation happens on
+device.
+
+Reproducibility: every example's random draws come from ``random_map``, which
+seeds a generator from the run seed and the example's *global* index in the
+shuffled, repeated stream. Shards are taken after that, so the views do not
+depend on the number of processes, and a restored iterator continues the
+same stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import grain
+import jax
+import numpy as np
+
+from attn_contrastive.data import augment
+
+Example = dict[str, Any]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  """[0, 1] float image → uint8 (what crosses to the device)."""
+  return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveViews:
+  """Two SimCLR views of each image."""
+  image_size: int
+  aug: Any  # config.aug
+
+  def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+    out = {}
+    for name in ("view1", "view2"):
+      view, _ = augment.simclr_view(
+          rng, example["image"], out_size=self.image_size,
+          strength=self.aug.strength, p_jitter=self.aug.p_jitter,
+          p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
+          area_range=(self.aug.area_min, 1.0))
+      out[name] = to_uint8(view)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedView:
+  """Random-resized crop + flip, with the class label."""
+  image_size: int
+  aug: Any
+
+  def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+    view, _ = augment.supervised_train_view(
+        rng, example["image"], out_size=self.image_size,
+        area_range=(self.aug.area_min, 1.0))
+    return {"image": to_uint8(view), "label": np.int32(example["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalView:
+  """Deterministic resize + centre crop, with the label."""
+  image_size: int
+  crop_fraction: float = 0.875
+
+  def __call__(self, example: Example) -> Example:
+    view, _ = augment.eval_view(example["image"], out_size=self.image_size,
+                                crop_fraction=self.crop_fraction)
+    return {"image": to_uint8(view), "label": np.int32(example["label"])}
+
+
+def local_batch_size(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f"global batch {global_batch} is not divisible by "
+                     f"{n} processes")
+  return global_batch // n
+
+
+def train_iterator(source, transform: Callable[[Example, np.random.Generator], Example],
+                   *, seed: int, global_batch: int, num_threads: int = 2,
+                   prefetch: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of this host's training batches.
+
+  The stream is reshuffled every epoch; host ``p`` of ``P`` takes global
+  positions ``p, p+P, …`` so the global batch is the same set of examples for
+  any process count.
+  """
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  ds = ds.random_map(transform)
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                               prefetch_buffer_size=prefetch))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+def eval_batches(source, transform: Callable[[Example], Example], *,
+                 global_batch: int, num_threads: int = 2):
+  """One pass over ``source`` in global batches, padded with ``mask == 0``.
+
+  The split is padded up to a multiple of the global batch so that every
+  process yields the same number of equally shaped batches.
+  """
+  n = len(source)
+  padded = math.ceil(n / global_batch) * global_batch
+
+  def load(i: int) -> Example:
+    ex = transform(source[i if i < n else 0])
+    ex["mask"] = np.float32(i < n)
+    return ex
+
+  ds = grain.MapDataset.range(padded).map(load)
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))

@@ -1,0 +1,70 @@
+"""Opening tfds datasets as random-access (array_record) data sources.
+
+Reading needs no TensorFlow; building does. A dataset that is not prepared
+is refused with the command that prepares it, except the bundled synthetic
+data, which is cheap and is built on first use when ``data.auto_prepare``.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+
+SYNTHETIC_PREFIX = "salient_objects"
+
+
+class DatasetMissingError(FileNotFoundError):
+  """A dataset is not prepared where the config points."""
+
+
+def _data_dir(data_dir: str | None) -> str:
+  return os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
+
+
+def prepare_command(name: str, data_dir: str | None) -> str:
+  cmd = f"python -m attn_contrastive.data.prepare --dataset={name}"
+  if data_dir:
+    cmd += f" --data_dir={data_dir}"
+  return cmd
+
+
+def register_builders() -> None:
+  """Imports the project's tfds builders, which registers them by name."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from attn_contrastive.data import salicon, synthetic  # noqa: F401
+
+
+def get_builder(name: str, data_dir: str | None = None,
+                auto_prepare: bool = False) -> tfds.core.DatasetBuilder:
+  """The prepared builder of ``name``, building synthetic data if allowed."""
+  register_builders()
+  try:
+    builder = tfds.builder(name, data_dir=_data_dir(data_dir))
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetMissingError(f"unknown dataset {name!r}: {e}") from e
+  if not builder.is_prepared():
+    if auto_prepare and name.startswith(SYNTHETIC_PREFIX):
+      logging.info("Building %s into %s (first use)", name, builder.data_dir)
+      builder.download_and_prepare(file_format="array_record")
+    else:
+      raise DatasetMissingError(
+          f"dataset {name!r} is not prepared under {_data_dir(data_dir)}; "
+          f"prepare it with:\n  {prepare_command(name, data_dir)}")
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise DatasetMissingError(
+        f"dataset {name!r} under {builder.data_dir} is stored as "
+        f"{builder.info.file_format.value}; random access needs array_record: "
+        f"delete that folder and run:\n  {prepare_command(name, data_dir)}")
+  return builder
+
+
+def open_split(name: str, split: str, data_dir: str | None = None,
+               auto_prepare: bool = False):
+  """A random-access source over one split (``len`` and ``__getitem__``)."""
+  builder = get_builder(name, data_dir, auto_prepare)
+  if split not in builder.info.splits:
+    raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits)}")
+  return builder.as_data_source(split=split)

@@ -1,0 +1,79 @@
+r"""The one entry point: ``python -m attn_contrastive.main --config=... --workdir=...``.
+
+``--config=configs/<file>.py[:arg]`` picks the experiment, ``--config.key=value``
+overrides any field, and ``config.task`` picks the stage to run.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from attn_contrastive import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed", False,
+    "Call jax.distributed.initialize() (Cloud TPU pods, SLURM, or the flags below).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+TASKS = {
+    "pretrain": "attn_contrastive.tasks.pretrain",
+    "supervised": "attn_contrastive.tasks.supervised",
+}
+
+
+def _load_config_file(value: str):
+  path, _, arg = value.partition(":")
+  spec = importlib.util.spec_from_file_location("_experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that turns a bad ``--config.key`` into a clear message."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # ml_collections raises several types for bad overrides
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is not None:
+      try:
+        config_lib.check_overrides(argv, _load_config_file(config_arg))
+      except KeyError as key_error:
+        sys.exit(f"error: {key_error.args[0]}")
+    sys.exit(f"error: {e}")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    sys.exit("error: pass --config=configs/<file>.py[:arg] and --workdir=DIR")
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
+  if config.task not in TASKS:
+    sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(TASKS)}")
+  import jax
+  logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),
+               jax.device_count(), jax.default_backend())
+  logging.info("Config:\n%s", config)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  importlib.import_module(TASKS[config.task]).train_and_evaluate(config, _WORKDIR.value)
+
+
+def run() -> None:
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,151 @@
+"""ResNet-18/50 encoders (He et al. 2016, torchvision's v1.5 layout) in Flax.
+
+The encoder returns the output of every stage (``conv2`` … ``conv5`` in He et
+al.'s naming) besides the pooled feature, because the attention heads of the
+paper sit on intermediate stages. Parameter counts match torchvision exactly
+(with a 1000-class head: ResNet-18 11,689,512; ResNet-50 25,557,032): convs
+carry no bias, padding is symmetric ``k // 2`` as in PyTorch, and the stride
+of a bottleneck sits on its 3×3 convolution.
+
+Every convolution goes through :func:`attn_contrastive.models.conv.conv_general_dilated_fn`,
+which on the CPU backend swaps in a fast weight gradient and elsewhere is
+XLA's own convolution.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attn_contrastive.models import conv as conv_lib
+
+ModuleDef = Any
+
+STAGE_NAMES = ("conv2", "conv3", "conv4", "conv5")
+STAGE_SIZES = {
+    10: (1, 1, 1, 1),
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+}
+STAGE_STRIDES = (1, 2, 2, 2)
+
+
+def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  return ((kernel // 2, kernel // 2),) * 2
+
+
+class BasicBlock(nn.Module):
+  """Two 3×3 convolutions with an identity (or 1×1 projection) shortcut."""
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, padding=_pad(3))(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), padding=_pad(3))(y)
+    # Zero-initialised last scale: each block starts as the identity.
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if x.shape != y.shape:
+      x = self.conv(self.filters, (1, 1), (self.strides,) * 2, padding=_pad(1),
+                    name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1×1 reduce, 3×3 (strided), 1×1 expand by 4, with a shortcut."""
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1), padding=_pad(1))(x)))
+    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, padding=_pad(3))(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters * 4, (1, 1), padding=_pad(1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if x.shape != y.shape:
+      x = self.conv(self.filters * 4, (1, 1), (self.strides,) * 2,
+                    padding=_pad(1), name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A ResNet encoder that exposes every stage.
+
+  Attributes:
+    depth: 10, 18, 34 (basic blocks) or 50, 101 (bottlenecks).
+    width: channels of the first stage (64 in the paper's ResNets; small
+      values such as 16 make laptop-sized models).
+    stem_kernel, stem_stride, stem_pool: the stem; (7, 2, True) is ImageNet's,
+      (3, 1, True) suits 64-px images, (3, 1, False) 32-px ones.
+    num_classes: adds a linear classifier on the pooled feature when set.
+    dtype: computation dtype (bfloat16 on accelerators); parameters stay fp32.
+    conv_impl: 'auto', 'xla' or 'cpu_matmul' (see ``models.conv``).
+    bn_momentum: BatchNorm running-average momentum.
+  """
+  depth: int = 50
+  width: int = 64
+  stem_kernel: int = 7
+  stem_stride: int = 2
+  stem_pool: bool = True
+  num_classes: int | None = None
+  dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_momentum: float = 0.9
+
+  @property
+  def block_cls(self):
+    return BasicBlock if self.depth < 50 else BottleneckBlock
+
+  @property
+  def feature_dim(self) -> int:
+    return self.width * 8 * self.block_cls.expansion
+
+  @nn.compact
+  def __call__(self, x, train: bool = True) -> dict[str, jnp.ndarray]:
+    """Returns ``{'conv2'..'conv5': stage maps, 'pooled': [B, D], 'logits'?}``."""
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet depth {self.depth} is not one of {sorted(STAGE_SIZES)}")
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        conv_general_dilated=conv_lib.conv_general_dilated_fn(self.conv_impl))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5,
+                             dtype=self.dtype)
+    k, s = self.stem_kernel, self.stem_stride
+    x = conv(self.width, (k, k), (s, s), padding=_pad(k), name="stem_conv")(x)
+    x = nn.relu(norm(name="stem_bn")(x))
+    if self.stem_pool:
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    out = {}
+    for i, (n_blocks, stride) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_STRIDES)):
+      for j in range(n_blocks):
+        x = self.block_cls(self.width * 2**i, stride if j == 0 else 1, conv, norm,
+                           name=f"{STAGE_NAMES[i]}_block{j}")(x)
+      out[STAGE_NAMES[i]] = x
+    out["pooled"] = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    if self.num_classes:
+      out["logits"] = nn.Dense(self.num_classes, dtype=jnp.float32,
+                               name="classifier")(out["pooled"])
+    return out
+
+
+def resnet_from_config(cfg, num_classes: int | None = None) -> ResNet:
+  """Builds a :class:`ResNet` from a ``config.model`` ConfigDict."""
+  return ResNet(depth=cfg.depth, width=cfg.width, stem_kernel=cfg.stem_kernel,
+                stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool,
+                num_classes=num_classes, dtype=jnp.dtype(cfg.dtype),
+                conv_impl=cfg.conv_impl, bn_momentum=cfg.bn_momentum)

@@ -1,0 +1,71 @@
+"""Supervised training: ResNet + linear classifier, cross-entropy."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn_contrastive import losses
+from attn_contrastive.data import pipeline, sources
+from attn_contrastive.models.resnet import resnet_from_config
+from attn_contrastive.train import loop
+from attn_contrastive.train import mesh as mesh_lib
+
+
+def make_loss_fn(model, config):
+  dtype = jnp.dtype(config.model.dtype)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    del rng
+    x = loop.normalize_images(batch["image"], dtype)
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                               train=True, mutable=["batch_stats"])
+    loss = losses.cross_entropy(out["logits"], batch["label"],
+                                config.loss.label_smoothing)
+    acc = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
+    return loss, (updates["batch_stats"], {"train_accuracy": acc})
+
+  return loss_fn
+
+
+def make_evaluator(model, config, mesh=None):
+  """Top-1 accuracy and loss over the whole evaluation split."""
+  mesh = mesh or mesh_lib.make_mesh()
+  source = sources.open_split(config.data.name, config.data.eval_split,
+                              config.data.data_dir, config.data.auto_prepare)
+  transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
+  dtype = jnp.dtype(config.model.dtype)
+
+  @jax.jit
+  def eval_step(state, batch):
+    x = loop.normalize_images(batch["image"], dtype)
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         x, train=False)["logits"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
+    nll = jax.vmap(losses.cross_entropy)(logits[:, None], batch["label"][:, None])
+    return jnp.sum(correct), jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+
+  def evaluate(state) -> dict[str, float]:
+    totals = np.zeros(3)
+    for local in pipeline.eval_batches(source, transform,
+                                       global_batch=config.train.eval_batch_size):
+      totals += np.array(jax.device_get(eval_step(state, mesh_lib.to_global(local, mesh))))
+    return {"accuracy": totals[0] / totals[2], "loss": totals[1] / totals[2]}
+
+  return evaluate
+
+
+def build_task(config) -> loop.TaskSpec:
+  model = resnet_from_config(config.model, num_classes=config.data.num_classes)
+  source = sources.open_split(config.data.name, config.data.train_split,
+                              config.data.data_dir, config.data.auto_prepare)
+  size = config.data.image_size
+  return loop.TaskSpec(
+      model=model, loss_fn=make_loss_fn(model, config), train_source=source,
+      train_transform=pipeline.SupervisedView(size, config.aug),
+      sample_input=jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+      evaluate=make_evaluator(model, config))
+
+
+def train_and_evaluate(config, workdir: str, **kwargs):
+  return loop.run(config, workdir, build_task(config), **kwargs)

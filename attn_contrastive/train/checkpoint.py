@@ -1,0 +1,81 @@
+"""Orbax checkpoints holding the train state and the data-iterator state.
+
+Both are saved in one checkpoint so that a run killed at any step and started
+again in the same workdir continues with the same parameters *and* the same
+next batch. Resume order: the workdir's latest checkpoint, then an explicit
+``init_checkpoint`` (parameters and BatchNorm statistics only), then scratch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+  """A thin wrapper over ``ocp.CheckpointManager`` for (state, iterator) pairs."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1000,
+               async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.save_every = save_every
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=1,
+            enable_async_checkpointing=async_save, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore(self, state: Any, data_iter: Any | None) -> tuple[Any, int]:
+    """Restores the latest checkpoint into ``state``'s structure and shardings."""
+    step = self.manager.latest_step()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    args = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iter is not None:
+      args["iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    logging.info("Resumed from %s at step %d", self.directory, step)
+    return restored["state"], step
+
+  def should_save(self, step: int, last_step: int) -> bool:
+    return (step % self.save_every == 0 or step == last_step
+            or self.manager.reached_preemption(step))
+
+  def save(self, step: int, state: Any, data_iter: Any | None) -> None:
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      args["iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_variables(path: str) -> dict[str, Any]:
+  """Reads ``params`` and ``batch_stats`` from another run's checkpoint.
+
+  ``path`` is a workdir, its ``checkpoints`` folder, or one step's folder.
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  step = None
+  if not os.path.isdir(os.path.join(path, "state")):
+    with ocp.CheckpointManager(path) as mngr:
+      step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint found under {path}: point "
+                              "init_checkpoint at a workdir that holds one")
+    path = os.path.join(path, str(step))
+  restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}

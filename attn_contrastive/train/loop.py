@@ -1,0 +1,189 @@
+"""The shared training loop: one jitted, data-parallel step over global arrays.
+
+A task (SimCLR pretraining, supervised training, …) supplies a
+:class:`TaskSpec` — its model, loss, per-example transform and evaluation —
+and this loop does the rest: mesh, optimiser, state, resume, logging,
+checkpoints, and the non-finite-loss guard. Resume order: the workdir's
+latest checkpoint, then ``config.init_checkpoint``, then scratch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from attn_contrastive.data import pipeline
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import optim
+from attn_contrastive.train.state import TrainState, count_params, create_train_state
+
+# (params, batch_stats, batch, rng) -> (loss, (new_batch_stats, metrics))
+LossFn = Callable[..., tuple[jnp.ndarray, tuple[Any, dict[str, jnp.ndarray]]]]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 images → mean/std-normalised floats, on device."""
+  return ((images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
+
+
+@dataclasses.dataclass
+class TaskSpec:
+  """What a task gives the loop."""
+  model: Any
+  loss_fn: LossFn
+  train_source: Any
+  train_transform: Callable
+  sample_input: jax.ShapeDtypeStruct
+  evaluate: Callable[[TrainState], dict[str, float]] | None = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def total_steps(config, num_train_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps) from ``train.num_steps`` or ``num_epochs``."""
+  per_epoch = max(num_train_examples // config.input.global_batch_size, 1)
+  if config.train.num_steps > 0:
+    return per_epoch, int(config.train.num_steps)
+  return per_epoch, max(int(math.ceil(config.train.num_epochs * per_epoch)), 1)
+
+
+def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
+  """The step: gradients of ``loss_fn``, optimiser update, metrics."""
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats,
+                                                  batch, rng)
+    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
+                   grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(new_state.params))
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh) -> Callable:
+  """``jax.jit`` with the state donated and replicated, the batch sharded."""
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  return jax.jit(train_step, donate_argnums=(0,), in_shardings=(rep, data, rep),
+                 out_shardings=(rep, rep))
+
+
+def _check_finite(loss: float, step: int, ckpt: ckpt_lib.Checkpointer) -> None:
+  if not np.isfinite(loss):
+    ckpt.wait()
+    raise NonFiniteLossError(
+        f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+        f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
+        "--config.optim.base_lr or raise warmup_epochs, then restart.")
+
+
+def _restore(config, state, data_iter, ckpt) -> TrainState:
+  """Resume order: workdir checkpoint, then init_checkpoint, then scratch."""
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(state, data_iter)
+  elif config.init_checkpoint:
+    variables = ckpt_lib.load_variables(config.init_checkpoint)
+    state = state.replace(
+        params=jax.device_put(variables["params"], jax.tree.map(lambda x: x.sharding, state.params)),
+        batch_stats=jax.device_put(variables["batch_stats"],
+                                   jax.tree.map(lambda x: x.sharding, state.batch_stats)))
+    logging.info("Initialised from %s", config.init_checkpoint)
+  return state
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> None:
+  """Writes ``results.json`` (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+
+
+def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
+        mesh=None) -> tuple[TrainState, dict[str, float]]:
+  """Trains ``task`` for the configured steps; returns the state and last metrics.
+
+  ``stop_at`` ends the loop after that step without a final save, as a killed
+  process would (used to test resume).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh or mesh_lib.make_mesh()
+  batch = config.input.global_batch_size
+  mesh_lib.check_batch_divisible(batch, mesh)
+  steps_per_epoch, last_step = total_steps(config, len(task.train_source))
+  schedule = optim.make_schedule(config.optim, batch, last_step, steps_per_epoch)
+  tx = optim.make_optimizer(config.optim, schedule)
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(task.model, tx, task.sample_input, init_rng,
+                             mesh_lib.replicated(mesh))
+  logging.info("Model parameters: %d", count_params(state.params))
+  data_iter = pipeline.train_iterator(
+      task.train_source, task.train_transform, seed=config.seed, global_batch=batch,
+      num_threads=config.input.num_threads, prefetch=config.input.prefetch,
+      num_workers=config.input.num_workers)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                               save_every=config.train.checkpoint_every,
+                               async_save=config.train.async_checkpoint)
+  state = _restore(config, state, data_iter, ckpt)
+  first_step = int(state.step) + 1
+  step_fn = jit_train_step(make_train_step(task.loss_fn, schedule), mesh)
+  step_rng = jax.device_put(step_rng, mesh_lib.replicated(mesh))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  writer.write_hparams({k: str(v) for k, v in config.items()})
+  hooks = [periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
+                                           every_steps=config.train.log_every)]
+  if config.train.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+
+  metrics, last = {}, {}
+  t0, t0_step = time.perf_counter(), first_step - 1
+  for step in range(first_step, last_step + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      global_batch = mesh_lib.to_global(next(data_iter), mesh)
+      state, metrics = step_fn(state, global_batch, step_rng)
+    for hook in hooks:
+      hook(step)
+    if step % config.train.log_every == 0 or step == last_step:
+      last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(last["loss"], step, ckpt)
+      elapsed = time.perf_counter() - t0
+      last["examples_per_s"] = (step - t0_step) * batch / max(elapsed, 1e-9)
+      writer.write_scalars(step, last)
+      t0, t0_step = time.perf_counter(), step
+    if ckpt.should_save(step, last_step):
+      _check_finite(float(jax.device_get(metrics["loss"])), step, ckpt)
+      ckpt.save(step, state, data_iter)
+    if (task.evaluate and config.train.eval_every > 0
+        and step % config.train.eval_every == 0 and step != last_step):
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in task.evaluate(state).items()})
+    if stop_at is not None and step >= stop_at:
+      break
+  ckpt.close()
+  if task.evaluate and (stop_at is None or int(state.step) == last_step):
+    eval_metrics = task.evaluate(state)
+    writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in eval_metrics.items()})
+    last.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+  writer.flush()
+  if stop_at is None:
+    write_results(workdir, {"step": int(state.step), **last})
+  return state, last

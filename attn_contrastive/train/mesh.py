@@ -1,0 +1,51 @@
+"""The device mesh and the shardings of global arrays.
+
+One axis, ``data``: the global batch is split over every device of every
+process, and parameters are replicated. Because the step is ``jax.jit`` over
+these global arrays, BatchNorm statistics and NT-Xent negatives span the
+whole global batch without any ``axis_name``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D ``data`` mesh over all devices (or the first ``num_devices``)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over ``data``."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+  """Refuses a global batch that the devices and processes cannot split evenly."""
+  n_dev, n_proc = mesh.size, jax.process_count()
+  if global_batch % n_dev or global_batch % n_proc:
+    raise ValueError(
+        f"global batch {global_batch} is not divisible by the {n_dev} devices "
+        f"and {n_proc} processes; set --config.input.global_batch_size to a "
+        f"multiple of {np.lcm(n_dev, n_proc)}")
+
+
+def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+  """Assembles each host's slice of the batch into global ``jax.Array``s."""
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local_batch)

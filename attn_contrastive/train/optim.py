@@ -1,0 +1,51 @@
+"""Optimisers and learning-rate schedules, built from ``config.optim``.
+
+LARS (SimCLR) and SGD with Nesterov momentum (supervised, linear eval) come
+from optax; biases and BatchNorm parameters (every 1-D leaf) are masked out
+of weight decay and of LARS's trust ratio, as in SimCLR.
+"""
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def decay_mask(params):
+  """True for weight matrices and conv kernels, False for biases and BN."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def peak_learning_rate(optim_cfg, global_batch: int) -> float:
+  """``base_lr × batch / 256`` (linear scaling) or ``base_lr × √batch``."""
+  if optim_cfg.lr_scaling == "linear":
+    return optim_cfg.base_lr * global_batch / 256
+  if optim_cfg.lr_scaling == "sqrt":
+    return optim_cfg.base_lr * global_batch ** 0.5
+  if optim_cfg.lr_scaling == "none":
+    return optim_cfg.base_lr
+  raise ValueError(f"optim.lr_scaling={optim_cfg.lr_scaling!r}: use linear, sqrt or none")
+
+
+def make_schedule(optim_cfg, global_batch: int, total_steps: int,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up over ``warmup_epochs`` then cosine decay to zero."""
+  peak = peak_learning_rate(optim_cfg, global_batch)
+  warmup = min(int(round(optim_cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=max(warmup, 0),
+      decay_steps=max(total_steps, 1), end_value=0.0)
+
+
+def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """LARS or SGD (momentum, optional Nesterov) with masked weight decay."""
+  name = optim_cfg.name
+  if name == "lars":
+    return optax.lars(schedule, weight_decay=optim_cfg.weight_decay,
+                      weight_decay_mask=decay_mask, trust_coefficient=optim_cfg.trust_coefficient,
+                      eps=0.0, trust_ratio_mask=decay_mask, momentum=optim_cfg.momentum,
+                      nesterov=False)
+  if name == "sgd":
+    return optax.chain(
+        optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov))
+  raise ValueError(f"optim.name={name!r}: use 'lars' or 'sgd'")

@@ -1,0 +1,34 @@
+"""The train state: parameters, BatchNorm statistics and optimiser state."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """``flax`` TrainState plus the BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
+                       sample_input: jax.ShapeDtypeStruct, rng: jax.Array,
+                       sharding: jax.sharding.Sharding) -> TrainState:
+  """Initialises the model and optimiser directly into ``sharding``."""
+
+  def init(rng):
+    variables = model.init(rng, jnp.zeros(sample_input.shape, sample_input.dtype),
+                           train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+  return jax.jit(init, out_shardings=sharding)(rng)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,54 @@
+"""Configs load, and mistyped keys are refused helpfully."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attn_contrastive import config as config_lib
+from attn_contrastive import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path,arg,task,depth", [
+    ("configs/contrastive.py", None, "pretrain", 18),
+    ("configs/contrastive.py", "imagenet", "pretrain", 50),
+    ("configs/supervised.py", "imagenet,r50", "supervised", 50),
+    ("configs/supervised.py", "r18", "supervised", 18),
+])
+def test_configs_load(path, arg, task, depth):
+  c = main_lib._load_config_file(os.path.join(ROOT, path) + (f":{arg}" if arg else ""))
+  assert c.task == task and c.model.depth == depth
+
+
+def test_imagenet_recipe_follows_simclr():
+  c = main_lib._load_config_file(os.path.join(ROOT, "configs/contrastive.py:imagenet"))
+  assert c.input.global_batch_size == 4096 and c.loss.temperature == 0.1
+  assert c.optim.name == "lars" and c.optim.base_lr * 4096 / 256 == pytest.approx(4.8)
+  assert c.optim.weight_decay == 1e-6 and c.data.image_size == 224
+
+
+def test_unknown_config_argument():
+  with pytest.raises(ValueError, match="imagent"):
+    config_lib.parse_arg("imagent", {"data": config_lib.DATA_CHOICES})
+
+
+def test_unknown_key_message_names_nearest():
+  c = config_lib.base_config()
+  msg = config_lib.unknown_key_message("optim.base_lrr", c)
+  assert "optim.base_lrr" in msg and "'optim.base_lr'" in msg
+  assert config_lib.unknown_key_message("optim.base_lr", c) is None
+  with pytest.raises(KeyError, match="model.widht"):
+    config_lib.check_overrides(["--config.model.widht=3"], c)
+
+
+def test_main_refuses_unknown_key():
+  proc = subprocess.run(
+      [sys.executable, "-m", "attn_contrastive.main", "--config=configs/contrastive.py",
+       "--workdir=/tmp/unused", "--config.optim.base_lrr=1.0"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "unknown config key 'optim.base_lrr'" in proc.stderr
+  assert "'optim.base_lr'" in proc.stderr
+  assert "Traceback" not in proc.stderr

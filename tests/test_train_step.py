@@ -1,0 +1,134 @@
+"""The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from attn_contrastive import config as config_lib
+from attn_contrastive.data import pipeline
+from attn_contrastive.models.resnet import ResNet
+from attn_contrastive.models.simclr import simclr_from_config
+from attn_contrastive.tasks import pretrain, supervised
+from attn_contrastive.train import loop, mesh as mesh_lib, optim
+from attn_contrastive.train.state import create_train_state
+
+SIZE = 16
+
+
+def tiny_config(task="pretrain"):
+  c = config_lib.base_config()
+  c.task = task
+  c.data.image_size = SIZE
+  c.data.num_classes = 4
+  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
+                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
+  c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
+  c.train.update(dict(num_steps=4, log_every=1, checkpoint_every=2, async_checkpoint=False))
+  if task == "supervised":
+    c.optim.update(dict(name="sgd", nesterov=True, weight_decay=1e-4))
+  return c
+
+
+def _step_on(n_devices, config, model, loss_fn, batch):
+  mesh = mesh_lib.make_mesh(n_devices)
+  schedule = optim.make_schedule(config.optim, 16, 4, 1)
+  tx = optim.make_optimizer(config.optim, schedule)
+  state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
+                             jax.random.PRNGKey(0), mesh_lib.replicated(mesh))
+  step = loop.jit_train_step(loop.make_train_step(loss_fn, schedule), mesh)
+  rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
+  for _ in range(2):
+    state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
+  return jax.device_get((state.params, state.batch_stats, metrics))
+
+
+def _assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("task", ["pretrain", "supervised"])
+def test_eight_devices_equal_one(task):
+  assert jax.device_count() == 8
+  config = tiny_config(task)
+  rng = np.random.default_rng(0)
+  if task == "pretrain":
+    model = simclr_from_config(config.model)
+    loss_fn = pretrain.make_loss_fn(model, config)
+    batch = {k: rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
+             for k in ("view1", "view2")}
+  else:
+    model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
+                   num_classes=4, conv_impl="xla")
+    loss_fn = supervised.make_loss_fn(model, config)
+    batch = {"image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
+             "label": rng.integers(0, 4, (16,), dtype=np.int32)}
+  p8, s8, m8 = _step_on(8, config, model, loss_fn, batch)
+  p1, s1, m1 = _step_on(1, config, model, loss_fn, batch)
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  _assert_trees_close(p8, p1)
+  _assert_trees_close(s8, s1)
+  # The step really moved the parameters and statistics.
+  p0 = jax.device_get(create_train_state(
+      model, optax_identity(), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
+      jax.random.PRNGKey(0), mesh_lib.replicated(mesh_lib.make_mesh(1))).params)
+  diffs = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(p0), jax.tree.leaves(p1))]
+  assert max(diffs) > 1e-3
+
+
+def optax_identity():
+  import optax
+  return optax.identity()
+
+
+class _ToySource:
+  """An in-memory image source: random 24-px images with labels."""
+
+  def __init__(self, n=64):
+    rng = np.random.default_rng(3)
+    self.images = rng.integers(0, 256, (n, 24, 24, 3), dtype=np.uint8)
+    self.labels = rng.integers(0, 4, (n,))
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _toy_task(config):
+  model = simclr_from_config(config.model)
+  return loop.TaskSpec(
+      model=model, loss_fn=pretrain.make_loss_fn(model, config),
+      train_source=_ToySource(),
+      train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
+      sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
+
+
+def test_resume_after_kill_matches_straight_run(tmp_path):
+  config = tiny_config()
+  straight, _ = loop.run(config, str(tmp_path / "straight"), _toy_task(config))
+  killed_dir = str(tmp_path / "killed")
+  loop.run(config, killed_dir, _toy_task(config), stop_at=2)
+  resumed, _ = loop.run(config, killed_dir, _toy_task(config))
+  assert int(resumed.step) == int(straight.step) == 4
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.params)),
+                  jax.tree.leaves(jax.device_get(resumed.params))):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(jax.device_get(straight.batch_stats)),
+                  jax.tree.leaves(jax.device_get(resumed.batch_stats))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+  config = tiny_config()
+  loop.run(config, str(tmp_path), _toy_task(config), stop_at=2)
+  task = _toy_task(config)
+  good_loss = task.loss_fn
+  task.loss_fn = lambda *a: (lambda l, aux: (l * jnp.nan, aux))(*good_loss(*a))
+  with pytest.raises(loop.NonFiniteLossError, match="at step 3.*step 2"):
+    loop.run(config, str(tmp_path), task)
+  from attn_contrastive.train.checkpoint import Checkpointer
+  assert Checkpointer(str(tmp_path)).latest_step() == 2
