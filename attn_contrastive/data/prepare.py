@@ -1,0 +1,96 @@
+r"""Builds a tfds dataset in array_record format, by name.
+
+Usage:
+
+  python -m attn_contrastive.data.prepare --dataset=salient_objects/classification
+  python -m attn_contrastive.data.prepare --dataset=salient_objects/human_attention \
+      --data_dir=~/tensorflow_datasets
+
+Every module of `attn_contrastive.data` is imported first, so the project's own
+builders (e.g. ``salient_objects``) are registered with tfds alongside its
+catalogue. The training pipeline reads the result with `tfds.data_source`,
+which needs the random-access array_record format.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import time
+from typing import Sequence
+
+from absl import app, flags, logging
+
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "tfds name, 'name/config[:version]', e.g. "
+    "salient_objects/classification.", required=True)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Where to write; default: $TFDS_DATA_DIR or "
+    "~/tensorflow_datasets.")
+_FILE_FORMAT = flags.DEFINE_enum(
+    "file_format", "array_record", ["array_record", "tfrecord"],
+    "Record format; the training pipeline needs array_record.")
+
+
+def register_builders(package: str = "attn_contrastive.data") -> dict[str, str]:
+  """Imports every module of ``package`` so that its tfds builders register.
+
+  Importing is what registers a `tfds.core.GeneratorBasedBuilder` subclass
+  under its snake-case name. A module that fails to import is skipped (it may
+  not define the requested dataset); returns {module: error} for those, so
+  that a missing dataset can be explained.
+  """
+  pkg = importlib.import_module(package)
+  failures = {}
+  for info in pkgutil.iter_modules(pkg.__path__, prefix=package + "."):
+    if info.name.endswith(".prepare"):
+      continue
+    try:
+      importlib.import_module(info.name)
+    except Exception as e:  # pylint: disable=broad-except
+      failures[info.name] = f"{type(e).__name__}: {e}"
+      logging.warning("skipping %s: %s", info.name, failures[info.name])
+  return failures
+
+
+def prepare(name: str, data_dir: str | None = None,
+            file_format: str = "array_record") -> str:
+  """Builds dataset ``name`` (no-op if already built); returns its folder.
+
+  Raises if the dataset is unknown or already stored in another format.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  failures = register_builders()
+  if data_dir:
+    data_dir = os.path.expanduser(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    detail = "".join(f"\n  {m}: {err}" for m, err in failures.items())
+    raise ValueError(f"unknown dataset {name!r}"
+                     + (f"; modules that failed to import:{detail}"
+                        if detail else "")) from e
+  if builder.is_prepared():
+    found = builder.info.file_format.value
+    if found != file_format:
+      raise ValueError(f"{name} in {builder.data_dir} is stored as {found}, "
+                       f"not {file_format}; delete that folder to rebuild it")
+    logging.info("%s is already prepared in %s", name, builder.data_dir)
+  else:
+    start = time.perf_counter()
+    builder.download_and_prepare(file_format=file_format)
+    logging.info("built %s in %.1f s", name, time.perf_counter() - start)
+  return os.fspath(builder.data_dir)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  start = time.perf_counter()
+  path = prepare(_DATASET.value, _DATA_DIR.value, _FILE_FORMAT.value)
+  print(f"{_DATASET.value}: {path} ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+  app.run(main)
