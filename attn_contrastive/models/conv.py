@@ -1,0 +1,379 @@
+"""Convolution with a fast hand-written gradient for the CPU backend.
+
+Why this module exists
+----------------------
+XLA:CPU computes the *weight* gradient of a convolution with a generic
+convolution kernel that is far slower than the forward pass. On a 2-core
+AMD EPYC (x86-64, AVX2) VM, ``benchmarks/conv_grad.py`` measured, for example
+(batch 256, 32x32, 16->16 channels, 3x3, stride 1): forward 30 ms, input
+gradient 32 ms, weight gradient 313-545 ms. Training a ResNet on CPU is
+therefore dominated by weight gradients.
+
+The weight gradient of ``y = conv(x, w)`` is
+
+    dw[i, j, c, o] = sum_{n, p, q} x_pad[n, p*s + i, q*s + j, c] * g[n, p, q, o]
+
+i.e. for every kernel offset ``(i, j)`` a plain matrix product
+``shifted_slice(x)(M, C)^T @ g(M, O)`` with ``M = N*Ho*Wo``. Concatenating
+the ``kh*kw`` shifted slices along the channel axis turns this into one
+``(M, kh*kw*C)^T @ (M, O)`` matmul, which XLA:CPU runs at close to the
+machine's matmul throughput. Materialising those patches for the whole batch
+is memory-bound, so the batch is processed in tiles (a few images, or a band
+of output rows of one image, about ``_TILE_BYTES`` of patches each) inside a
+``lax.scan`` that accumulates the ``(kh*kw*C, O)`` result in fp32; the tiles
+stay in cache and the matmul stays compute-bound. 1x1 kernels need no
+patches: the gradient is a single matmul (after subsampling for stride > 1).
+
+The forward pass is XLA's own convolution (already fast on CPU). The input
+gradient uses XLA's transposed convolution, except for 1x1 kernels where it
+is one matmul followed by a (strided) zero-pad.
+
+Public API
+----------
+``conv_general_dilated_fn(impl)`` returns a drop-in replacement for
+``jax.lax.conv_general_dilated`` suitable for
+``flax.linen.Conv(conv_general_dilated=...)``:
+
+* ``'auto'`` (default): on the CPU backend the custom-gradient path, on TPU and
+  GPU plain ``lax.conv_general_dilated`` (bit-for-bit what flax does by
+  default). See :func:`conv_general_dilated_fn` for how the platform is
+  chosen.
+* ``'xla'``: always ``lax.conv_general_dilated``.
+* ``'cpu_matmul'``: always the custom gradient (on any backend; used by tests).
+
+The custom path covers 2-D NHWC/HWIO convolutions with any strides, any
+``'SAME'``/``'VALID'``/explicit padding, any kernel size,
+``feature_group_count == batch_group_count == 1`` and no dilation, for
+floating inputs of one dtype. Every other call falls back to
+``lax.conv_general_dilated`` unchanged. Because it is a ``jax.custom_vjp``,
+forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) of the custom path
+is not supported; use ``impl='xla'`` for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["conv_general_dilated_fn", "conv_general_dilated_cpu_matmul", "IMPLS"]
+
+IMPLS: tuple[str, ...] = ("auto", "xla", "cpu_matmul")
+
+# NHWC / HWIO / NHWC, as canonicalised by lax.conv_dimension_numbers.
+_NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+# Bytes of im2col patches per tile of the weight-gradient scan. Tuned with
+# benchmarks/conv_grad.py: 1-4 MiB were equally good, whole-batch patches and
+# tiles below ~256 KiB were markedly slower.
+_TILE_BYTES = 2 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvSpec:
+  """Static description of one NHWC/HWIO convolution (hashable)."""
+
+  strides: tuple[int, int]
+  pads: tuple[tuple[int, int], tuple[int, int]]
+  precision: Any
+  preferred_element_type: Any
+  # 'matmul': matmul-based backward always; 'auto': matmul on CPU, XLA's own
+  # transpose elsewhere (resolved at lowering time by lax.platform_dependent).
+  backward: str
+
+  def xla_conv(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        self.strides,
+        self.pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=self.precision,
+        preferred_element_type=self.preferred_element_type,
+    )
+
+
+def _pad(x: jax.Array, config: Sequence[tuple[int, int, int]]) -> jax.Array:
+  """lax.pad with zeros; negative entries crop."""
+  return lax.pad(x, jnp.zeros((), x.dtype), tuple(config))
+
+
+def _dot_t(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
+  """``a^T @ b`` for 2-D ``a (M, K)``, ``b (M, O)``, accumulated in fp32."""
+  return lax.dot_general(
+      a, b, (((0,), (0,)), ((), ())), precision=precision,
+      preferred_element_type=jnp.float32)
+
+
+def _patches(xp: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
+             wo: int) -> jax.Array:
+  """im2col of an already padded NHWC block: ``(n*ho*wo, kh*kw*C)``.
+
+  Column order is (i, j, c), matching a row-major reshape of an HWIO kernel.
+  """
+  n, _, _, c = xp.shape
+  cols = [
+      lax.slice(xp, (0, i, j, 0),
+                (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                (1, sh, sw, 1))
+      for i in range(kh) for j in range(kw)
+  ]
+  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  return p.reshape(n * ho * wo, kh * kw * c)
+
+
+def _tiling(n: int, ho: int, wo: int, k_cols: int, itemsize: int
+            ) -> tuple[int, int]:
+  """(rows per tile, tiles per scan step) for ~_TILE_BYTES of patches."""
+  row_bytes = wo * k_cols * itemsize
+  image_bytes = ho * row_bytes
+  if image_bytes <= _TILE_BYTES:
+    return ho, max(1, min(n, _TILE_BYTES // image_bytes))
+  rows_max = max(1, _TILE_BYTES // row_bytes)
+  chunks = -(-ho // rows_max)
+  return -(-ho // chunks), 1
+
+
+def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
+                 spec: _ConvSpec) -> jax.Array:
+  """dL/dw for ``y = conv(x, w)``; returns fp32 ``(kh, kw, C, O)``."""
+  kh, kw, c, o = kernel_shape
+  sh, sw = spec.strides
+  n, ho, wo, _ = g.shape
+  (plh, phh), (plw, phw) = spec.pads
+  g = g.astype(x.dtype) if g.dtype != x.dtype else g
+  # Pad, then crop to exactly the rows/columns the windows touch.
+  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+  h, w = x.shape[1], x.shape[2]
+  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - w - plw, 0),
+                (0, 0, 0)))
+  if kh == kw == 1:
+    # One matmul; for stride > 1 the strided slice is a cheap subsample.
+    if sh > 1 or sw > 1:
+      xp = xp[:, ::sh, ::sw]
+    dw = _dot_t(xp.reshape(-1, c), g.reshape(-1, o), spec.precision)
+    return dw.reshape(kh, kw, c, o)
+
+  k_cols = kh * kw * c
+  rows, per_step = _tiling(n, ho, wo, k_cols, x.dtype.itemsize)
+  if rows < ho:
+    # Split each image into bands of `rows` output rows (input bands overlap
+    # by kh - sh rows); each band becomes a pseudo-image.
+    chunks = -(-ho // rows)
+    rows_in = (rows - 1) * sh + kh
+    need = (chunks * rows - 1) * sh + kh
+    xp = _pad(xp, ((0, 0, 0), (0, need - hn, 0), (0, 0, 0), (0, 0, 0)))
+    g = _pad(g, ((0, 0, 0), (0, chunks * rows - ho, 0), (0, 0, 0), (0, 0, 0)))
+    xp = jnp.stack([xp[:, t * rows * sh:t * rows * sh + rows_in]
+                    for t in range(chunks)], axis=1)
+    xp = xp.reshape(n * chunks, rows_in, wn, c)
+    g = g.reshape(n * chunks, rows, wo, o)
+  tiles = xp.shape[0]
+
+  def block(xb: jax.Array, gb: jax.Array) -> jax.Array:
+    p = _patches(xb, kh, kw, sh, sw, rows, wo)
+    return _dot_t(p, gb.reshape(-1, o), spec.precision)
+
+  steps = tiles // per_step
+  done = steps * per_step
+  if steps <= 1:
+    dw = block(xp[:done], g[:done])
+  else:
+    xs = xp[:done].reshape(steps, per_step, *xp.shape[1:])
+    gs = g[:done].reshape(steps, per_step, *g.shape[1:])
+
+    def body(acc, xg):
+      return acc + block(*xg), None
+
+    dw, _ = lax.scan(body, jnp.zeros((k_cols, o), jnp.float32), (xs, gs))
+  if done < tiles:
+    dw = dw + block(xp[done:], g[done:])
+  return dw.reshape(kh, kw, c, o)
+
+
+def _input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...],
+                x_dtype: Any, spec: _ConvSpec) -> jax.Array:
+  """dL/dx for ``y = conv(x, w)``."""
+  kh, kw, c, o = w.shape
+  if kh == kw == 1:
+    # 1x1: one matmul, then scatter to the strided positions with a zero
+    # interior pad (which also undoes any spatial padding / cropping).
+    n, ho, wo, _ = g.shape
+    sh, sw = spec.strides
+    (plh, _), (plw, _) = spec.pads
+    h, wd = x_shape[1], x_shape[2]
+    dxs = lax.dot_general(g, w.reshape(c, o).astype(g.dtype),
+                          (((3,), (1,)), ((), ())), precision=spec.precision,
+                          preferred_element_type=jnp.float32)
+    dxs = dxs.astype(x_dtype)
+    hi_h = h - (-plh + (ho - 1) * sh + 1)
+    hi_w = wd - (-plw + (wo - 1) * sw + 1)
+    return _pad(dxs, ((0, 0, 0), (-plh, hi_h, sh - 1), (-plw, hi_w, sw - 1),
+                      (0, 0, 0)))
+  # XLA's transposed convolution: as fast as its forward pass on CPU.
+  x_aval = jax.ShapeDtypeStruct(x_shape, x_dtype)
+  transpose = jax.linear_transpose(lambda x: spec.xla_conv(x, w), x_aval)
+  (dx,) = transpose(g)
+  return dx
+
+
+def _matmul_backward(spec: _ConvSpec, x: jax.Array, w: jax.Array,
+                     g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  dx = _input_grad(g, w, x.shape, x.dtype, spec)
+  dw = _weight_grad(x, g, w.shape, spec)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _xla_backward(spec: _ConvSpec, x: jax.Array, w: jax.Array,
+                  g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  _, vjp = jax.vjp(spec.xla_conv, x, w)
+  return vjp(g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv(spec: _ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+  return spec.xla_conv(x, w)
+
+
+def _conv_fwd(spec: _ConvSpec, x: jax.Array, w: jax.Array):
+  return spec.xla_conv(x, w), (x, w)
+
+
+def _conv_bwd(spec: _ConvSpec, res, g: jax.Array):
+  x, w = res
+  if spec.backward == "matmul":
+    return _matmul_backward(spec, x, w, g)
+  return lax.platform_dependent(
+      x, w, g,
+      cpu=functools.partial(_matmul_backward, spec),
+      default=functools.partial(_xla_backward, spec))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _custom_spec(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                 dimension_numbers, feature_group_count, batch_group_count,
+                 precision, preferred_element_type, out_sharding,
+                 backward) -> _ConvSpec | None:
+  """The static spec if the custom path supports this call, else None."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or out_sharding is not None:
+    return None
+  if feature_group_count != 1 or batch_group_count != 1:
+    return None
+  if any(d != 1 for d in (lhs_dilation or (1, 1))):
+    return None
+  if any(d != 1 for d in (rhs_dilation or (1, 1))):
+    return None
+  if lhs.dtype != rhs.dtype or not jnp.issubdtype(lhs.dtype, jnp.floating):
+    return None
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) != _NHWC_SPECS:
+    return None
+  strides = tuple(int(s) for s in window_strides)
+  if len(strides) != 2:
+    return None
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[0:2], strides, padding)
+  else:
+    pads = padding
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if len(pads) != 2:
+    return None
+  return _ConvSpec(strides, pads, precision, preferred_element_type, backward)
+
+
+def _make(backward: str) -> Callable[..., jax.Array]:
+  def conv_general_dilated(
+      lhs: jax.Array,
+      rhs: jax.Array,
+      window_strides: Sequence[int],
+      padding: str | Sequence[tuple[int, int]],
+      lhs_dilation: Sequence[int] | None = None,
+      rhs_dilation: Sequence[int] | None = None,
+      dimension_numbers: Any = None,
+      feature_group_count: int = 1,
+      batch_group_count: int = 1,
+      precision: Any = None,
+      preferred_element_type: Any = None,
+      out_sharding: Any = None,
+  ) -> jax.Array:
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    spec = _custom_spec(lhs, rhs, window_strides, padding, lhs_dilation,
+                        rhs_dilation, dimension_numbers, feature_group_count,
+                        batch_group_count, precision, preferred_element_type,
+                        out_sharding, backward)
+    if spec is None:
+      return lax.conv_general_dilated(
+          lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+          feature_group_count=feature_group_count,
+          batch_group_count=batch_group_count, precision=precision,
+          preferred_element_type=preferred_element_type,
+          out_sharding=out_sharding)
+    return _conv(spec, lhs, rhs)
+
+  return conv_general_dilated
+
+
+conv_general_dilated_cpu_matmul: Callable[..., jax.Array] = _make("matmul")
+conv_general_dilated_cpu_matmul.__doc__ = (
+    "``lax.conv_general_dilated`` with the matmul-based backward pass on every "
+    "backend (falls back to XLA for unsupported configurations).")
+_conv_general_dilated_cpu_auto = _make("auto")
+
+
+def _conv_general_dilated_auto(lhs, rhs, *args, **kwargs) -> jax.Array:
+  if jax.default_backend() == "cpu":
+    return _conv_general_dilated_cpu_auto(lhs, rhs, *args, **kwargs)
+  return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
+  """Returns a drop-in replacement for ``jax.lax.conv_general_dilated``.
+
+  Pass the result as ``flax.linen.Conv(conv_general_dilated=...)``.
+
+  Args:
+    impl: ``'auto'``, ``'xla'`` or ``'cpu_matmul'``.
+
+      * ``'xla'``: ``lax.conv_general_dilated`` itself.
+      * ``'cpu_matmul'``: forward is XLA's convolution; the backward pass is
+        the matmul formulation described in the module docstring, on every
+        backend. Meant for CPU and for tests.
+      * ``'auto'``: the custom gradient where it helps (the CPU backend), XLA
+        untouched elsewhere. The platform is decided in two places:
+
+        1. At trace time, ``jax.default_backend()``: when it is not ``'cpu'``
+           (a TPU/GPU host) the call is exactly ``lax.conv_general_dilated``,
+           so TPU/GPU programs are unchanged (same HLO, forward-mode AD
+           works).
+        2. On a CPU host the custom VJP is used, and inside its backward pass
+           ``lax.platform_dependent`` picks the matmul gradient for CPU and
+           XLA's own gradient for any other platform. That choice is made
+           when the program is lowered for its actual target, so a function
+           traced on a CPU host but lowered/exported for TPU or GPU (AOT,
+           ``jax.export``, multi-platform lowering) still gets XLA's native
+           gradient there. A trace-time check alone could not guarantee
+           that; ``platform_dependent`` alone would wrap TPU/GPU convolutions
+           in a ``custom_vjp`` for no benefit.
+
+  Returns:
+    A callable with the signature of ``lax.conv_general_dilated``.
+
+  Raises:
+    ValueError: for an unknown ``impl``.
+  """
+  if impl == "auto":
+    return _conv_general_dilated_auto
+  if impl == "xla":
+    return lax.conv_general_dilated
+  if impl == "cpu_matmul":
+    return conv_general_dilated_cpu_matmul
+  raise ValueError(
+      f"Unknown conv impl {impl!r}; valid values are {', '.join(map(repr, IMPLS))}.")
