@@ -90,6 +90,7 @@ def test_non_square_kernel_and_strides():
 def test_tiling_paths(monkeypatch, tile_bytes, k, s):
   """Row bands, multi-step scans and remainders all give the same gradient."""
   monkeypatch.setattr(conv_mod, "_TILE_BYTES", tile_bytes)
+  monkeypatch.setattr(conv_mod, "_MIN_TILE_ROWS", 1)
   x, kern = _inputs(5, 13, 11, 3, 4, k)
   _, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, (s, s), "SAME")
   _, dx1, dk1 = _grads(conv_general_dilated_fn("cpu_matmul"), x, kern,

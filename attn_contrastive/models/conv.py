@@ -72,6 +72,10 @@ _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 # benchmarks/conv_grad.py: 1-4 MiB were equally good, whole-batch patches and
 # tiles below ~256 KiB were markedly slower.
 _TILE_BYTES = 2 * 1024 * 1024
+# Minimum output pixels (matmul contraction length) per scan step.
+_MIN_TILE_ROWS = 256
+# lax.scan unroll factor for the weight-gradient tiles.
+_SCAN_UNROLL = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,31 +114,42 @@ def _dot_t(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
       preferred_element_type=jnp.float32)
 
 
-def _patches(xp: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
-             wo: int) -> jax.Array:
-  """im2col of an already padded NHWC block: ``(n*ho*wo, kh*kw*C)``.
+def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
+                wo: int) -> jax.Array:
+  """Channel-major im2col of a padded ``(C, n, H, W)`` block: ``(kh*kw*C, M)``.
 
-  Column order is (i, j, c), matching a row-major reshape of an HWIO kernel.
+  Row order is (i, j, c), matching a row-major reshape of an HWIO kernel;
+  ``M = n*ho*wo`` runs over (image, row, column) like a reshaped NHWC
+  gradient, so the weight gradient is the plain ``(K, M) @ (M, O)`` product
+  (the contraction on the minor axis of the left operand is the fastest
+  layout for XLA:CPU's matmul; see ``benchmarks/conv_grad.py``).
   """
-  n, _, _, c = xp.shape
+  c, n = xt.shape[0], xt.shape[1]
   cols = [
-      lax.slice(xp, (0, i, j, 0),
-                (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                (1, sh, sw, 1))
+      lax.slice(xt, (0, 0, i, j),
+                (c, n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1),
+                (1, 1, sh, sw))
       for i in range(kh) for j in range(kw)
   ]
-  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return p.reshape(n * ho * wo, kh * kw * c)
+  p = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=0)
+  return p.reshape(kh * kw * c, n * ho * wo)
 
 
 def _tiling(n: int, ho: int, wo: int, k_cols: int, itemsize: int
             ) -> tuple[int, int]:
-  """(rows per tile, tiles per scan step) for ~_TILE_BYTES of patches."""
+  """(output rows per tile, tiles per scan step) for the weight gradient.
+
+  A scan step holds about ``_TILE_BYTES`` of patches but at least
+  ``_MIN_TILE_ROWS`` output pixels (the matmul's contraction length), so
+  that deep layers with tiny images still get an efficient matmul. Images
+  whose patches exceed the budget are cut into bands of output rows.
+  """
   row_bytes = wo * k_cols * itemsize
   image_bytes = ho * row_bytes
   if image_bytes <= _TILE_BYTES:
-    return ho, max(1, min(n, _TILE_BYTES // image_bytes))
-  rows_max = max(1, _TILE_BYTES // row_bytes)
+    per_step = max(_TILE_BYTES // image_bytes, -(-_MIN_TILE_ROWS // (ho * wo)))
+    return ho, max(1, min(n, per_step))
+  rows_max = max(1, _TILE_BYTES // row_bytes, -(-_MIN_TILE_ROWS // wo))
   chunks = -(-ho // rows_max)
   return -(-ho // chunks), 1
 
@@ -145,7 +160,7 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
   kh, kw, c, o = kernel_shape
   sh, sw = spec.strides
   n, ho, wo, _ = g.shape
-  (plh, phh), (plw, phw) = spec.pads
+  (plh, _), (plw, _) = spec.pads
   g = g.astype(x.dtype) if g.dtype != x.dtype else g
   # Pad, then crop to exactly the rows/columns the windows touch.
   hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
@@ -173,26 +188,33 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
                     for t in range(chunks)], axis=1)
     xp = xp.reshape(n * chunks, rows_in, wn, c)
     g = g.reshape(n * chunks, rows, wo, o)
-  tiles = xp.shape[0]
+  tiles, rows_in = xp.shape[0], xp.shape[1]
 
-  def block(xb: jax.Array, gb: jax.Array) -> jax.Array:
-    p = _patches(xb, kh, kw, sh, sw, rows, wo)
-    return _dot_t(p, gb.reshape(-1, o), spec.precision)
+  def block(xt: jax.Array, gb: jax.Array) -> jax.Array:
+    # xt: (C, b, rows_in, wn) channel-major tile; gb: (b*rows*wo, O).
+    p = _patches_cm(xt, kh, kw, sh, sw, rows, wo)
+    return lax.dot_general(p, gb, (((1,), (0,)), ((), ())),
+                           precision=spec.precision,
+                           preferred_element_type=jnp.float32)
 
   steps = tiles // per_step
   done = steps * per_step
-  if steps <= 1:
-    dw = block(xp[:done], g[:done])
+  # One transpose of the input to channel-major tiles (C, b, H, W).
+  xs = xp[:done].reshape(steps, per_step, rows_in, wn, c)
+  xs = xs.transpose(0, 4, 1, 2, 3)
+  gs = g[:done].reshape(steps, per_step * rows * wo, o)
+  if steps == 1:
+    dw = block(xs[0], gs[0])
   else:
-    xs = xp[:done].reshape(steps, per_step, *xp.shape[1:])
-    gs = g[:done].reshape(steps, per_step, *g.shape[1:])
 
     def body(acc, xg):
       return acc + block(*xg), None
 
-    dw, _ = lax.scan(body, jnp.zeros((k_cols, o), jnp.float32), (xs, gs))
+    dw, _ = lax.scan(body, jnp.zeros((k_cols, o), jnp.float32), (xs, gs),
+                     unroll=_SCAN_UNROLL)
   if done < tiles:
-    dw = dw + block(xp[done:], g[done:])
+    dw = dw + block(xp[done:].transpose(3, 0, 1, 2),
+                    g[done:].reshape(-1, o))
   return dw.reshape(kh, kw, c, o)
 
 
