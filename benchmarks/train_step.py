@@ -58,7 +58,7 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict
   tx = optim.make_optimizer(config.optim, schedule)
   s = config.data.image_size
   state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
-                             jax.random.PRNGKey(0), mesh_lib.replicated(mesh))
+                             0, mesh_lib.replicated(mesh))
   batch = mesh_lib.to_global(host_batch, mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
   step = loop.jit_train_step(loop.make_train_step(loss_fn, schedule), mesh)

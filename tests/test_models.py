@@ -21,7 +21,8 @@ def test_param_count_matches_torchvision(depth, expected):
 def test_stage_outputs_have_resnet_strides():
   model = ResNet(depth=18, width=8, num_classes=5)
   x = jnp.zeros((2, 64, 64, 3))
-  out, _ = model.init_with_output(jax.random.PRNGKey(0), x, train=False)
+  out, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x,
+                                                         train=False))
   assert out["conv2"].shape == (2, 16, 16, 8)   # stride 4
   assert out["conv3"].shape == (2, 8, 8, 16)    # stride 8
   assert out["conv4"].shape == (2, 4, 4, 32)    # stride 16
@@ -32,8 +33,8 @@ def test_stage_outputs_have_resnet_strides():
 
 def test_bottleneck_feature_dim_and_small_stem():
   model = ResNet(depth=50, width=4, stem_kernel=3, stem_stride=1, stem_pool=False)
-  out, _ = model.init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
-                                  train=False)
+  out, _ = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
   assert out["conv2"].shape == (1, 32, 32, 16)
   assert out["pooled"].shape == (1, model.feature_dim) == (1, 128)
   assert "logits" not in out
@@ -41,4 +42,5 @@ def test_bottleneck_feature_dim_and_small_stem():
 
 def test_unknown_depth_is_refused():
   with pytest.raises(ValueError, match="depth 19"):
-    ResNet(depth=19).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    jax.eval_shape(lambda: ResNet(depth=19).init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 32, 32, 3))))

