@@ -28,6 +28,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 TASKS = {
     "pretrain": "attn_contrastive.tasks.pretrain",
     "supervised": "attn_contrastive.tasks.supervised",
+    "teacher": "attn_contrastive.tasks.teacher",
 }
 
 
