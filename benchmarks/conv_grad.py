@@ -4,8 +4,9 @@ Compares, on ResNet-typical NHWC/HWIO shapes at small sizes, XLA's own
 convolution and its autodiff gradients against the matmul-based backward
 pass of ``attn_contrastive.models.conv`` (impl ``'cpu_matmul'``):
 
-* ``fwd``: the forward convolution (ours *is* XLA's forward; timed through
-  our wrapper to show it adds nothing),
+* ``fwd``: the forward convolution (ours is XLA's forward, timed through
+  our wrapper to show it adds nothing, except for inputs smaller than the
+  kernel, where ours is im2col + matmul),
 * ``dx``: gradient with respect to the input only,
 * ``dw``: gradient with respect to the kernel only,
 * ``step``: forward plus both gradients, as in a training step.
@@ -52,6 +53,8 @@ SHAPES: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "3x3s2_c64": (32, 32, 32, 64, 128, 3, 2),
     "1x1s1_c128": (32, 16, 16, 128, 128, 1, 1),
     "1x1s2_c64": (32, 32, 32, 64, 128, 1, 2),
+    # Input smaller than the kernel: conv5 of a ResNet on 64-px images.
+    "3x3s1_c512_2x2": (32, 2, 2, 512, 512, 3, 1),
 }
 
 

@@ -76,6 +76,10 @@ _TILE_BYTES = 2 * 1024 * 1024
 _MIN_TILE_ROWS = 256
 # lax.scan unroll factor for the weight-gradient tiles.
 _SCAN_UNROLL = 1
+# Bytes of im2col patches per block of the matmul forward / col2im paths.
+_FWD_BLOCK_BYTES = 8 * 1024 * 1024
+# How im2col tiles are built: 'flat' (kh*kw slices) or 'two_stage'.
+_PATCH_MODE = "two_stage"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +129,16 @@ def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
   layout for XLA:CPU's matmul; see ``benchmarks/conv_grad.py``).
   """
   c, n = xt.shape[0], xt.shape[1]
+  if _PATCH_MODE == "two_stage":
+    # kw column shifts, then kh row shifts of that: kh + kw slices instead
+    # of kh * kw, which keeps 7x7 kernels quick to compile.
+    cols = [lax.slice_in_dim(xt, j, j + (wo - 1) * sw + 1, sw, axis=3)
+            for j in range(kw)]
+    xw = jnp.stack(cols, axis=0) if kw > 1 else cols[0][None]
+    rows = [lax.slice_in_dim(xw, i, i + (ho - 1) * sh + 1, sh, axis=3)
+            for i in range(kh)]
+    p = jnp.stack(rows, axis=0) if kh > 1 else rows[0][None]
+    return p.reshape(kh * kw * c, n * ho * wo)
   cols = [
       lax.slice(xt, (0, 0, i, j),
                 (c, n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1),
@@ -161,14 +175,15 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
   sh, sw = spec.strides
   n, ho, wo, _ = g.shape
   (plh, _), (plw, _) = spec.pads
-  g = g.astype(x.dtype) if g.dtype != x.dtype else g
-  # Pad, then crop to exactly the rows/columns the windows touch.
-  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
   h, w = x.shape[1], x.shape[2]
-  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - w - plw, 0),
-                (0, 0, 0)))
+  g = g.astype(x.dtype) if g.dtype != x.dtype else g
+  # Rows/columns of the padded input that the windows touch.
+  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+
   if kh == kw == 1:
     # One matmul; for stride > 1 the strided slice is a cheap subsample.
+    xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - w - plw, 0),
+                  (0, 0, 0)))
     if sh > 1 or sw > 1:
       xp = xp[:, ::sh, ::sw]
     dw = _dot_t(xp.reshape(-1, c), g.reshape(-1, o), spec.precision)
@@ -176,19 +191,32 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
 
   k_cols = kh * kw * c
   rows, per_step = _tiling(n, ho, wo, k_cols, x.dtype.itemsize)
-  if rows < ho:
-    # Split each image into bands of `rows` output rows (input bands overlap
-    # by kh - sh rows); each band becomes a pseudo-image.
-    chunks = -(-ho // rows)
-    rows_in = (rows - 1) * sh + kh
-    need = (chunks * rows - 1) * sh + kh
-    xp = _pad(xp, ((0, 0, 0), (0, need - hn, 0), (0, 0, 0), (0, 0, 0)))
-    g = _pad(g, ((0, 0, 0), (0, chunks * rows - ho, 0), (0, 0, 0), (0, 0, 0)))
+  chunks = -(-ho // rows)
+  tiles = n * chunks
+  steps = -(-tiles // per_step)
+  per_step = -(-tiles // steps)
+  # Zero images/rows pad the batch to whole tiles and steps; their gradient
+  # rows are zero, so they add nothing.
+  n_pad = -(-steps * per_step // chunks) - n if chunks > 1 else (
+      steps * per_step - n)
+  rows_in = (rows - 1) * sh + kh
+  need = (chunks * rows - 1) * sh + kh
+  # Pad (and crop) the input in one op.
+  xp = _pad(x, ((0, n_pad, 0), (plh, need - h - plh, 0),
+                (plw, wn - w - plw, 0), (0, 0, 0)))
+  g = _pad(g, ((0, n_pad, 0), (0, chunks * rows - ho, 0), (0, 0, 0),
+               (0, 0, 0)))
+  if chunks > 1:
+    # Bands of `rows` output rows (input bands overlap by kh - sh rows);
+    # each band becomes a pseudo-image.
     xp = jnp.stack([xp[:, t * rows * sh:t * rows * sh + rows_in]
                     for t in range(chunks)], axis=1)
-    xp = xp.reshape(n * chunks, rows_in, wn, c)
-    g = g.reshape(n * chunks, rows, wo, o)
-  tiles, rows_in = xp.shape[0], xp.shape[1]
+    xp = xp.reshape(-1, rows_in, wn, c)
+    g = g.reshape(-1, rows, wo, o)
+  xp, g = xp[:steps * per_step], g[:steps * per_step]
+  # One transpose of the input to channel-major tiles (C, b, H, W).
+  xs = xp.reshape(steps, per_step, rows_in, wn, c).transpose(0, 4, 1, 2, 3)
+  gs = g.reshape(steps, per_step * rows * wo, o)
 
   def block(xt: jax.Array, gb: jax.Array) -> jax.Array:
     # xt: (C, b, rows_in, wn) channel-major tile; gb: (b*rows*wo, O).
@@ -197,12 +225,6 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
                            precision=spec.precision,
                            preferred_element_type=jnp.float32)
 
-  steps = tiles // per_step
-  done = steps * per_step
-  # One transpose of the input to channel-major tiles (C, b, H, W).
-  xs = xp[:done].reshape(steps, per_step, rows_in, wn, c)
-  xs = xs.transpose(0, 4, 1, 2, 3)
-  gs = g[:done].reshape(steps, per_step * rows * wo, o)
   if steps == 1:
     dw = block(xs[0], gs[0])
   else:
@@ -212,31 +234,113 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
 
     dw, _ = lax.scan(body, jnp.zeros((k_cols, o), jnp.float32), (xs, gs),
                      unroll=_SCAN_UNROLL)
-  if done < tiles:
-    dw = dw + block(xp[done:].transpose(3, 0, 1, 2),
-                    g[done:].reshape(-1, o))
   return dw.reshape(kh, kw, c, o)
+
+
+def _small_input(x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
+  """True when the input is smaller than the kernel along a spatial axis.
+
+  XLA:CPU's convolution (forward and input gradient) is pathologically slow
+  there, e.g. a 3x3 convolution over 2x2 feature maps (the last stage of a
+  ResNet on 64-px images): 32x2x2x512 -> 512 took 520-590 ms against 9 ms as
+  im2col + matmul. Those maps are tiny, so im2col costs nothing.
+  """
+  return x_shape[1] < w_shape[0] or x_shape[2] < w_shape[1]
+
+
+def _batch_blocks(n: int, per_image_bytes: int) -> tuple[int, int]:
+  """(steps, images per step) covering ``n`` images, ~_FWD_BLOCK_BYTES each."""
+  per_step = max(1, min(n, _FWD_BLOCK_BYTES // max(per_image_bytes, 1)))
+  steps = -(-n // per_step)
+  return steps, -(-n // steps)
+
+
+def _map_batch(fn: Callable[[jax.Array], jax.Array], xs: jax.Array,
+               steps: int, per_step: int) -> jax.Array:
+  """``fn`` over ``steps`` blocks of ``per_step`` images (zero-padded)."""
+  n = xs.shape[0]
+  xs = _pad(xs, ((0, steps * per_step - n, 0),) + ((0, 0, 0),) * (xs.ndim - 1))
+  if steps == 1:
+    return fn(xs)[:n]
+  ys = lax.map(fn, xs.reshape(steps, per_step, *xs.shape[1:]))
+  return ys.reshape(steps * per_step, *ys.shape[2:])[:n]
+
+
+def _matmul_forward(spec: _ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+  """The convolution as im2col + one matmul per block of images."""
+  kh, kw, c, o = w.shape
+  n, h, wd, _ = x.shape
+  sh, sw = spec.strides
+  (plh, phh), (plw, phw) = spec.pads
+  ho, wo = (h + plh + phh - kh) // sh + 1, (wd + plw + phw - kw) // sw + 1
+  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+  k_cols = kh * kw * c
+  out_dtype = spec.preferred_element_type or x.dtype
+  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - wd - plw, 0),
+                (0, 0, 0)))
+  w2 = w.reshape(k_cols, o)
+
+  def block(xb: jax.Array) -> jax.Array:
+    cols = [lax.slice_in_dim(xb, j, j + (wo - 1) * sw + 1, sw, axis=2)
+            for j in range(kw)]
+    xw = jnp.concatenate(cols, axis=-1) if kw > 1 else cols[0]
+    rows = [lax.slice_in_dim(xw, i, i + (ho - 1) * sh + 1, sh, axis=1)
+            for i in range(kh)]
+    p = jnp.concatenate(rows, axis=-1) if kh > 1 else rows[0]
+    y = lax.dot_general(p.reshape(-1, k_cols), w2, (((1,), (0,)), ((), ())),
+                        precision=spec.precision,
+                        preferred_element_type=jnp.float32)
+    return y.reshape(xb.shape[0], ho, wo, o).astype(out_dtype)
+
+  steps, per_step = _batch_blocks(n, ho * wo * k_cols * x.dtype.itemsize)
+  return _map_batch(block, xp, steps, per_step)
+
+
+def _input_grad_col2im(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...],
+                       x_dtype: Any, spec: _ConvSpec) -> jax.Array:
+  """dL/dx as ``g @ w^T`` (one matmul) followed by col2im.
+
+  col2im adds each kernel offset's ``(n, ho, wo, C)`` slab at its (strided)
+  input positions with a zero interior pad; XLA fuses the kh*kw pads and
+  adds into one loop. For 1x1 kernels this is a single matmul and pad.
+  """
+  kh, kw, c, o = w.shape
+  n, ho, wo, _ = g.shape
+  h, wd = x_shape[1], x_shape[2]
+  sh, sw = spec.strides
+  (plh, _), (plw, _) = spec.pads
+  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+  w2 = w.reshape(kh * kw * c, o).astype(g.dtype)
+
+  def block(gb: jax.Array) -> jax.Array:
+    dp = lax.dot_general(gb, w2, (((3,), (1,)), ((), ())),
+                         precision=spec.precision,
+                         preferred_element_type=jnp.float32)
+    dp = dp.reshape(gb.shape[0], ho, wo, kh, kw, c)
+    acc = None
+    for i in range(kh):
+      for j in range(kw):
+        t = _pad(dp[:, :, :, i, j, :],
+                 ((0, 0, 0), (i, hn - i - (ho - 1) * sh - 1, sh - 1),
+                  (j, wn - j - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
+        acc = t if acc is None else acc + t
+    # Padded-input coordinates -> input coordinates.
+    return _pad(acc.astype(x_dtype),
+                ((0, 0, 0), (-plh, h + plh - hn, 0), (-plw, wd + plw - wn, 0),
+                 (0, 0, 0)))
+
+  if kh == kw == 1:
+    return block(g)
+  steps, per_step = _batch_blocks(n, ho * wo * kh * kw * c * 4)
+  return _map_batch(block, g, steps, per_step)
 
 
 def _input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...],
                 x_dtype: Any, spec: _ConvSpec) -> jax.Array:
   """dL/dx for ``y = conv(x, w)``."""
-  kh, kw, c, o = w.shape
-  if kh == kw == 1:
-    # 1x1: one matmul, then scatter to the strided positions with a zero
-    # interior pad (which also undoes any spatial padding / cropping).
-    n, ho, wo, _ = g.shape
-    sh, sw = spec.strides
-    (plh, _), (plw, _) = spec.pads
-    h, wd = x_shape[1], x_shape[2]
-    dxs = lax.dot_general(g, w.reshape(c, o).astype(g.dtype),
-                          (((3,), (1,)), ((), ())), precision=spec.precision,
-                          preferred_element_type=jnp.float32)
-    dxs = dxs.astype(x_dtype)
-    hi_h = h - (-plh + (ho - 1) * sh + 1)
-    hi_w = wd - (-plw + (wo - 1) * sw + 1)
-    return _pad(dxs, ((0, 0, 0), (-plh, hi_h, sh - 1), (-plw, hi_w, sw - 1),
-                      (0, 0, 0)))
+  kh, kw = w.shape[0], w.shape[1]
+  if (kh == kw == 1) or _small_input(x_shape, w.shape):
+    return _input_grad_col2im(g, w, x_shape, x_dtype, spec)
   # XLA's transposed convolution: as fast as its forward pass on CPU.
   x_aval = jax.ShapeDtypeStruct(x_shape, x_dtype)
   transpose = jax.linear_transpose(lambda x: spec.xla_conv(x, w), x_aval)
@@ -259,11 +363,22 @@ def _xla_backward(spec: _ConvSpec, x: jax.Array, w: jax.Array,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv(spec: _ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-  return spec.xla_conv(x, w)
+  return _forward(spec, x, w)
+
+
+def _forward(spec: _ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+  """XLA's convolution, except for inputs smaller than the kernel."""
+  if not _small_input(x.shape, w.shape):
+    return spec.xla_conv(x, w)
+  if spec.backward == "matmul":
+    return _matmul_forward(spec, x, w)
+  return lax.platform_dependent(
+      x, w, cpu=functools.partial(_matmul_forward, spec),
+      default=spec.xla_conv)
 
 
 def _conv_fwd(spec: _ConvSpec, x: jax.Array, w: jax.Array):
-  return spec.xla_conv(x, w), (x, w)
+  return _forward(spec, x, w), (x, w)
 
 
 def _conv_bwd(spec: _ConvSpec, res, g: jax.Array):
@@ -307,6 +422,9 @@ def _custom_spec(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if len(pads) != 2:
     return None
+  for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[0:2], strides, pads):
+    if s < 1 or size + lo + hi < k:  # empty output: let XLA handle/report it
+      return None
   return _ConvSpec(strides, pads, precision, preferred_element_type, backward)
 
 
