@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
       strength=1.0, p_jitter=0.8, p_gray=0.2, p_blur=0.5, area_min=0.08,
       eval_crop_fraction=0.875))
   c.model = ml_collections.ConfigDict(dict(
-      depth=18, width=16, stem_kernel=3, stem_stride=1, stem_pool=True,
+      depth=18, width=16, stem_kernel=3, stem_stride=2, stem_pool=True,
       dtype="float32", conv_impl="auto", bn_momentum=0.9,
       proj_hidden_dim=256, proj_out_dim=64))
   c.loss = ml_collections.ConfigDict(dict(temperature=0.2, label_smoothing=0.0))
