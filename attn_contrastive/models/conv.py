@@ -78,8 +78,10 @@ _MIN_TILE_ROWS = 256
 _SCAN_UNROLL = 1
 # Bytes of im2col patches per block of the matmul forward / col2im paths.
 _FWD_BLOCK_BYTES = 8 * 1024 * 1024
-# How im2col tiles are built: 'flat' (kh*kw slices) or 'two_stage'.
-_PATCH_MODE = "two_stage"
+# How im2col tiles are built: 'flat' (kh*kw slices), 'two_stage' (kw + kh
+# slices) or 'auto' (flat up to 3x3: ~10% faster at runtime; two-stage above:
+# a 7x7 stem's gradient compiles in ~1.3 s instead of ~4.3 s).
+_PATCH_MODE = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +131,10 @@ def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
   layout for XLA:CPU's matmul; see ``benchmarks/conv_grad.py``).
   """
   c, n = xt.shape[0], xt.shape[1]
-  if _PATCH_MODE == "two_stage":
+  mode = _PATCH_MODE
+  if mode == "auto":
+    mode = "flat" if kh * kw <= 9 else "two_stage"
+  if mode == "two_stage":
     # kw column shifts, then kh row shifts of that: kh + kw slices instead
     # of kh * kw, which keeps 7x7 kernels quick to compile.
     cols = [lax.slice_in_dim(xt, j, j + (wo - 1) * sw + 1, sw, axis=3)
