@@ -45,3 +45,59 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
   num_classes = logits.shape[-1]
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def _sum_to_one(maps: jnp.ndarray) -> jnp.ndarray:
+  """Clips ``[B, h, w]`` maps at 0 and normalises each to sum 1 (uniform if empty)."""
+  m = jnp.maximum(maps.astype(jnp.float32), 0.0)
+  total = jnp.sum(m, axis=(1, 2), keepdims=True)
+  uniform = jnp.full_like(m, 1.0 / (m.shape[1] * m.shape[2]))
+  return jnp.where(total > 0, m / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def fixation_target(teacher_map: jnp.ndarray, quantile: float | None = None) -> jnp.ndarray:
+  """The NSS target p' from a (sum-1) teacher map ``[B, h, w]``.
+
+  By default the map itself, used as a fixation density: NSS against it is
+  the expected NSS over fixations drawn from the teacher. With ``quantile``
+  in (0, 1), the binary map of locations at or above that per-image quantile
+  (the teacher's top ``1 - quantile`` share), a stand-in for fixations.
+  """
+  if quantile is None or quantile < 0:
+    return teacher_map
+  flat = teacher_map.reshape(teacher_map.shape[0], -1)
+  thresh = jnp.quantile(flat, quantile, axis=-1)[:, None, None]
+  return (teacher_map >= thresh).astype(jnp.float32)
+
+
+def attention_loss(head_logits: dict[str, jnp.ndarray],
+                   teacher_maps: dict[str, jnp.ndarray], alpha: float, beta: float,
+                   fixation_quantile: float | None = None
+                   ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """``L_attn = Σ_i (α·KLD(m'_i ‖ m_i) − β·NSS(m_i, p'_i))``, batch mean.
+
+  Args:
+    head_logits: ``{stage: [B, h, w]}`` logits; m_i is their spatial softmax.
+    teacher_maps: ``{stage: [B, h, w]}`` non-negative teacher maps already at
+      each head's resolution (any scale; normalised to sum 1 here as m'_i).
+    alpha, beta: weights of the KLD and NSS terms.
+    fixation_quantile: ``None`` or negative: the NSS target p'_i is the
+      teacher density; else the teacher's top-quantile binary map.
+
+  Returns:
+    (loss, ``{"attn_kld/<stage>", "attn_nss/<stage>"}`` batch means). The
+    teacher maps are constants (``stop_gradient``).
+  """
+  # Local import: saliency metrics depend on nothing here, so no cycle.
+  from attn_contrastive.saliency import jax_metrics
+  total, metrics = jnp.zeros((), jnp.float32), {}
+  for stage, logits in head_logits.items():
+    target = _sum_to_one(jax.lax.stop_gradient(teacher_maps[stage]))
+    if target.shape != logits.shape:
+      raise ValueError(f"teacher map for {stage} has shape {target.shape}, "
+                       f"head logits {logits.shape}")
+    kld = jax_metrics.kld_from_logits(logits, target).mean()
+    nss = jax_metrics.nss_from_logits(logits, fixation_target(target, fixation_quantile)).mean()
+    total = total + alpha * kld - beta * nss
+    metrics[f"attn_kld/{stage}"], metrics[f"attn_nss/{stage}"] = kld, nss
+  return total, metrics
