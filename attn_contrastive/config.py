@@ -59,6 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
       num_epochs=10.0, num_steps=-1, log_every=10, checkpoint_every=200,
       keep_checkpoints=3, async_checkpoint=True, eval_every=-1,
       eval_batch_size=500, profile=False))
+  # Attention heads trained towards teacher maps (L_attn); off by default.
+  # `map_size`: side of the per-view map made on the host (the largest head's
+  # resolution); it is resized on device to each head. `fixation_quantile` < 0
+  # uses the teacher map as the NSS fixation density. `maps_dir`: the label
+  # task's output for the training split.
+  c.attention = ml_collections.ConfigDict(dict(
+      enabled=False, stages=("conv3", "conv4"), width=64, alpha=1.0, beta=0.1,
+      fixation_quantile=-1.0, map_size=16, maps_dir=""))
   return c
 
 

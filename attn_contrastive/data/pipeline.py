@@ -36,19 +36,28 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveViews:
-  """Two SimCLR views of each image."""
+  """Two SimCLR views of each image.
+
+  With ``map_size`` set, the example's ``attention_map`` follows each view's
+  crop and flip into ``map1`` / ``map2`` (float32, ``map_size`` square); the
+  random draws, and so the views, are the same with or without maps.
+  """
   image_size: int
   aug: Any  # config.aug
+  map_size: int | None = None
 
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
     out = {}
-    for name in ("view1", "view2"):
-      view, _ = augment.simclr_view(
-          rng, example["image"], out_size=self.image_size,
+    attn_map = example["attention_map"] if self.map_size else None
+    for i, name in enumerate(("view1", "view2"), 1):
+      view, map_view = augment.simclr_view(
+          rng, example["image"], attn_map, out_size=self.image_size,
           strength=self.aug.strength, p_jitter=self.aug.p_jitter,
           p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
-          area_range=(self.aug.area_min, 1.0))
+          area_range=(self.aug.area_min, 1.0), map_size=self.map_size)
       out[name] = to_uint8(view)
+      if map_view is not None:
+        out[f"map{i}"] = map_view
     return out
 
 
