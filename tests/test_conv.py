@@ -112,16 +112,18 @@ def test_non_square_kernel_and_strides():
   _assert_close(dk1, dk0)
 
 
-@pytest.mark.parametrize("k,s,tile_bytes,mode", [
-    (3, 1, 1, "flat"), (3, 2, 3000, "flat"), (3, 1, 20000, "two_stage"),
-    (7, 2, 1, "two_stage"), (7, 2, 3000, "flat"), (7, 2, 20000, "two_stage"),
+@pytest.mark.parametrize("k,s,tile_bytes,mode,devices", [
+    (3, 1, 1, "flat", 1), (3, 2, 3000, "flat", 1), (3, 1, 20000, "two_stage", 1),
+    (7, 2, 1, "two_stage", 1), (7, 2, 3000, "flat", 1),
+    (7, 2, 20000, "two_stage", 1), (3, 1, 3000, "flat", 2),
 ])
-def test_tiling_paths(monkeypatch, tile_bytes, k, s, mode):
+def test_tiling_paths(monkeypatch, tile_bytes, k, s, mode, devices):
   """Row bands, multi-step scans and batch padding give the same gradient."""
   monkeypatch.setattr(conv_mod, "_TILE_BYTES", tile_bytes)
   monkeypatch.setattr(conv_mod, "_MIN_TILE_ROWS", 1)
   monkeypatch.setattr(conv_mod, "_PATCH_MODE", mode)
-  x, kern = _inputs(5, 13, 11, 3, 4, k)
+  monkeypatch.setattr(conv_mod, "_device_count", lambda: devices)
+  x, kern = _inputs(6 if devices > 1 else 5, 13, 11, 3, 4, k)
   _, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, (s, s), "SAME")
   _, dx1, dk1 = _grads(conv_general_dilated_fn("cpu_matmul"), x, kern,
                        (s, s), "SAME")
@@ -130,10 +132,36 @@ def test_tiling_paths(monkeypatch, tile_bytes, k, s, mode):
 
 
 def test_tiling_choice():
-  rows, per_step = conv_mod._tiling(64, 32, 32, 9 * 16, 4)
-  assert rows == 32 and per_step > 1
-  rows, per_step = conv_mod._tiling(2, 112, 112, 7 * 7 * 3, 4)
-  assert rows < 112 and per_step == 1
+  rows, steps, per_step = conv_mod._tiling(64, 32, 32, 9 * 16, 4)
+  assert rows == 32 and per_step > 1 and steps * per_step == 64
+  rows, steps, per_step = conv_mod._tiling(2, 224, 224, 7 * 7 * 3, 4)
+  assert rows < 224 and per_step == 1 and steps > 2
+  # Data-parallel: whole images, a multiple of the device count per step.
+  rows, steps, per_step = conv_mod._tiling(64, 32, 32, 9 * 64, 4, devices=8)
+  assert rows == 32 and per_step % 8 == 0 and steps * per_step == 64
+  rows, steps, per_step = conv_mod._tiling(2, 224, 224, 7 * 7 * 3, 4, 2)
+  assert rows == 224 and steps * per_step == 2
+
+
+def test_data_parallel_sharding_keeps_batch_local():
+  """With the batch sharded over devices, no device gathers the batch."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  devices = jax.devices()
+  mesh = Mesh(np.asarray(devices), ("data",))
+  data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  x, kern = _inputs(2 * len(devices), 12, 12, 8, 8, 3)
+  x, kern = jax.device_put(x, data), jax.device_put(kern, rep)
+
+  def grad_fn(conv):
+    def loss(k, x):
+      return jnp.sum(jnp.sin(conv(x, k, (1, 1), "SAME", dimension_numbers=DN)))
+    return jax.jit(jax.grad(loss), in_shardings=(rep, data),
+                   out_shardings=rep)
+
+  ours = grad_fn(conv_general_dilated_fn("cpu_matmul"))
+  if len(devices) > 1:
+    assert "all-gather" not in ours.lower(kern, x).compile().as_text()
+  _assert_close(ours(kern, x), grad_fn(lax.conv_general_dilated)(kern, x))
 
 
 def test_bf16_accumulates_in_fp32():

@@ -72,6 +72,8 @@ _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 # benchmarks/conv_grad.py: 1-4 MiB were equally good, whole-batch patches and
 # tiles below ~256 KiB were markedly slower.
 _TILE_BYTES = 2 * 1024 * 1024
+# Images whose patches exceed this many tiles are cut into bands of rows.
+_BAND_FACTOR = 4
 # Minimum output pixels (matmul contraction length) per scan step.
 _MIN_TILE_ROWS = 256
 # lax.scan unroll factor for the weight-gradient tiles.
@@ -154,23 +156,52 @@ def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
   return p.reshape(kh * kw * c, n * ho * wo)
 
 
-def _tiling(n: int, ho: int, wo: int, k_cols: int, itemsize: int
-            ) -> tuple[int, int]:
-  """(output rows per tile, tiles per scan step) for the weight gradient.
+def _tiling(n: int, ho: int, wo: int, k_cols: int, itemsize: int,
+            devices: int = 1) -> tuple[int, int, int]:
+  """(output rows per tile, steps, tiles per step) for the weight gradient.
 
-  A scan step holds about ``_TILE_BYTES`` of patches but at least
-  ``_MIN_TILE_ROWS`` output pixels (the matmul's contraction length), so
-  that deep layers with tiny images still get an efficient matmul. Images
-  whose patches exceed the budget are cut into bands of output rows.
+  A scan step holds about ``_TILE_BYTES`` of patches per device but at least
+  ``_MIN_TILE_ROWS`` output pixels (the matmul's contraction length), so that
+  deep layers with tiny images still get an efficient matmul. On a single
+  device, images whose patches exceed ``_BAND_FACTOR * _TILE_BYTES`` are cut
+  into bands of output rows (a band is then one tile).
+
+  With ``devices > 1`` the batch is assumed to be split over that many
+  devices (data parallelism): each step then takes ``devices`` times as many
+  whole images, a multiple of ``devices`` when ``n`` allows, so that every
+  device keeps working on its own shard of the batch.
   """
   row_bytes = wo * k_cols * itemsize
   image_bytes = ho * row_bytes
-  if image_bytes <= _TILE_BYTES:
-    per_step = max(_TILE_BYTES // image_bytes, -(-_MIN_TILE_ROWS // (ho * wo)))
-    return ho, max(1, min(n, per_step))
-  rows_max = max(1, _TILE_BYTES // row_bytes, -(-_MIN_TILE_ROWS // wo))
-  chunks = -(-ho // rows_max)
-  return -(-ho // chunks), 1
+  if devices == 1 and image_bytes > _BAND_FACTOR * _TILE_BYTES:
+    rows_max = max(1, _TILE_BYTES // row_bytes, -(-_MIN_TILE_ROWS // wo))
+    chunks = -(-ho // rows_max)
+    return -(-ho // chunks), n * chunks, 1
+  per_dev = max(1, _TILE_BYTES // image_bytes,
+                -(-_MIN_TILE_ROWS // (ho * wo)))
+  if devices > 1 and n % devices == 0:
+    steps, per_dev = _split(n // devices, min(per_dev, n // devices))
+    return ho, steps, per_dev * devices
+  steps, per_step = _split(n, min(n, per_dev))
+  return ho, steps, per_step
+
+
+def _device_count() -> int:
+  """Devices a batch may be split over (a tiling hint; tests override it)."""
+  return jax.device_count()
+
+
+def _split(tiles: int, per_step: int) -> tuple[int, int]:
+  """(steps, tiles per step) with about ``per_step`` tiles per step.
+
+  Prefers an exact factorisation of ``tiles`` (no padding, which keeps a
+  sharded batch axis aligned); otherwise pads to ``steps * per_step``.
+  """
+  for p in range(per_step, max(1, per_step // 2) - 1, -1):
+    if tiles % p == 0:
+      return tiles // p, p
+  steps = -(-tiles // per_step)
+  return steps, -(-tiles // steps)
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
@@ -195,11 +226,9 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
     return dw.reshape(kh, kw, c, o)
 
   k_cols = kh * kw * c
-  rows, per_step = _tiling(n, ho, wo, k_cols, x.dtype.itemsize)
+  rows, steps, per_step = _tiling(n, ho, wo, k_cols, x.dtype.itemsize,
+                                  _device_count())
   chunks = -(-ho // rows)
-  tiles = n * chunks
-  steps = -(-tiles // per_step)
-  per_step = -(-tiles // steps)
   # Zero images/rows pad the batch to whole tiles and steps; their gradient
   # rows are zero, so they add nothing.
   n_pad = -(-steps * per_step // chunks) - n if chunks > 1 else (
@@ -219,9 +248,14 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
     xp = xp.reshape(-1, rows_in, wn, c)
     g = g.reshape(-1, rows, wo, o)
   xp, g = xp[:steps * per_step], g[:steps * per_step]
-  # One transpose of the input to channel-major tiles (C, b, H, W).
-  xs = xp.reshape(steps, per_step, rows_in, wn, c).transpose(0, 4, 1, 2, 3)
-  gs = g.reshape(steps, per_step * rows * wo, o)
+  # Step t takes tiles t, t + steps, t + 2*steps, ...: the batch axis stays
+  # the major axis of each step's tile, so when the batch is sharded over
+  # devices (jit with a data-parallel sharding) every device works on its
+  # own images instead of gathering the whole batch. One transpose makes
+  # the channel-major tiles (steps, C, b, H, W).
+  xs = xp.reshape(per_step, steps, rows_in, wn, c).transpose(1, 4, 0, 2, 3)
+  gs = g.reshape(per_step, steps, rows * wo, o).transpose(1, 0, 2, 3)
+  gs = gs.reshape(steps, per_step * rows * wo, o)
 
   def block(xt: jax.Array, gb: jax.Array) -> jax.Array:
     # xt: (C, b, rows_in, wn) channel-major tile; gb: (b*rows*wo, O).
