@@ -29,6 +29,7 @@ TASKS = {
     "pretrain": "attn_contrastive.tasks.pretrain",
     "supervised": "attn_contrastive.tasks.supervised",
     "teacher": "attn_contrastive.tasks.teacher",
+    "label": "attn_contrastive.tasks.label",
 }
 
 

@@ -1,0 +1,111 @@
+"""The label task and the attention-map dataset: resume, alignment, key checks."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_contrastive.data import attention_maps as am
+from attn_contrastive.models.teacher import teacher_from_config
+from attn_contrastive.tasks import label
+
+
+class _Images:
+  """An in-memory image source with keys: 20 random 20-px images."""
+
+  def __init__(self, n=20):
+    rng = np.random.default_rng(0)
+    self.images = rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "file_name": f"img_{i:03d}.png".encode(), "label": i % 3}
+
+
+def _config():
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "label.py")
+  spec = importlib.util.spec_from_file_location("_label_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.teacher.data.image_size = 16
+  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
+                              stem_pool=False, decoder_width=4, output_stride=2,
+                              conv_impl="xla"))
+  c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
+  return c
+
+
+@pytest.fixture(scope="module")
+def teacher():
+  c = _config()
+  model = teacher_from_config(c.teacher.model)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  return model, variables
+
+
+def _files(d):
+  out = {}
+  for i in range(3):
+    with np.load(am.shard_path(str(d), i, 3)) as z:
+      out[i] = (z["maps"], z["keys"])
+  return out
+
+
+def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
+  c, src = _config(), _Images()
+  label.train_and_evaluate(c, str(tmp_path / "straight"), teacher=teacher, source=src)
+  killed = str(tmp_path / "killed")
+  r = label.train_and_evaluate(c, killed, teacher=teacher, source=src, stop_after_shards=1)
+  assert r["shards_written"] == 1
+  with pytest.raises(FileNotFoundError, match="incomplete"):
+    am.AttentionMapSource(killed)
+  r = label.train_and_evaluate(c, killed, teacher=teacher, source=src)
+  assert r["shards_written"] == 2  # the finished shard is not redone
+  a, b = _files(tmp_path / "straight"), _files(killed)
+  for i in range(3):
+    np.testing.assert_array_equal(a[i][0], b[i][0])
+    np.testing.assert_array_equal(a[i][1], b[i][1])
+  maps = am.AttentionMapSource(killed, "salient_objects/classification", "train")
+  assert len(maps) == 20
+  m = maps[13]
+  assert m["attention_map"].shape == (8, 8) and m["attention_map"].dtype == np.uint8
+  assert m["attention_map"].max() == 255 and m["file_name"] == "img_013.png"
+  joined = am.with_attention_maps(src, killed, dataset="salient_objects/classification",
+                                  split="train")
+  rec = joined[13]
+  np.testing.assert_array_equal(rec["attention_map"], m["attention_map"])
+  assert rec["label"] == 13 % 3
+  with pytest.raises(ValueError, match="split 'train', not 'validation'"):
+    am.AttentionMapSource(killed, split="validation")
+  with pytest.raises(ValueError, match="made differently"):
+    c2 = _config()
+    c2.label.map_size = 4
+    label.train_and_evaluate(c2, killed, teacher=teacher, source=src)
+
+
+class _Shuffled:
+  """A map source read in a permuted order."""
+
+  def __init__(self, maps, perm):
+    self.maps, self.perm = maps, perm
+
+  def __len__(self):
+    return len(self.maps)
+
+  def __getitem__(self, i):
+    return self.maps[int(self.perm[i])]
+
+
+def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
+  c, src = _config(), _Images()
+  label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
+  perm = np.random.default_rng(0).permutation(20)
+  joined = am.JoinedSource(src, _Shuffled(am.AttentionMapSource(str(tmp_path)), perm))
+  i = int(np.flatnonzero(perm != np.arange(20))[0])
+  with pytest.raises(KeyError, match=f"img_{i:03d}.png.*img_{perm[i]:03d}.png"):
+    joined[i]
