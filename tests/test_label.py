@@ -109,3 +109,36 @@ def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
   i = int(np.flatnonzero(perm != np.arange(20))[0])
   with pytest.raises(KeyError, match=f"img_{i:03d}.png.*img_{perm[i]:03d}.png"):
     joined[i]
+
+
+def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
+  """Label a toy source, then two fused SimCLR + L_attn steps on the join."""
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.tasks import pretrain
+  from attn_contrastive.train import loop
+  src = _Images(32)
+  label.train_and_evaluate(_config(), str(tmp_path / "maps"), teacher=teacher, source=src)
+  path = os.path.join(os.path.dirname(__file__), "..", "configs",
+                      "contrastive_attn_teacher.py")
+  spec = importlib.util.spec_from_file_location("_attn_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  assert c.attention.enabled and c.model.depth == 18
+  c.data.image_size = 16
+  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
+                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
+  c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
+  c.attention.update(dict(width=4, map_size=8))
+  model = simclr_from_config(c.model, c.attention)
+  task = loop.TaskSpec(
+      model=model, loss_fn=pretrain.make_loss_fn(model, c),
+      train_source=am.with_attention_maps(src, str(tmp_path / "maps")),
+      train_transform=pipeline.ContrastiveViews(16, c.aug, c.attention.map_size),
+      sample_input=jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  _, metrics = loop.run(c, str(tmp_path / "run"), task)
+  assert np.isfinite(metrics["loss"]) and metrics["attn_nss/conv3"] != 0.0
+  np.testing.assert_allclose(metrics["loss"], metrics["nt_xent"] + metrics["attn_loss"],
+                             rtol=1e-5)

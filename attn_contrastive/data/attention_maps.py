@@ -42,6 +42,9 @@ def key_str(key: Any) -> str:
 
 def read_metadata(maps_dir: str) -> dict[str, Any]:
   """The dataset's ``metadata.json``; names the label task if it is missing."""
+  if not maps_dir:
+    raise ValueError("no attention-map dataset given: set --config.attention.maps_dir "
+                     "to the workdir of a label run (configs/label.py)")
   path = os.path.join(maps_dir, METADATA)
   if not os.path.exists(path):
     raise FileNotFoundError(
