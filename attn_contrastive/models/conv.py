@@ -3,30 +3,66 @@
 Why this module exists
 ----------------------
 XLA:CPU computes the *weight* gradient of a convolution with a generic
-convolution kernel that is far slower than the forward pass. On a 2-core
-AMD EPYC (x86-64, AVX2) VM, ``benchmarks/conv_grad.py`` measured, for example
-(batch 256, 32x32, 16->16 channels, 3x3, stride 1): forward 30 ms, input
-gradient 32 ms, weight gradient 313-545 ms. Training a ResNet on CPU is
-therefore dominated by weight gradients.
+convolution kernel that is several times slower than the forward pass, so
+training a ResNet on CPU is dominated by weight gradients. It also has a
+pathological case: when the input is smaller than the kernel (a 3x3
+convolution over the 2x2 maps of a ResNet's last stage on 64-px images) its
+forward pass and input gradient take about a second instead of ~15 ms.
 
+Measured with ``benchmarks/conv_grad.py`` on a 2-core AMD EPYC (x86-64) VM
+shared with other jobs (median of 7 alternating runs, ms; jax 0.10.2):
+
+  shape (NHWC), k/s      channels       forward        input grad     weight grad
+                                        XLA / ours     XLA / ours     XLA / ours
+  32x64x64x3,   7/2      3->64 (stem)     14 / 13        30 / 29       135 / 15
+  256x32x32x16, 3/1      16->16           23 / 23        24 / 23       443 / 101
+  32x32x32x64,  3/1      64->64           63 / 65        59 / 61       624 / 79
+  32x16x16x128, 3/1      128->128         45 / 45        52 / 51       107 / 56
+  32x4x4x512,   3/1      512->512         64 / 63        67 / 68        61 / 52
+  32x32x32x64,  3/2      64->128          44 / 40        44 / 44        75 / 42
+  32x16x16x128, 1/1      128->128        4.6 / 4.7      4.7 / 4.0       44 / 9.7
+  32x32x32x64,  1/2      64->128         2.4 / 2.5      3.9 / 2.9       20 / 6.4
+  32x2x2x512,   3/1      512->512       1076 / 14      1473 / 17        20 / 17
+
+A whole ResNet-18 training step (64-px images, batch 32, 7x7 stem) went from
+4-12 s with XLA's convolutions to 1.0-1.7 s with ``impl='auto'``; the timings
+vary with the machine's load.
+
+How
+---
 The weight gradient of ``y = conv(x, w)`` is
 
     dw[i, j, c, o] = sum_{n, p, q} x_pad[n, p*s + i, q*s + j, c] * g[n, p, q, o]
 
 i.e. for every kernel offset ``(i, j)`` a plain matrix product
-``shifted_slice(x)(M, C)^T @ g(M, O)`` with ``M = N*Ho*Wo``. Concatenating
-the ``kh*kw`` shifted slices along the channel axis turns this into one
-``(M, kh*kw*C)^T @ (M, O)`` matmul, which XLA:CPU runs at close to the
-machine's matmul throughput. Materialising those patches for the whole batch
-is memory-bound, so the batch is processed in tiles (a few images, or a band
-of output rows of one image, about ``_TILE_BYTES`` of patches each) inside a
-``lax.scan`` that accumulates the ``(kh*kw*C, O)`` result in fp32; the tiles
-stay in cache and the matmul stays compute-bound. 1x1 kernels need no
-patches: the gradient is a single matmul (after subsampling for stride > 1).
+``shifted_slice(x)(M, C)^T @ g(M, O)`` with ``M = N*Ho*Wo``. Stacking the
+``kh*kw`` shifted slices turns this into one ``(kh*kw*C, M) @ (M, O)``
+matmul (im2col), which XLA:CPU runs near its matmul throughput. Choices,
+each measured against the alternatives in the benchmark:
 
-The forward pass is XLA's own convolution (already fast on CPU). The input
-gradient uses XLA's transposed convolution, except for 1x1 kernels where it
-is one matmul followed by a (strided) zero-pad.
+* Patches are built channel-major, ``(kh*kw*C, M)``, so the matmul contracts
+  the minor axis of its left operand; contracting the major axis of an
+  ``(M, K)`` patch matrix (the obvious NHWC layout) was up to 2x slower.
+* Once tiled, ``kh*kw`` separate per-offset matmuls, one matmul per kernel
+  row, and a batched ``dot_general`` over offsets were no faster than one
+  matmul per tile (the batched form was slower), so one matmul it is.
+* Materialising the patches for the whole batch is memory-bound and was
+  1.3-6x slower, so the batch is cut into tiles of about
+  ``_TILE_BYTES`` of patches (whole images, or bands of output rows of large
+  images) processed by a ``lax.scan`` that accumulates the result in fp32.
+  Tile sizes of 1-4 MiB performed alike.
+* 3x3 patches are cut with ``kh*kw`` strided slices; larger kernels with
+  ``kw`` column slices then ``kh`` row slices of those, which compiles a 7x7
+  stem's gradient in ~1.3 s instead of ~4.3 s at the same speed.
+* 1x1 kernels need no patches: a single matmul (after subsampling for
+  stride > 1).
+
+The forward pass is XLA's convolution and the input gradient XLA's transposed
+convolution: both are fast on CPU (an im2col matmul forward and a
+matmul + col2im input gradient were no faster overall), except in two cases: 1x1
+kernels, whose input gradient is one matmul and a strided zero-pad (1.2-1.3x
+faster), and inputs smaller than the kernel, where the forward pass is im2col
++ matmul and the input gradient matmul + col2im (~80x faster).
 
 Public API
 ----------
@@ -34,20 +70,27 @@ Public API
 ``jax.lax.conv_general_dilated`` suitable for
 ``flax.linen.Conv(conv_general_dilated=...)``:
 
-* ``'auto'`` (default): on the CPU backend the custom-gradient path, on TPU and
-  GPU plain ``lax.conv_general_dilated`` (bit-for-bit what flax does by
-  default). See :func:`conv_general_dilated_fn` for how the platform is
-  chosen.
+* ``'auto'`` (default): on the CPU backend the custom path, on TPU and GPU
+  plain ``lax.conv_general_dilated`` (what flax does by default). See
+  :func:`conv_general_dilated_fn` for how the platform is chosen.
 * ``'xla'``: always ``lax.conv_general_dilated``.
-* ``'cpu_matmul'``: always the custom gradient (on any backend; used by tests).
+* ``'cpu_matmul'``: always the custom path (on any backend; used by tests).
 
 The custom path covers 2-D NHWC/HWIO convolutions with any strides, any
 ``'SAME'``/``'VALID'``/explicit padding, any kernel size,
 ``feature_group_count == batch_group_count == 1`` and no dilation, for
-floating inputs of one dtype. Every other call falls back to
-``lax.conv_general_dilated`` unchanged. Because it is a ``jax.custom_vjp``,
-forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) of the custom path
-is not supported; use ``impl='xla'`` for that.
+floating inputs of one dtype (bf16 is accumulated in fp32). Every other call
+falls back to ``lax.conv_general_dilated`` unchanged.
+
+Caveats: it is a ``jax.custom_vjp``, so forward-mode differentiation
+(``jax.jvp``, ``jax.jacfwd``) of the custom path is not supported (use
+``impl='xla'``); compiling a program with it takes longer (a ResNet-18
+training step: 18-29 s instead of 10-16 s on the machine above); gradients agree
+with XLA's to ~1e-6 relative to their magnitude, not bit for bit. When the
+batch is sharded over several devices (data parallelism under ``jit``), the
+tiles are sized per device (``jax.device_count()``) so each device keeps to
+its own images; for a batch that is not a multiple of the device count, or
+with row bands, the partitioner may gather the batch instead (still correct).
 """
 
 from __future__ import annotations
@@ -68,9 +111,9 @@ IMPLS: tuple[str, ...] = ("auto", "xla", "cpu_matmul")
 # NHWC / HWIO / NHWC, as canonicalised by lax.conv_dimension_numbers.
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
-# Bytes of im2col patches per tile of the weight-gradient scan. Tuned with
-# benchmarks/conv_grad.py: 1-4 MiB were equally good, whole-batch patches and
-# tiles below ~256 KiB were markedly slower.
+# Bytes of im2col patches per tile (per device) of the weight-gradient scan.
+# Measured: 1-4 MiB performed alike; whole-batch patches were 1.3-6x slower,
+# tiles of a few hundred output pixels or fewer were markedly slower.
 _TILE_BYTES = 2 * 1024 * 1024
 # Images whose patches exceed this many tiles are cut into bands of rows.
 _BAND_FACTOR = 4
@@ -130,7 +173,7 @@ def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
   ``M = n*ho*wo`` runs over (image, row, column) like a reshaped NHWC
   gradient, so the weight gradient is the plain ``(K, M) @ (M, O)`` product
   (the contraction on the minor axis of the left operand is the fastest
-  layout for XLA:CPU's matmul; see ``benchmarks/conv_grad.py``).
+  layout for XLA:CPU's matmul: up to 2x faster than ``(M, K)^T @ (M, O)``).
   """
   c, n = xt.shape[0], xt.shape[1]
   mode = _PATCH_MODE
@@ -502,8 +545,9 @@ def _make(backward: str) -> Callable[..., jax.Array]:
 
 conv_general_dilated_cpu_matmul: Callable[..., jax.Array] = _make("matmul")
 conv_general_dilated_cpu_matmul.__doc__ = (
-    "``lax.conv_general_dilated`` with the matmul-based backward pass on every "
-    "backend (falls back to XLA for unsupported configurations).")
+    "``lax.conv_general_dilated`` with the matmul-based backward pass (and "
+    "im2col forward for inputs smaller than the kernel) on every backend; "
+    "falls back to XLA for unsupported configurations.")
 _conv_general_dilated_cpu_auto = _make("auto")
 
 
@@ -522,9 +566,10 @@ def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
     impl: ``'auto'``, ``'xla'`` or ``'cpu_matmul'``.
 
       * ``'xla'``: ``lax.conv_general_dilated`` itself.
-      * ``'cpu_matmul'``: forward is XLA's convolution; the backward pass is
-        the matmul formulation described in the module docstring, on every
-        backend. Meant for CPU and for tests.
+      * ``'cpu_matmul'``: the custom path on every backend: forward is XLA's
+        convolution (im2col + matmul for inputs smaller than the kernel),
+        the backward pass the matmul formulation described in the module
+        docstring. Meant for CPU and for tests.
       * ``'auto'``: the custom gradient where it helps (the CPU backend), XLA
         untouched elsewhere. The platform is decided in two places:
 
@@ -533,8 +578,9 @@ def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
            so TPU/GPU programs are unchanged (same HLO, forward-mode AD
            works).
         2. On a CPU host the custom VJP is used, and inside its backward pass
-           ``lax.platform_dependent`` picks the matmul gradient for CPU and
-           XLA's own gradient for any other platform. That choice is made
+           (and its forward pass, for inputs smaller than the kernel)
+           ``lax.platform_dependent`` picks the matmul code for CPU and XLA's
+           own convolution and gradient for any other platform. That choice is made
            when the program is lowered for its actual target, so a function
            traced on a CPU host but lowered/exported for TPU or GPU (AOT,
            ``jax.export``, multi-platform lowering) still gets XLA's native
