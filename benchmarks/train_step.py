@@ -7,8 +7,9 @@ Takes the same ``--config`` flags and overrides as ``attn_contrastive.main``.
 The batch is random uint8 images built once and placed on the devices, so
 the figure is the step alone (no input pipeline). The last line printed is
 one JSON object: ``images_per_s``, ``views_per_s`` (2× images for
-contrastive tasks), ``step_ms``, ``devices``, the compiled step's FLOPs and,
-with ``--peak_tflops``, the model FLOPs utilisation.
+contrastive tasks), ``step_ms``, ``devices``, the step's FLOPs and, with
+``--peak_tflops``, the model FLOPs utilisation. ``--compare_attention`` times
+the step without and with attention heads in one process and reports the ratio.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.extend  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -28,11 +30,15 @@ from attn_contrastive import main as main_lib  # noqa: E402
 from attn_contrastive.models.resnet import resnet_from_config  # noqa: E402
 from attn_contrastive.models.simclr import simclr_from_config  # noqa: E402
 from attn_contrastive.tasks import pretrain, supervised  # noqa: E402
-from attn_contrastive.train import loop, mesh as mesh_lib, optim  # noqa: E402
+from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib  # noqa: E402
 from attn_contrastive.train.state import count_params, create_train_state  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation included).")
+_COMPARE = flags.DEFINE_bool(
+    "compare_attention", False,
+    "Time the config with attention heads off, then on (pretrain configs); the last "
+    "line adds plain_step_ms and attention_step_ratio.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device, in TFLOP/s, for MFU.")
 
 
@@ -42,13 +48,70 @@ def build(config):
   rng = np.random.default_rng(0)
   images = lambda: rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
   if config.task == "pretrain":
-    model = simclr_from_config(config.model)
-    return model, pretrain.make_loss_fn(model, config), {"view1": images(), "view2": images()}, 2
+    attn = config.get("attention")
+    model = simclr_from_config(config.model, attn)
+    batch = {"view1": images(), "view2": images()}
+    if attn is not None and attn.enabled:  # teacher maps ride with each view
+      m = attn.map_size
+      batch.update(map1=rng.integers(0, 256, (b, m, m), dtype=np.uint8),
+                   map2=rng.integers(0, 256, (b, m, m), dtype=np.uint8))
+    return model, pretrain.make_loss_fn(model, config), batch, 2
   if config.task == "supervised":
     model = resnet_from_config(config.model, num_classes=config.data.num_classes)
     labels = rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)
     return model, supervised.make_loss_fn(model, config), {"image": images(), "label": labels}, 1
   raise ValueError(f"no benchmark for task {config.task!r}")
+
+
+def _conv_flops(eqn) -> int:
+  out, rhs = eqn.outvars[0].aval, eqn.invars[1].aval
+  rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out feat, in feat, *spatial)
+  per_output = np.prod([rhs.shape[d] for d in rhs_spec[1:]])
+  # An input gradient of a strided convolution runs on an lhs-dilated input whose
+  # inserted zeros are no work: count the real products only.
+  holes = int(np.prod(eqn.params["lhs_dilation"]))
+  return 2 * int(np.prod(out.shape)) * int(per_output) // (eqn.params["batch_group_count"] * holes)
+
+
+def _dot_flops(eqn) -> int:
+  (contract, _), _ = eqn.params["dimension_numbers"]
+  lhs = eqn.invars[0].aval
+  k = int(np.prod([lhs.shape[d] for d in contract]))
+  return 2 * int(np.prod(eqn.outvars[0].aval.shape)) * k
+
+
+def jaxpr_flops(jaxpr) -> int:
+  """Multiply-add FLOPs (2 per MAC) of every convolution and matmul in a jaxpr.
+
+  Model FLOPs in the MFU sense, counted from the program itself rather than
+  from a backend's cost model: XLA's GPU analysis counts cuDNN convolutions as
+  zero, and its CPU analysis would count the project's CPU convolution path.
+  Sub-programs (jit, custom derivatives, remat, cond) are walked; a scan counts
+  its body ``length`` times.
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    elif name == "dot_general":
+      total += _dot_flops(eqn)
+    counts = [jaxpr_flops(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)]
+    if name == "cond" and counts:
+      total += max(counts)
+    else:
+      total += sum(counts) * int(eqn.params.get("length", 1))
+  return total
+
+
+def step_flops(config, loss_fn_builder, state, batch, rng, schedule) -> float:
+  """The step's model FLOPs, traced with XLA's convolutions (``conv_impl='xla'``)."""
+  cfg = config.copy_and_resolve_references()
+  cfg.model.conv_impl = "xla"
+  model, loss_fn, _, _ = loss_fn_builder(cfg)
+  del model
+  step = step_lib.make_train_step(loss_fn, schedule)
+  return float(jaxpr_flops(jax.make_jaxpr(step)(state, batch, rng).jaxpr))
 
 
 def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict:
@@ -61,11 +124,9 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict
                              0, mesh_lib.replicated(mesh))
   batch = mesh_lib.to_global(host_batch, mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
-  step = loop.jit_train_step(loop.make_train_step(loss_fn, schedule), mesh)
+  step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
+  flops = step_flops(config, build, state, batch, rng, schedule)
   compiled = step.lower(state, batch, rng).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get("flops", 0.0))
   for _ in range(warmup):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
@@ -76,7 +137,8 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict
   dt = (time.perf_counter() - t0) / steps
   b = config.input.global_batch_size
   out = {
-      "task": config.task, "depth": config.model.depth, "width": config.model.width,
+      "task": config.task, "attention": bool(config.get("attention") and config.attention.enabled),
+      "depth": config.model.depth, "width": config.model.width,
       "image_size": s, "global_batch": b, "dtype": config.model.dtype,
       "conv_impl": config.model.conv_impl, "backend": jax.default_backend(),
       "devices": jax.device_count(), "params": count_params(state.params),
@@ -88,10 +150,23 @@ def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict
   return out
 
 
+def compare_attention(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict:
+  """The attention-guided step against the same step without heads, one process."""
+  plain, guided = config.copy_and_resolve_references(), config.copy_and_resolve_references()
+  plain.attention.enabled, guided.attention.enabled = False, True
+  base = benchmark(plain, steps, warmup, peak_tflops)
+  print(json.dumps(base))
+  out = benchmark(guided, steps, warmup, peak_tflops)
+  out.update(plain_step_ms=base["step_ms"], attention_step_ratio=out["step_ms"] / base["step_ms"],
+             attention_flop_ratio=out["step_tflop"] / max(base["step_tflop"], 1e-30))
+  return out
+
+
 def main(argv):
   del argv
   config = main_lib._CONFIG.value
-  print(json.dumps(benchmark(config, _STEPS.value, _WARMUP.value, _PEAK.value)))
+  run = compare_attention if _COMPARE.value else benchmark
+  print(json.dumps(run(config, _STEPS.value, _WARMUP.value, _PEAK.value)))
 
 
 if __name__ == "__main__":

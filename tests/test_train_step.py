@@ -1,7 +1,6 @@
 """The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

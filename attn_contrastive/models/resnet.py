@@ -14,7 +14,7 @@ XLA's own convolution.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

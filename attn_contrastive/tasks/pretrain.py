@@ -6,13 +6,17 @@ view on the host), and the loss is NT-Xent + L_attn in the same jitted step.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
 from attn_contrastive import losses
-from attn_contrastive.data import pipeline, sources
 from attn_contrastive.models.simclr import simclr_from_config
-from attn_contrastive.train import loop
+from attn_contrastive.train import step as step_lib
+
+if TYPE_CHECKING:
+  from attn_contrastive.train import loop
 
 
 def make_loss_fn(model, config):
@@ -25,7 +29,7 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng  # augmentation is drawn on the host
-    x = loop.normalize_images(jnp.concatenate([batch["view1"], batch["view2"]]), dtype)
+    x = step_lib.normalize_images(jnp.concatenate([batch["view1"], batch["view2"]]), dtype)
     out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
                                train=True, mutable=["batch_stats"])
     z1, z2 = jnp.split(out["embedding"], 2)
@@ -60,6 +64,11 @@ def attention_loss_on_maps(head_logits: dict[str, jnp.ndarray], maps: jnp.ndarra
 
 
 def build_task(config) -> loop.TaskSpec:
+  """Model, loss and data of a SimCLR run (with teacher maps if attention is on)."""
+  # The data stack (grain, tfds, clu) is imported only when a run is built, so
+  # the model and loss load where only jax/flax/optax are installed.
+  from attn_contrastive.data import pipeline, sources
+  from attn_contrastive.train import loop
   attn = config.get("attention")
   model = simclr_from_config(config.model, attn)
   source = sources.open_split(config.data.name, config.data.train_split,
@@ -79,4 +88,5 @@ def build_task(config) -> loop.TaskSpec:
 
 
 def train_and_evaluate(config, workdir: str, **kwargs):
+  from attn_contrastive.train import loop
   return loop.run(config, workdir, build_task(config), **kwargs)

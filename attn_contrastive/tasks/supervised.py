@@ -1,15 +1,19 @@
 """Supervised training: ResNet + linear classifier, cross-entropy."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attn_contrastive import losses
-from attn_contrastive.data import pipeline, sources
 from attn_contrastive.models.resnet import resnet_from_config
-from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import step as step_lib
+
+if TYPE_CHECKING:
+  from attn_contrastive.train import loop
 
 
 def make_loss_fn(model, config):
@@ -17,7 +21,7 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng
-    x = loop.normalize_images(batch["image"], dtype)
+    x = step_lib.normalize_images(batch["image"], dtype)
     out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
                                train=True, mutable=["batch_stats"])
     loss = losses.cross_entropy(out["logits"], batch["label"],
@@ -30,6 +34,7 @@ def make_loss_fn(model, config):
 
 def make_evaluator(model, config, mesh=None):
   """Top-1 accuracy and loss over the whole evaluation split."""
+  from attn_contrastive.data import pipeline, sources  # the data stack: see build_task
   mesh = mesh or mesh_lib.make_mesh()
   source = sources.open_split(config.data.name, config.data.eval_split,
                               config.data.data_dir, config.data.auto_prepare)
@@ -38,7 +43,7 @@ def make_evaluator(model, config, mesh=None):
 
   @jax.jit
   def eval_step(state, batch):
-    x = loop.normalize_images(batch["image"], dtype)
+    x = step_lib.normalize_images(batch["image"], dtype)
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          x, train=False)["logits"]
     correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
@@ -56,6 +61,11 @@ def make_evaluator(model, config, mesh=None):
 
 
 def build_task(config) -> loop.TaskSpec:
+  """Model, loss, data and evaluator of a supervised run."""
+  # The data stack (grain, tfds, clu) is imported only when a run is built, so
+  # the model and loss load where only jax/flax/optax are installed.
+  from attn_contrastive.data import pipeline, sources
+  from attn_contrastive.train import loop
   model = resnet_from_config(config.model, num_classes=config.data.num_classes)
   source = sources.open_split(config.data.name, config.data.train_split,
                               config.data.data_dir, config.data.auto_prepare)
@@ -68,4 +78,5 @@ def build_task(config) -> loop.TaskSpec:
 
 
 def train_and_evaluate(config, workdir: str, **kwargs):
+  from attn_contrastive.train import loop
   return loop.run(config, workdir, build_task(config), **kwargs)

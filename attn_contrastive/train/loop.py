@@ -16,9 +16,7 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
@@ -27,18 +25,9 @@ from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import optim
 from attn_contrastive.train.state import TrainState, count_params, create_train_state
-
-# (params, batch_stats, batch, rng) -> (loss, (new_batch_stats, metrics))
-LossFn = Callable[..., tuple[jnp.ndarray, tuple[Any, dict[str, jnp.ndarray]]]]
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 images → mean/std-normalised floats, on device."""
-  return ((images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
-
+# Re-exported: tasks and tests reach the step through the loop module too.
+from attn_contrastive.train.step import (  # noqa: F401
+    IMAGENET_MEAN, IMAGENET_STD, LossFn, jit_train_step, make_train_step, normalize_images)
 
 @dataclasses.dataclass
 class TaskSpec:
@@ -61,30 +50,6 @@ def total_steps(config, num_train_examples: int) -> tuple[int, int]:
   if config.train.num_steps > 0:
     return per_epoch, int(config.train.num_steps)
   return per_epoch, max(int(math.ceil(config.train.num_epochs * per_epoch)), 1)
-
-
-def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
-  """The step: gradients of ``loss_fn``, optimiser update, metrics."""
-
-  def train_step(state: TrainState, batch, rng):
-    rng = jax.random.fold_in(rng, state.step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats,
-                                                  batch, rng)
-    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
-                   grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(new_state.params))
-    return new_state, metrics
-
-  return train_step
-
-
-def jit_train_step(train_step, mesh) -> Callable:
-  """``jax.jit`` with the state donated and replicated, the batch sharded."""
-  rep, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  return jax.jit(train_step, donate_argnums=(0,), in_shardings=(rep, data, rep),
-                 out_shardings=(rep, rep))
 
 
 def _check_finite(loss: float, step: int, ckpt: ckpt_lib.Checkpointer) -> None:

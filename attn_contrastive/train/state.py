@@ -1,7 +1,7 @@
 """The train state: parameters, BatchNorm statistics and optimiser state."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax

@@ -1,0 +1,53 @@
+"""The jitted data-parallel train step, without the data stack.
+
+Everything a step needs (image normalisation, gradients, optimiser update,
+shardings) and nothing the input pipeline needs (grain, tfds, clu), so models
+and losses can be compiled and timed on a machine that has only
+jax/flax/optax, as ``benchmarks/train_step.py`` does on accelerators.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train.state import TrainState
+
+# (params, batch_stats, batch, rng) -> (loss, (new_batch_stats, metrics))
+LossFn = Callable[..., tuple[jnp.ndarray, tuple[Any, dict[str, jnp.ndarray]]]]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+  """uint8 images → mean/std-normalised floats, on device."""
+  return ((images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
+
+
+def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
+  """The step: gradients of ``loss_fn``, optimiser update, metrics."""
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats,
+                                                  batch, rng)
+    new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
+                   grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(new_state.params))
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh) -> Callable:
+  """``jax.jit`` with the state donated and replicated, the batch sharded."""
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  return jax.jit(train_step, donate_argnums=(0,), in_shardings=(rep, data, rep),
+                 out_shardings=(rep, rep))
