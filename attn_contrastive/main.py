@@ -30,6 +30,7 @@ TASKS = {
     "supervised": "attn_contrastive.tasks.supervised",
     "teacher": "attn_contrastive.tasks.teacher",
     "label": "attn_contrastive.tasks.label",
+    "alignment": "attn_contrastive.tasks.alignment",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
+from attn_contrastive.train import step as step_lib
 
 
 class _Images:
@@ -111,8 +112,66 @@ def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
     joined[i]
 
 
+class _Human:
+  """A human-attention source: 16-px images, a bright square, fixations in it."""
+
+  def __init__(self, n=6):
+    rng = np.random.default_rng(1)
+    self.items = []
+    for _ in range(n):
+      image = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+      r, c = rng.integers(0, 10, 2)
+      image[r:r + 6, c:c + 6] = 250
+      smap = np.zeros((16, 16, 1), np.uint8)
+      smap[r:r + 6, c:c + 6] = 255
+      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
+      self.items.append({"image": image, "saliency_map": smap,
+                         "fixations": fix.astype(np.int32)})
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]
+
+
+def _check_alignment(run_dir, out_dir, model, c):
+  """The alignment task on the run equals NSS/CC computed here from its heads."""
+  from attn_contrastive.saliency import metrics
+  from attn_contrastive.tasks import alignment
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "alignment.py")
+  spec = importlib.util.spec_from_file_location("_align_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  ac = module.get_config()
+  ac.checkpoint = run_dir
+  ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
+  human = _Human()
+  r = alignment.train_and_evaluate(ac, out_dir, source=human)
+  assert r["maps"] == "heads" and r["stages"] == ["conv3", "conv4"]
+  variables = ckpt_lib.load_variables(run_dir)
+  images = np.stack([h["image"] for h in human.items])
+  out = model.apply(variables, step_lib.normalize_images(images), train=False)
+  dens = np.asarray(alignment.model_density(out, ("conv3", "conv4"), "heads"))
+  np.testing.assert_allclose(dens.sum((1, 2)), 1.0, rtol=1e-5)
+  nss, cc = [], []
+  for d, h in zip(dens, human.items):
+    gt = h["saliency_map"][..., 0].astype(np.float64)
+    pred = metrics.resize_to(d.astype(np.float64), gt.shape)
+    nss.append(metrics.nss(pred, metrics.fixations_to_map(h["fixations"], 16, 16)))
+    cc.append(metrics.cc(pred, gt))
+  np.testing.assert_allclose(r["model"]["nss"], np.mean(nss), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(r["model"]["cc"], np.mean(cc), rtol=1e-4, atol=1e-5)
+  assert r["center_bias"]["nss"] != r["model"]["nss"]
+  ac.alignment.maps = "activations"
+  r = alignment.train_and_evaluate(ac, out_dir, source=human)
+  assert r["maps"] == "activations" and np.isfinite(r["model"]["cc"])
+
+
 def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
-  """Label a toy source, then two fused SimCLR + L_attn steps on the join."""
+  """Label a toy source, two fused SimCLR + L_attn steps on the join, then the
+  alignment of the run's attention heads with human maps."""
   from attn_contrastive.data import pipeline
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
@@ -142,3 +201,4 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
   assert np.isfinite(metrics["loss"]) and metrics["attn_nss/conv3"] != 0.0
   np.testing.assert_allclose(metrics["loss"], metrics["nt_xent"] + metrics["attn_loss"],
                              rtol=1e-5)
+  _check_alignment(str(tmp_path / "run"), str(tmp_path / "align"), model, c)

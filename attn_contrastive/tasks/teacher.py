@@ -232,6 +232,8 @@ class Evaluator:
   slice on the host, and the sums are gathered across processes.
   """
 
+  name = "teacher"  # the key of the scored model's metrics in ``latest``
+
   def __init__(self, model, config, source, workdir: str | None = None, mesh=None):
     self.model, self.config, self.source = model, config, source
     self.mesh = mesh or mesh_lib.make_mesh()
@@ -361,14 +363,14 @@ class Evaluator:
     step = int(jax.device_get(state.step))
     self.latest = {
         "step": step, "num_images": self.num_examples,
-        "teacher": {k: float(v) for k, v in zip(METRIC_NAMES, means[0])},
+        self.name: {k: float(v) for k, v in zip(METRIC_NAMES, means[0])},
         "center_bias": {k: float(v) for k, v in zip(METRIC_NAMES, means[1])},
     }
     if self._writer is not None and strips:
       self._writer.write_images(step, {"eval/image_gt_prediction": np.stack(strips)})
       self._writer.flush()
-    logging.info("Teacher at step %d: %s", step, self.latest)
-    flat = dict(self.latest["teacher"])
+    logging.info("%s at step %d: %s", self.name, step, self.latest)
+    flat = dict(self.latest[self.name])
     flat.update({f"center_bias/{k}": v for k, v in self.latest["center_bias"].items()})
     return flat
 

@@ -75,6 +75,16 @@ def _restore(config, state, data_iter, ckpt) -> TrainState:
   return state
 
 
+def write_config(workdir: str, config) -> None:
+  """Saves the run's config as ``config.json``, so later stages (alignment,
+  linear evaluation) can rebuild its model from the workdir alone."""
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+      f.write(config.to_json(indent=2))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
 def write_results(workdir: str, results: dict[str, Any]) -> None:
   """Writes ``results.json`` (process 0 only)."""
   if jax.process_index() == 0:
@@ -90,6 +100,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   process would (used to test resume).
   """
   os.makedirs(workdir, exist_ok=True)
+  write_config(workdir, config)
   mesh = mesh or mesh_lib.make_mesh()
   batch = config.input.global_batch_size
   mesh_lib.check_batch_divisible(batch, mesh)

@@ -1,0 +1,43 @@
+r"""Attention alignment of a trained run with human attention maps.
+
+Synthetic (default), after a pretraining run in /tmp/simclr_attn:
+  python -m attn_contrastive.main --config=configs/alignment.py \
+      --workdir=/tmp/align_attn --config.checkpoint=/tmp/simclr_attn
+  Scores the run's attention on ``salient_objects/human_attention``
+  ``validation`` (500 images, 8 simulated observers each) with every MIT
+  metric, beside the centre-bias baseline; about a minute on 2 cores.
+
+SALICON validation (the paper's attention-alignment numbers):
+  python -m attn_contrastive.main --config=configs/alignment.py:salicon \
+      --workdir=gs://BUCKET/align_r50 --config.checkpoint=gs://BUCKET/simclr_attn_r50 \
+      --config.data.data_dir=DIR
+  5,000 images resized whole to 224×224 (the run's input size; set
+  ``data.image_size``/``data.image_width`` for another).
+
+``alignment.maps``: ``auto`` (the run's attention heads if it has them, else
+activation attention Σ_c A_c² of ``alignment.stages``), ``heads`` or
+``activations`` (compare any two runs on the same footing). ``eval.*`` as in
+``configs/teacher.py``.
+"""
+import ml_collections
+
+from attn_contrastive import config as config_lib
+
+
+def get_config(arg: str | None = None):
+  picked = config_lib.parse_arg(arg, {"data": ("synthetic", "salicon")})
+  c = ml_collections.ConfigDict()
+  c.task = "alignment"
+  c.seed = 0
+  c.checkpoint = ""
+  c.data = ml_collections.ConfigDict(dict(
+      name="salient_objects/human_attention", split="validation", data_dir="",
+      auto_prepare=True, image_size=0, image_width=0))
+  c.alignment = ml_collections.ConfigDict(dict(maps="auto", stages=("conv3", "conv4")))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=100, max_examples=-1, num_images=8, center_bias_sigma=0.25,
+      shuffle_pool=100, shuffle_others=10, num_threads=2))
+  if picked["data"] == "salicon":
+    c.data.update(dict(name="salicon", auto_prepare=False))
+    c.eval.update(dict(batch_size=250, num_threads=16))
+  return c
