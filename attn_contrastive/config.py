@@ -62,11 +62,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Attention heads trained towards teacher maps (L_attn); off by default.
   # `map_size`: side of the per-view map made on the host (the largest head's
   # resolution); it is resized on device to each head. `fixation_quantile` < 0
-  # uses the teacher map as the NSS fixation density. `maps_dir`: the label
-  # task's output for the training split.
+  # uses the teacher map as the NSS fixation density. `labels`: "teacher"
+  # (maps from `maps_dir`, the label task's output for the training split) or
+  # "human" (the co-train row: each example also brings a random image and
+  # human map of `human_data`/`human_split`, and the heads learn on those).
   c.attention = ml_collections.ConfigDict(dict(
       enabled=False, stages=("conv3", "conv4"), width=64, alpha=1.0, beta=0.1,
-      fixation_quantile=-1.0, map_size=16, maps_dir=""))
+      fixation_quantile=-1.0, map_size=16, maps_dir="", labels="teacher",
+      human_data="salient_objects/human_attention", human_split="train"))
   return c
 
 

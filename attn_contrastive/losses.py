@@ -101,3 +101,20 @@ def attention_loss(head_logits: dict[str, jnp.ndarray],
     total = total + alpha * kld - beta * nss
     metrics[f"attn_kld/{stage}"], metrics[f"attn_nss/{stage}"] = kld, nss
   return total, metrics
+
+
+def resize_maps(maps: jnp.ndarray, shape_hw: tuple[int, int]) -> jnp.ndarray:
+  """``[B, H, W]`` maps → ``[B, h, w]`` (linear, antialiased when shrinking)."""
+  maps = maps.astype(jnp.float32)
+  if maps.shape[1:] == tuple(shape_hw):
+    return maps
+  return jax.image.resize(maps, (maps.shape[0], *shape_hw), method="linear")
+
+
+def attention_loss_on_maps(head_logits: dict[str, jnp.ndarray], maps: jnp.ndarray,
+                           attn_cfg) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """L_attn with one host-made map per image resized to each head's resolution."""
+  targets = {s: resize_maps(maps, l.shape[1:]) for s, l in head_logits.items()}
+  quantile = attn_cfg.fixation_quantile
+  return attention_loss(head_logits, targets, attn_cfg.alpha, attn_cfg.beta,
+                               None if quantile < 0 else quantile)

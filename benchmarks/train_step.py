@@ -27,7 +27,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from attn_contrastive import main as main_lib  # noqa: E402
-from attn_contrastive.models.resnet import resnet_from_config  # noqa: E402
 from attn_contrastive.models.simclr import simclr_from_config  # noqa: E402
 from attn_contrastive.tasks import pretrain, supervised  # noqa: E402
 from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib  # noqa: E402
@@ -37,7 +36,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation included).")
 _COMPARE = flags.DEFINE_bool(
     "compare_attention", False,
-    "Time the config with attention heads off, then on (pretrain configs); the last "
+    "Time the config with attention heads off, then on; the last "
     "line adds plain_step_ms and attention_step_ratio.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device, in TFLOP/s, for MFU.")
 
@@ -51,15 +50,22 @@ def build(config):
     attn = config.get("attention")
     model = simclr_from_config(config.model, attn)
     batch = {"view1": images(), "view2": images()}
-    if attn is not None and attn.enabled:  # teacher maps ride with each view
+    if attn is not None and attn.enabled:
       m = attn.map_size
-      batch.update(map1=rng.integers(0, 256, (b, m, m), dtype=np.uint8),
-                   map2=rng.integers(0, 256, (b, m, m), dtype=np.uint8))
+      if attn.labels == "human":  # co-train: one human-attention image per example
+        batch.update(human_image=images(), human_map=rng.random((b, m, m), dtype=np.float32))
+      else:  # teacher maps ride with each view
+        batch.update(map1=rng.random((b, m, m), dtype=np.float32),
+                     map2=rng.random((b, m, m), dtype=np.float32))
     return model, pretrain.make_loss_fn(model, config), batch, 2
   if config.task == "supervised":
-    model = resnet_from_config(config.model, num_classes=config.data.num_classes)
-    labels = rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)
-    return model, supervised.make_loss_fn(model, config), {"image": images(), "label": labels}, 1
+    model = supervised.build_model(config)
+    batch = {"image": images(),
+             "label": rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)}
+    attn = config.get("attention")
+    if attn is not None and attn.enabled:
+      batch["map"] = rng.random((b, attn.map_size, attn.map_size), dtype=np.float32)
+    return model, supervised.make_loss_fn(model, config), batch, 1
   raise ValueError(f"no benchmark for task {config.task!r}")
 
 

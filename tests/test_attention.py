@@ -138,3 +138,124 @@ def test_contrastive_views_carry_aligned_maps():
   assert "map1" not in plain
   np.testing.assert_array_equal(with_maps["view1"], plain["view1"])
   np.testing.assert_array_equal(with_maps["view2"], plain["view2"])
+
+
+def test_supervised_loss_is_cross_entropy_plus_attention():
+  """The supervised attention row's loss: CE + L_attn of the resized crop maps,
+  each term against NumPy; the heads get a non-zero gradient."""
+  from attn_contrastive.tasks import supervised
+  from attn_contrastive.train import step as step_lib
+  c = _tiny_attn_config()
+  c.task = "supervised"
+  model = supervised.build_model(c)
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, 6).astype(np.int32),
+           "map": rng.random((6, 8, 8)).astype(np.float32)}
+  x = step_lib.normalize_images(batch["image"])
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  loss_fn = supervised.make_loss_fn(model, c)
+  (loss, (_, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      variables["params"], variables["batch_stats"], batch, None)
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  logits = np.asarray(out["logits"], np.float64)
+  logp = logits - logits.max(1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+  ce = -np.mean(logp[np.arange(6), batch["label"]])
+  heads = {s: np.asarray(v) for s, v in out["attention_logits"].items()}
+  teacher = {s: np.asarray(losses.resize_maps(jnp.asarray(batch["map"]), v.shape[1:]))
+             for s, v in heads.items()}
+  assert teacher["conv3"].shape == (6, 8, 8) and teacher["conv4"].shape == (6, 4, 4)
+  attn = _np_attention_loss(heads, teacher, c.attention.alpha, c.attention.beta)
+  np.testing.assert_allclose(metrics["cross_entropy"], ce, rtol=1e-4)
+  np.testing.assert_allclose(metrics["attn_loss"], attn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss, ce + attn, rtol=1e-4)
+  head_grads = jax.tree.leaves(grads["attention"])
+  assert max(float(jnp.abs(g).max()) for g in head_grads) > 0
+
+
+def test_supervised_view_keeps_a_square_aligned():
+  """A bright square in the image and the same square in a half-size map stay
+  on the same pixels through random crops and flips."""
+  from attn_contrastive.data import pipeline
+  aug = _tiny_attn_config().aug
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[8:16, 12:20] = 255
+  amap = np.zeros((16, 16), np.uint8)
+  amap[4:8, 6:10] = 255
+  example = {"image": image, "attention_map": amap, "label": 3}
+  view = pipeline.SupervisedView(16, aug, 16)
+  for seed in range(40):
+    out = view(example, np.random.default_rng(seed))
+    assert out["label"] == 3 and out["map"].shape == (16, 16)
+    in_image = out["image"].mean(-1) > 127
+    in_map = out["map"] > 127
+    assert np.mean(in_image == in_map) >= 0.95, seed
+
+
+class _HumanSquares:
+  """Human-attention records: a bright square in the image and in its map."""
+
+  def __init__(self, n=5):
+    rng = np.random.default_rng(3)
+    self.items = []
+    for _ in range(n):
+      r, c = rng.integers(2, 18, 2)
+      image = np.zeros((32, 32, 3), np.uint8)
+      image[r:r + 10, c:c + 10] = 255
+      smap = np.zeros((32, 32, 1), np.uint8)
+      smap[r:r + 10, c:c + 10] = 255
+      self.items.append({"image": image, "saliency_map": smap})
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]
+
+
+def test_cotrain_views_bring_aligned_human_examples():
+  from attn_contrastive.data import pipeline
+  aug = _tiny_attn_config().aug
+  example = {"image": np.full((24, 24, 3), 90, np.uint8)}
+  views = pipeline.CoTrainViews(16, aug, 16, _HumanSquares())
+  plain = pipeline.ContrastiveViews(16, aug)
+  for seed in range(25):
+    out = views(example, np.random.default_rng(seed))
+    assert set(out) == {"view1", "view2", "human_image", "human_map"}
+    ref = plain(example, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out["view1"], ref["view1"])  # same draws first
+    assert out["human_image"].shape == (16, 16, 3) and out["human_map"].shape == (16, 16)
+    in_image = out["human_image"].mean(-1) > 127
+    assert np.mean(in_image == (out["human_map"] > 127)) >= 0.95, seed
+
+
+def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads():
+  """NT-Xent of the fused co-train step equals NT-Xent of the two views alone
+  (the human images share the forward pass, not the contrastive loss), and
+  L_attn is computed on the human images' heads against the human maps."""
+  from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.tasks import pretrain
+  from attn_contrastive.train import step as step_lib
+  c = _tiny_attn_config()
+  c.attention.labels = "human"
+  model = simclr_from_config(c.model, c.attention)
+  rng = np.random.default_rng(4)
+  batch = {k: rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+           for k in ("view1", "view2", "human_image")}
+  batch["human_map"] = rng.random((4, 8, 8)).astype(np.float32)
+  x = step_lib.normalize_images(np.concatenate([batch["view1"], batch["view2"],
+                                                batch["human_image"]]))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  loss, (_, metrics) = pretrain.make_loss_fn(model, c)(
+      variables["params"], variables["batch_stats"], batch, None)
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  z1, z2 = np.split(np.asarray(out["embedding"][:8]), 2)
+  np.testing.assert_allclose(metrics["nt_xent"],
+                             losses.nt_xent(z1, z2, c.loss.temperature), rtol=1e-5)
+  heads = {s: np.asarray(v[8:]) for s, v in out["attention_logits"].items()}
+  teacher = {s: np.asarray(losses.resize_maps(jnp.asarray(batch["human_map"]), v.shape[1:]))
+             for s, v in heads.items()}
+  attn = _np_attention_loss(heads, teacher, c.attention.alpha, c.attention.beta)
+  np.testing.assert_allclose(metrics["attn_loss"], attn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss, metrics["nt_xent"] + attn, rtol=1e-4)

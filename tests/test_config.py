@@ -22,6 +22,33 @@ def test_configs_load(path, arg, task, depth):
   assert c.task == task and c.model.depth == depth
 
 
+def _rows(arg):
+  names = ("contrastive", "contrastive_attn_teacher", "contrastive_attn_cotrain",
+           "supervised", "supervised_attn_teacher")
+  return {n: main_lib._load_config_file(os.path.join(ROOT, f"configs/{n}.py:{arg}"))
+          for n in names}
+
+
+@pytest.mark.parametrize("arg", ["synthetic", "imagenet"])
+def test_table_rows_differ_only_by_attention(arg):
+  """Each attention row is its baseline row plus attention, nothing else."""
+  rows = _rows(arg)
+  pairs = [("contrastive", "contrastive_attn_teacher"), ("contrastive", "contrastive_attn_cotrain"),
+           ("supervised", "supervised_attn_teacher")]
+  for base, guided in pairs:
+    a, b = rows[base].to_dict(), rows[guided].to_dict()
+    assert not a["attention"]["enabled"] and b["attention"]["enabled"]
+    a.pop("attention"), b.pop("attention")
+    assert a == b, (base, guided)
+  assert rows["contrastive_attn_teacher"].attention.labels == "teacher"
+  assert rows["contrastive_attn_cotrain"].attention.labels == "human"
+  width = 256 if arg == "imagenet" else 16
+  assert all(rows[n].attention.width == width for n in rows if "attn" in n)
+  if arg == "imagenet":
+    assert rows["contrastive_attn_cotrain"].attention.human_data == "salicon"
+    assert rows["supervised_attn_teacher"].model.depth == 18  # r18 is the default
+
+
 def test_imagenet_recipe_follows_simclr():
   c = main_lib._load_config_file(os.path.join(ROOT, "configs/contrastive.py:imagenet"))
   assert c.input.global_batch_size == 4096 and c.loss.temperature == 0.1

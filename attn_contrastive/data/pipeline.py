@@ -62,16 +62,51 @@ class ContrastiveViews:
 
 
 @dataclasses.dataclass(frozen=True)
-class SupervisedView:
-  """Random-resized crop + flip, with the class label."""
+class CoTrainViews:
+  """Two SimCLR views of each image, plus one human-attention example.
+
+  The co-train row: each example also draws a random record of
+  ``human_source`` (``image`` + grey ``saliency_map``) and gives a
+  random-resized crop and flip of it as ``human_image`` with the map cropped
+  and flipped the same way as ``human_map`` (float32, ``map_size`` square).
+  """
   image_size: int
-  aug: Any
+  aug: Any  # config.aug
+  map_size: int
+  human_source: Any
 
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
-    view, _ = augment.supervised_train_view(
-        rng, example["image"], out_size=self.image_size,
-        area_range=(self.aug.area_min, 1.0))
-    return {"image": to_uint8(view), "label": np.int32(example["label"])}
+    out = ContrastiveViews(self.image_size, self.aug)(example, rng)
+    human = self.human_source[int(rng.integers(len(self.human_source)))]
+    smap = np.asarray(human["saliency_map"])
+    view, map_view = augment.supervised_train_view(
+        rng, human["image"], smap[..., 0] if smap.ndim == 3 else smap,
+        out_size=self.image_size, area_range=(self.aug.area_min, 1.0),
+        map_size=self.map_size)
+    out.update(human_image=to_uint8(view), human_map=map_view)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedView:
+  """Random-resized crop + flip, with the class label.
+
+  With ``map_size`` set, the example's ``attention_map`` follows the crop and
+  flip into ``map`` (float32, ``map_size`` square).
+  """
+  image_size: int
+  aug: Any
+  map_size: int | None = None
+
+  def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+    view, map_view = augment.supervised_train_view(
+        rng, example["image"], example["attention_map"] if self.map_size else None,
+        out_size=self.image_size, area_range=(self.aug.area_min, 1.0),
+        map_size=self.map_size)
+    out = {"image": to_uint8(view), "label": np.int32(example["label"])}
+    if map_view is not None:
+      out["map"] = map_view
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

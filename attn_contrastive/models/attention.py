@@ -44,6 +44,20 @@ class AttentionHeads(nn.Module):
             for s in self.stages}
 
 
+class WithAttention(nn.Module):
+  """A network whose stage outputs also feed attention heads.
+
+  Wraps a :class:`~attn_contrastive.models.resnet.ResNet` (the supervised
+  rows): returns its outputs plus ``attention_logits`` ``{stage: [B, h, w]}``.
+  """
+  network: nn.Module
+  attention: AttentionHeads
+
+  def __call__(self, x, train: bool = True) -> dict[str, jnp.ndarray]:
+    out = self.network(x, train=train)
+    return dict(out, attention_logits=self.attention(out, train=train))
+
+
 def spatial_softmax(logits: jnp.ndarray) -> jnp.ndarray:
   """``[B, h, w]`` logits → maps that sum to 1 over each image's locations."""
   b = logits.shape[0]

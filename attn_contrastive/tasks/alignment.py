@@ -34,8 +34,8 @@ from absl import logging
 
 from attn_contrastive.data import sources
 from attn_contrastive.models.attention import spatial_softmax
-from attn_contrastive.models.resnet import resnet_from_config
 from attn_contrastive.models.simclr import simclr_from_config
+from attn_contrastive.tasks import supervised
 from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
@@ -92,7 +92,7 @@ def build_model(run: ml_collections.ConfigDict):
   if run.task == "pretrain":
     return simclr_from_config(run.model, run.get("attention"))
   if run.task == "supervised":
-    return resnet_from_config(run.model, num_classes=run.data.num_classes)
+    return supervised.build_model(run)
   raise ValueError(f"alignment needs a pretrain or supervised run, not task {run.task!r}")
 
 

@@ -1,4 +1,9 @@
-"""Supervised training: ResNet + linear classifier, cross-entropy."""
+"""Supervised training: ResNet + linear classifier, cross-entropy.
+
+With ``config.attention.enabled`` the ResNet also has attention heads, each
+training crop carries its teacher map (``map``, cropped and flipped with the
+image on the host), and the loss is cross-entropy + L_attn in one jitted step.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,12 +13,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_contrastive import losses
+from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
 from attn_contrastive.models.resnet import resnet_from_config
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 
 if TYPE_CHECKING:
   from attn_contrastive.train import loop
+
+
+def build_model(config):
+  """ResNet with a classifier; wrapped with attention heads if they are enabled."""
+  model = resnet_from_config(config.model, num_classes=config.data.num_classes)
+  attn = config.get("attention")
+  if attn is not None and attn.enabled:
+    model = WithAttention(model, attention_heads_from_config(attn, config.model))
+  return model
 
 
 def make_loss_fn(model, config):
@@ -27,7 +42,13 @@ def make_loss_fn(model, config):
     loss = losses.cross_entropy(out["logits"], batch["label"],
                                 config.loss.label_smoothing)
     acc = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
-    return loss, (updates["batch_stats"], {"train_accuracy": acc})
+    metrics = {"train_accuracy": acc}
+    if "attention_logits" in out:
+      attn, attn_metrics = losses.attention_loss_on_maps(out["attention_logits"], batch["map"],
+                                                         config.attention)
+      metrics.update(attn_metrics, cross_entropy=loss, attn_loss=attn)
+      loss = loss + attn
+    return loss, (updates["batch_stats"], metrics)
 
   return loss_fn
 
@@ -66,13 +87,22 @@ def build_task(config) -> loop.TaskSpec:
   # the model and loss load where only jax/flax/optax are installed.
   from attn_contrastive.data import pipeline, sources
   from attn_contrastive.train import loop
-  model = resnet_from_config(config.model, num_classes=config.data.num_classes)
+  model = build_model(config)
   source = sources.open_split(config.data.name, config.data.train_split,
                               config.data.data_dir, config.data.auto_prepare)
+  attn, map_size = config.get("attention"), None
+  if attn is not None and attn.enabled:
+    if attn.labels != "teacher":
+      raise ValueError(f"attention.labels={attn.labels!r}: supervised rows learn from "
+                       "teacher maps only; set attention.labels='teacher' and maps_dir")
+    from attn_contrastive.data import attention_maps
+    source = attention_maps.with_attention_maps(
+        source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split)
+    map_size = attn.map_size
   size = config.data.image_size
   return loop.TaskSpec(
       model=model, loss_fn=make_loss_fn(model, config), train_source=source,
-      train_transform=pipeline.SupervisedView(size, config.aug),
+      train_transform=pipeline.SupervisedView(size, config.aug, map_size),
       sample_input=jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
       evaluate=make_evaluator(model, config))
 
