@@ -120,40 +120,59 @@ def step_flops(config, loss_fn_builder, state, batch, rng, schedule) -> float:
   return float(jaxpr_flops(jax.make_jaxpr(step)(state, batch, rng).jaxpr))
 
 
+class StepRunner:
+  """The config's compiled step on a fixed device batch; ``run(n)`` → s/step.
+
+  Kept as an object so that another benchmark (``torch_reference.py``) can
+  interleave its own steps with these in one process.
+  """
+
+  def __init__(self, config):
+    self.config = config
+    mesh = mesh_lib.make_mesh()
+    model, loss_fn, host_batch, self.views = build(config)
+    schedule = optim.make_schedule(config.optim, config.input.global_batch_size, 10_000, 100)
+    tx = optim.make_optimizer(config.optim, schedule)
+    s = config.data.image_size
+    self.state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
+                                    0, mesh_lib.replicated(mesh))
+    self.batch = mesh_lib.to_global(host_batch, mesh)
+    self.rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
+    step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
+    self.flops = step_flops(config, build, self.state, self.batch, self.rng, schedule)
+    self.compiled = step.lower(self.state, self.batch, self.rng).compile()
+    self.metrics = None
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` steps; returns the mean wall time per step in seconds."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.state, self.metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready(self.metrics)
+    return (time.perf_counter() - t0) / max(steps, 1)
+
+  def report(self, dt: float, peak_tflops: float = 0.0) -> dict:
+    """The JSON fields for a measured step time ``dt``."""
+    c, b = self.config, self.config.input.global_batch_size
+    out = {
+        "task": c.task, "attention": bool(c.get("attention") and c.attention.enabled),
+        "depth": c.model.depth, "width": c.model.width,
+        "image_size": c.data.image_size, "global_batch": b, "dtype": c.model.dtype,
+        "conv_impl": c.model.conv_impl, "backend": jax.default_backend(),
+        "devices": jax.device_count(), "params": count_params(self.state.params),
+        "step_ms": 1e3 * dt, "images_per_s": b / dt, "views_per_s": self.views * b / dt,
+        "step_tflop": self.flops / 1e12, "loss": float(self.metrics["loss"]),
+    }
+    if peak_tflops > 0 and self.flops > 0:
+      out["mfu"] = self.flops / dt / (peak_tflops * 1e12 * jax.device_count())
+    return out
+
+
 def benchmark(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict:
-  mesh = mesh_lib.make_mesh()
-  model, loss_fn, host_batch, views = build(config)
-  schedule = optim.make_schedule(config.optim, config.input.global_batch_size, 10_000, 100)
-  tx = optim.make_optimizer(config.optim, schedule)
-  s = config.data.image_size
-  state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
-                             0, mesh_lib.replicated(mesh))
-  batch = mesh_lib.to_global(host_batch, mesh)
-  rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
-  step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
-  flops = step_flops(config, build, state, batch, rng, schedule)
-  compiled = step.lower(state, batch, rng).compile()
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(metrics)
-  dt = (time.perf_counter() - t0) / steps
-  b = config.input.global_batch_size
-  out = {
-      "task": config.task, "attention": bool(config.get("attention") and config.attention.enabled),
-      "depth": config.model.depth, "width": config.model.width,
-      "image_size": s, "global_batch": b, "dtype": config.model.dtype,
-      "conv_impl": config.model.conv_impl, "backend": jax.default_backend(),
-      "devices": jax.device_count(), "params": count_params(state.params),
-      "step_ms": 1e3 * dt, "images_per_s": b / dt, "views_per_s": views * b / dt,
-      "step_tflop": flops / 1e12, "loss": float(metrics["loss"]),
-  }
-  if peak_tflops > 0 and flops > 0:
-    out["mfu"] = flops / dt / (peak_tflops * 1e12 * jax.device_count())
-  return out
+  """Compiles, runs ``warmup`` steps, then times ``steps`` steps."""
+  runner = StepRunner(config)
+  runner.run(warmup)
+  return runner.report(runner.run(steps), peak_tflops)
 
 
 def compare_attention(config, steps: int, warmup: int, peak_tflops: float = 0.0) -> dict:

@@ -37,3 +37,30 @@ def test_scan_body_counted_per_iteration():
   f = lambda a: jax.lax.scan(lambda c, _: (c @ jnp.ones((7, 7)), None), a, None, length=6)[0]
   assert train_step.jaxpr_flops(jax.make_jaxpr(f)(a).jaxpr) == 6 * 2 * 5 * 7 * 7
   np.testing.assert_array_equal(f(a), a * 7.0 ** 6)
+
+
+def test_torch_reference_mirrors_the_model():
+  """The PyTorch SimCLR network has exactly the Flax model's parameter count,
+  and its NT-Xent equals the project's (runs where the bench extra is installed)."""
+  torch = __import__("pytest").importorskip("torch")
+  import importlib.util
+  from attn_contrastive import losses
+  from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.train.state import count_params
+  import torch_reference
+  root = os.path.dirname(os.path.dirname(__file__))
+  spec = importlib.util.spec_from_file_location("_c", os.path.join(root, "configs", "contrastive.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for arg in ("synthetic", "imagenet"):
+    c = module.get_config(arg)
+    model = simclr_from_config(c.model)
+    s = c.data.image_size
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)))
+    net = torch_reference.SimCLRNet(c.model)
+    assert sum(p.numel() for p in net.parameters()) == count_params(shapes["params"])
+  rng = np.random.default_rng(0)
+  z1, z2 = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  np.testing.assert_allclose(
+      float(torch_reference.nt_xent(torch.from_numpy(z1), torch.from_numpy(z2), 0.2)),
+      float(losses.nt_xent(z1, z2, 0.2)), rtol=1e-5)
