@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -591,9 +592,17 @@ def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
   Returns:
     A callable with the signature of ``lax.conv_general_dilated``.
 
+  The environment variable ``ATTN_CONTRASTIVE_CONV_IMPL`` (``xla`` or
+  ``cpu_matmul``), when set, replaces ``'auto'`` everywhere, e.g. to time the
+  whole test suite or a run with XLA's own gradient without editing configs.
+
   Raises:
     ValueError: for an unknown ``impl``.
   """
+  if impl == "auto":
+    impl = os.environ.get("ATTN_CONTRASTIVE_CONV_IMPL", "auto") or "auto"
+    if impl not in IMPLS:
+      raise ValueError(f"ATTN_CONTRASTIVE_CONV_IMPL={impl!r}: choose one of {IMPLS}")
   if impl == "auto":
     return _conv_general_dilated_auto
   if impl == "xla":
