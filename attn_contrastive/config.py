@@ -8,6 +8,8 @@ the nearest valid ones.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 from typing import Iterable
 
 import ml_collections
@@ -29,6 +31,20 @@ def parse_arg(arg: str | None, choices: dict[str, Iterable[str]]) -> dict[str, s
       raise ValueError(f"unknown config argument {word!r}; choose from {allowed}")
     picked[groups[0]] = word
   return picked
+
+
+def sibling_config(config_file: str, name: str, arg: str | None = None
+                   ) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of the config file ``name`` beside ``config_file``.
+
+  A table row that is another row plus attention (or a stage that embeds
+  another run's recipe) builds on that file's config instead of copying it.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(f"_config_{name[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def base_config() -> ml_collections.ConfigDict:

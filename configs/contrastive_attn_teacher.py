@@ -31,24 +31,12 @@ ImageNet (a TPU v3-32 / v4-32 or 8×A100/H100 host group):
 
 Arguments: ``synthetic`` (default) or ``imagenet``.
 """
-import importlib.util
-import os
-
 from attn_contrastive import config as config_lib
-
-
-def _contrastive_config(arg: str | None):
-  """``configs/contrastive.py``'s config: this row differs only by attention."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "contrastive.py")
-  spec = importlib.util.spec_from_file_location("_contrastive_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
-  c = _contrastive_config(picked["data"])
+  c = config_lib.sibling_config(__file__, "contrastive.py", picked["data"])
   c.attention.update(dict(enabled=True, stages=("conv3", "conv4"), width=16,
                           alpha=1.0, beta=0.1, fixation_quantile=-1.0, map_size=8))
   if picked["data"] == "imagenet":

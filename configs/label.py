@@ -20,21 +20,9 @@ match the checkpoint); ``label.map_size`` is the stored map side,
 ``label.batch_size`` the images per jitted call per process, and
 ``label.num_shards`` the number of shard files.
 """
-import importlib.util
-import os
-
 import ml_collections
 
 from attn_contrastive import config as config_lib
-
-
-def _teacher_config(arg: str):
-  """``configs/teacher.py``'s config for ``arg`` (the checkpoint's recipe)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher.py")
-  spec = importlib.util.spec_from_file_location("_teacher_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None):
@@ -48,9 +36,9 @@ def get_config(arg: str | None = None):
       auto_prepare=True))
   c.label = ml_collections.ConfigDict(dict(map_size=64, batch_size=128, num_shards=16))
   if picked["data"] == "imagenet":
-    c.teacher = _teacher_config("salicon")
+    c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
     c.label.update(dict(batch_size=256, num_shards=1024))
   else:
-    c.teacher = _teacher_config("synthetic")
+    c.teacher = config_lib.sibling_config(__file__, "teacher.py", "synthetic")
   return c

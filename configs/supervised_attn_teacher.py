@@ -25,25 +25,13 @@ ImageNet (TPU v3-32 / v4-32 or 8×A100/H100):
 
 Arguments: ``synthetic`` (default) or ``imagenet``; ``r18`` or ``r50``.
 """
-import importlib.util
-import os
-
 from attn_contrastive import config as config_lib
-
-
-def _supervised_config(arg: str | None):
-  """``configs/supervised.py``'s config: this row differs only by attention."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervised.py")
-  spec = importlib.util.spec_from_file_location("_supervised_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES,
                                       "depth": ("r18", "r50")})
-  c = _supervised_config(f"{picked['data']},{picked['depth']}")
+  c = config_lib.sibling_config(__file__, "supervised.py", f"{picked['data']},{picked['depth']}")
   c.attention.update(dict(enabled=True, stages=("conv3", "conv4"), width=16,
                           alpha=1.0, beta=0.1, fixation_quantile=-1.0, map_size=8))
   if picked["data"] == "imagenet":
