@@ -17,6 +17,10 @@ Synthetic data (default; a 2-core laptop):
   As ``configs/contrastive.py`` (ResNet-18 width 16, 64-px images, batch
   256, 3 epochs); heads of width 16 at 8×8 (conv3) and 4×4 (conv4), host
   maps at 8×8. α = 1, β = 0.1 (not tuned; the paper gives no values).
+  Measured on 2 cores (seeds 0, 1): 4.4 min; the heads' maps score NSS
+  1.689 / 1.681 and CC 0.837 / 0.833 on the synthetic human-attention
+  validation split (``configs/alignment.py``), against 1.503 / 1.583 and
+  0.739 / 0.775 for the plain SimCLR encoder's activation attention.
 
 ImageNet (a TPU v3-32 / v4-32 or 8×A100/H100 host group):
   python -m attn_contrastive.main --config=configs/label.py:imagenet \
