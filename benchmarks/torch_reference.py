@@ -41,6 +41,8 @@ from attn_contrastive.train.step import IMAGENET_MEAN, IMAGENET_STD  # noqa: E40
 
 # --steps and --warmup are train_step.py's flags (per round with --alternate).
 _ALTERNATE = flags.DEFINE_integer("alternate", 0, "Rounds of JAX then PyTorch; 0: PyTorch only.")
+_BREAKDOWN = flags.DEFINE_bool(
+    "breakdown", False, "With --alternate: also time forward and forward + backward alone.")
 _CHANNELS_LAST = flags.DEFINE_bool(
     "channels_last", False,
     "NHWC memory format; slower than the default NCHW for these small models on CPU.")
@@ -157,14 +159,36 @@ class TorchStep:
     self.loss = float("nan")
 
   def step(self) -> None:
-    x = torch.cat(self.views).permute(0, 3, 1, 2).float()
-    x = ((x - self.mean) / self.std).contiguous(memory_format=self.fmt)
-    z1, z2 = self.model(x).chunk(2)
-    loss = nt_xent(z1, z2, self.config.loss.temperature)
+    loss = self._loss()
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
     self.loss = float(loss)
+
+  def time_parts(self, steps: int) -> dict[str, float]:
+    """Seconds per call of the forward pass alone and of forward + backward."""
+    def forward():
+      with torch.no_grad():
+        return self._loss()
+
+    def forward_backward():
+      self.model.zero_grad(set_to_none=True)
+      self._loss().backward()
+
+    out = {}
+    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+      fn()
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        fn()
+      out[name] = (time.perf_counter() - t0) / max(steps, 1)
+    return out
+
+  def _loss(self) -> torch.Tensor:
+    x = torch.cat(self.views).permute(0, 3, 1, 2).float()
+    x = ((x - self.mean) / self.std).contiguous(memory_format=self.fmt)
+    z1, z2 = self.model(x).chunk(2)
+    return nt_xent(z1, z2, self.config.loss.temperature)
 
   def run(self, steps: int) -> float:
     t0 = time.perf_counter()
@@ -181,8 +205,13 @@ class TorchStep:
             "loss": self.loss}
 
 
-def alternate(config, rounds: int, steps: int, warmup: int, channels_last: bool) -> dict:
-  """JAX and PyTorch steps timed in turn; the median per-round ratio."""
+def alternate(config, rounds: int, steps: int, warmup: int, channels_last: bool,
+              breakdown: bool = False) -> dict:
+  """JAX and PyTorch steps timed in turn; the median per-round ratio.
+
+  With ``breakdown``, also the forward pass alone and forward + backward of
+  each (``parts_ms``), to place the difference.
+  """
   jax_step, torch_step = train_step.StepRunner(config), TorchStep(config, channels_last)
   jax_step.run(warmup)
   torch_step.run(warmup)
@@ -193,7 +222,13 @@ def alternate(config, rounds: int, steps: int, warmup: int, channels_last: bool)
     torch_ms.append(1e3 * tt)
     ratios.append(tj / tt)
     print(f"round {r}: jax {1e3 * tj:.1f} ms, torch {1e3 * tt:.1f} ms, ratio {tj / tt:.3f}")
+  parts = {}
+  if breakdown:
+    for name, runner in (("jax", jax_step), ("torch", torch_step)):
+      parts[name] = {k: 1e3 * v for k, v in runner.time_parts(steps).items()}
+      print(f"{name} parts (ms): {parts[name]}")
   return {"jax": jax_step.report(float(np.median(jax_ms)) / 1e3),
+          "parts_ms": parts,
           "torch": torch_step.report(float(np.median(torch_ms)) / 1e3),
           "jax_step_ms": jax_ms, "torch_step_ms": torch_ms,
           "jax_over_torch": float(np.median(ratios))}
@@ -204,7 +239,7 @@ def main(argv):
   config = main_lib._CONFIG.value
   if _ALTERNATE.value > 0:
     out = alternate(config, _ALTERNATE.value, train_step._STEPS.value,
-                    train_step._WARMUP.value, _CHANNELS_LAST.value)
+                    train_step._WARMUP.value, _CHANNELS_LAST.value, _BREAKDOWN.value)
   else:
     runner = TorchStep(config, _CHANNELS_LAST.value)
     runner.run(train_step._WARMUP.value)

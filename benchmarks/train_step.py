@@ -142,6 +142,21 @@ class StepRunner:
     self.flops = step_flops(config, build, self.state, self.batch, self.rng, schedule)
     self.compiled = step.lower(self.state, self.batch, self.rng).compile()
     self.metrics = None
+    self.loss_fn = loss_fn
+
+  def time_parts(self, steps: int) -> dict[str, float]:
+    """Seconds per call of the forward pass alone and of forward + backward."""
+    loss = lambda p, s, b: self.loss_fn(p, s, b, self.rng)[0]
+    parts = {"forward": jax.jit(loss), "forward_backward": jax.jit(jax.grad(loss))}
+    out = {}
+    for name, fn in parts.items():
+      jax.block_until_ready(fn(self.state.params, self.state.batch_stats, self.batch))
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        r = fn(self.state.params, self.state.batch_stats, self.batch)
+      jax.block_until_ready(r)
+      out[name] = (time.perf_counter() - t0) / max(steps, 1)
+    return out
 
   def run(self, steps: int) -> float:
     """Runs ``steps`` steps; returns the mean wall time per step in seconds."""
