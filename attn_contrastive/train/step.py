@@ -39,8 +39,8 @@ def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
                                                   batch, rng)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
     metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
-                   grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(new_state.params))
+                   grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(new_state.params))
     return new_state, metrics
 
   return train_step
