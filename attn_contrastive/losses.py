@@ -117,4 +117,4 @@ def attention_loss_on_maps(head_logits: dict[str, jnp.ndarray], maps: jnp.ndarra
   targets = {s: resize_maps(maps, l.shape[1:]) for s, l in head_logits.items()}
   quantile = attn_cfg.fixation_quantile
   return attention_loss(head_logits, targets, attn_cfg.alpha, attn_cfg.beta,
-                               None if quantile < 0 else quantile)
+                        None if quantile < 0 else quantile)

@@ -37,6 +37,7 @@ from torch.nn import functional as F  # noqa: E402
 import train_step  # noqa: E402  (the sibling benchmark: the project's compiled step)
 from attn_contrastive import main as main_lib  # noqa: E402
 from attn_contrastive.models.resnet import STAGE_SIZES, STAGE_STRIDES  # noqa: E402
+from attn_contrastive.train import optim  # noqa: E402
 from attn_contrastive.train.step import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 # --steps and --warmup are train_step.py's flags (per round with --alternate).
@@ -153,9 +154,8 @@ class TorchStep:
     self.mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
     self.std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
     o = config.optim
-    lr = o.base_lr * b / 256 if o.lr_scaling == "linear" else o.base_lr
-    self.opt = Lars(self.model.parameters(), lr, o.weight_decay, o.momentum,
-                    o.trust_coefficient)
+    self.opt = Lars(self.model.parameters(), optim.peak_learning_rate(o, b), o.weight_decay,
+                    o.momentum, o.trust_coefficient)
     self.loss = float("nan")
 
   def step(self) -> None:

@@ -27,7 +27,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from attn_contrastive import main as main_lib  # noqa: E402
-from attn_contrastive.models.simclr import simclr_from_config  # noqa: E402
 from attn_contrastive.tasks import pretrain, supervised  # noqa: E402
 from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib  # noqa: E402
 from attn_contrastive.train.state import count_params, create_train_state  # noqa: E402
@@ -42,31 +41,36 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device, in TFLOP
 
 
 def build(config):
-  """(model, loss_fn, host batch, views per image) for the config's task."""
+  """(model, loss_fn, views per image) for the config's task."""
+  if config.task == "pretrain":
+    model = pretrain.build_model(config)
+    return model, pretrain.make_loss_fn(model, config), 2
+  if config.task == "supervised":
+    model = supervised.build_model(config)
+    return model, supervised.make_loss_fn(model, config), 1
+  raise ValueError(f"no benchmark for task {config.task!r}")
+
+
+def make_batch(config) -> dict[str, np.ndarray]:
+  """A random host batch with every key the task's loss reads."""
   b, s = config.input.global_batch_size, config.data.image_size
   rng = np.random.default_rng(0)
   images = lambda: rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
+  attn = config.get("attention")
+  m = attn.map_size if attn is not None and attn.enabled else 0
   if config.task == "pretrain":
-    attn = config.get("attention")
-    model = simclr_from_config(config.model, attn)
     batch = {"view1": images(), "view2": images()}
-    if attn is not None and attn.enabled:
-      m = attn.map_size
-      if attn.labels == "human":  # co-train: one human-attention image per example
-        batch.update(human_image=images(), human_map=rng.random((b, m, m), dtype=np.float32))
-      else:  # teacher maps ride with each view
-        batch.update(map1=rng.random((b, m, m), dtype=np.float32),
-                     map2=rng.random((b, m, m), dtype=np.float32))
-    return model, pretrain.make_loss_fn(model, config), batch, 2
-  if config.task == "supervised":
-    model = supervised.build_model(config)
-    batch = {"image": images(),
-             "label": rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)}
-    attn = config.get("attention")
-    if attn is not None and attn.enabled:
-      batch["map"] = rng.random((b, attn.map_size, attn.map_size), dtype=np.float32)
-    return model, supervised.make_loss_fn(model, config), batch, 1
-  raise ValueError(f"no benchmark for task {config.task!r}")
+    if m and attn.labels == "human":  # co-train: one human-attention image per example
+      batch.update(human_image=images(), human_map=rng.random((b, m, m), dtype=np.float32))
+    elif m:  # teacher maps ride with each view
+      batch.update(map1=rng.random((b, m, m), dtype=np.float32),
+                   map2=rng.random((b, m, m), dtype=np.float32))
+    return batch
+  batch = {"image": images(),
+           "label": rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)}
+  if m:
+    batch["map"] = rng.random((b, m, m), dtype=np.float32)
+  return batch
 
 
 def _conv_flops(eqn) -> int:
@@ -110,12 +114,11 @@ def jaxpr_flops(jaxpr) -> int:
   return total
 
 
-def step_flops(config, loss_fn_builder, state, batch, rng, schedule) -> float:
+def step_flops(config, state, batch, rng, schedule) -> float:
   """The step's model FLOPs, traced with XLA's convolutions (``conv_impl='xla'``)."""
   cfg = config.copy_and_resolve_references()
   cfg.model.conv_impl = "xla"
-  model, loss_fn, _, _ = loss_fn_builder(cfg)
-  del model
+  _, loss_fn, _ = build(cfg)
   step = step_lib.make_train_step(loss_fn, schedule)
   return float(jaxpr_flops(jax.make_jaxpr(step)(state, batch, rng).jaxpr))
 
@@ -130,16 +133,16 @@ class StepRunner:
   def __init__(self, config):
     self.config = config
     mesh = mesh_lib.make_mesh()
-    model, loss_fn, host_batch, self.views = build(config)
+    model, loss_fn, self.views = build(config)
     schedule = optim.make_schedule(config.optim, config.input.global_batch_size, 10_000, 100)
     tx = optim.make_optimizer(config.optim, schedule)
     s = config.data.image_size
     self.state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
                                     0, mesh_lib.replicated(mesh))
-    self.batch = mesh_lib.to_global(host_batch, mesh)
+    self.batch = mesh_lib.to_global(make_batch(config), mesh)
     self.rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
     step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
-    self.flops = step_flops(config, build, self.state, self.batch, self.rng, schedule)
+    self.flops = step_flops(config, self.state, self.batch, self.rng, schedule)
     self.compiled = step.lower(self.state, self.batch, self.rng).compile()
     self.metrics = None
     self.loss_fn = loss_fn

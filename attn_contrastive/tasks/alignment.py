@@ -34,8 +34,7 @@ from absl import logging
 
 from attn_contrastive.data import sources
 from attn_contrastive.models.attention import spatial_softmax
-from attn_contrastive.models.simclr import simclr_from_config
-from attn_contrastive.tasks import supervised
+from attn_contrastive.tasks import pretrain, supervised
 from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
@@ -90,7 +89,7 @@ def model_density(out: dict[str, Any], stages: tuple[str, ...], kind: str) -> jn
 def build_model(run: ml_collections.ConfigDict):
   """The run's network, rebuilt from its config."""
   if run.task == "pretrain":
-    return simclr_from_config(run.model, run.get("attention"))
+    return pretrain.build_model(run)
   if run.task == "supervised":
     return supervised.build_model(run)
   raise ValueError(f"alignment needs a pretrain or supervised run, not task {run.task!r}")

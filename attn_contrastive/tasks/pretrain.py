@@ -19,6 +19,11 @@ if TYPE_CHECKING:
   from attn_contrastive.train import loop
 
 
+def build_model(config):
+  """SimCLR network; with attention heads if ``config.attention`` enables them."""
+  return simclr_from_config(config.model, config.get("attention"))
+
+
 def make_loss_fn(model, config):
   """NT-Xent on both views (+ L_attn), all images through the network as one batch.
 
@@ -64,7 +69,7 @@ def build_task(config) -> loop.TaskSpec:
   from attn_contrastive.data import pipeline, sources
   from attn_contrastive.train import loop
   attn = config.get("attention")
-  model = simclr_from_config(config.model, attn)
+  model = build_model(config)
   source = sources.open_split(config.data.name, config.data.train_split,
                               config.data.data_dir, config.data.auto_prepare)
   size = config.data.image_size
