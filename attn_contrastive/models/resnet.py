@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attn_contrastive.models import conv as conv_lib
+from attn_contrastive.models import pool as pool_lib
 
 ModuleDef = Any
 
@@ -93,7 +94,8 @@ class ResNet(nn.Module):
       (3, 1, True) suits 64-px images, (3, 1, False) 32-px ones.
     num_classes: adds a linear classifier on the pooled feature when set.
     dtype: computation dtype (bfloat16 on accelerators); parameters stay fp32.
-    conv_impl: 'auto', 'xla' or 'cpu_matmul' (see ``models.conv``).
+    conv_impl: 'auto', 'xla' or 'cpu_matmul': the CPU gradients of
+      convolutions and max pooling (see ``models.conv``, ``models.pool``).
     bn_momentum: BatchNorm running-average momentum.
   """
   depth: int = 50
@@ -129,7 +131,7 @@ class ResNet(nn.Module):
     x = conv(self.width, (k, k), (s, s), padding=_pad(k), name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     if self.stem_pool:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = pool_lib.max_pool(x, 3, 2, ((1, 1), (1, 1)), self.conv_impl)
     out = {}
     for i, (n_blocks, stride) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_STRIDES)):
       for j in range(n_blocks):
