@@ -54,6 +54,10 @@ def _forward(x: jax.Array, window: int, stride: int, pads: Pads) -> jax.Array:
                            ((0, 0), *pads, (0, 0)))
 
 
+def _offset_dtype(window: int) -> jnp.dtype:
+  return jnp.dtype(jnp.int8 if window * window < 127 else jnp.int32)
+
+
 def _first_max_offset(x: jax.Array, y: jax.Array, window: int, stride: int,
                       pads: Pads) -> jax.Array:
   """Index ``i*K + j`` of each window's first maximum (``K*K`` if none)."""
@@ -61,7 +65,7 @@ def _first_max_offset(x: jax.Array, y: jax.Array, window: int, stride: int,
   ho, wo = y.shape[1:3]
   xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
                ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-  dtype = jnp.int8 if window * window < 127 else jnp.int32
+  dtype = _offset_dtype(window)
   sel = jnp.full(y.shape, window * window, dtype)
   for k in reversed(range(window * window)):  # the lowest matching k wins
     i, j = divmod(k, window)
@@ -100,24 +104,31 @@ def _scatter_back(sel: jax.Array, g: jax.Array, x_shape: tuple[int, ...],
   return dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_cpu(x: jax.Array, window: int, stride: int, pads: Pads) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_cpu(x: jax.Array, window: int, stride: int, pads: Pads,
+                  x_shape: tuple[int, ...]) -> jax.Array:
+  del x_shape  # static copy of x.shape for the backward pass
   return _forward(x, window, stride, pads)
 
 
-def _max_pool_cpu_fwd(x, window, stride, pads):
+def _max_pool_cpu_fwd(x, window, stride, pads, x_shape):
   y = _forward(x, window, stride, pads)
-  return y, (x, y)
+  # The int8 offsets are the only residual (a quarter of y's bytes), and
+  # they must be materialised: left as a loop fusion, XLA fuses them into
+  # the backward scatter and recomputes all K*K comparisons for every term
+  # (60-85 ms instead of ~20 ms for the synthetic model's stem pool). XLA:CPU
+  # drops optimization barriers before fusion, so the offsets are computed
+  # inside a conditional, whose result is always a buffer; its predicate is
+  # true for every input (y == y or y != y) but opaque to the compiler.
+  first = y.reshape(-1)[0]
+  sel = lax.cond((first == first) | (first != first),
+                 lambda: _first_max_offset(x, y, window, stride, pads),
+                 lambda: jnp.zeros(y.shape, _offset_dtype(window)))
+  return y, sel
 
 
-def _max_pool_cpu_bwd(window, stride, pads, res, g):
-  x, y = res
-  # Materialised: fused into the scatter, XLA recomputes it once per offset.
-  sel = _first_max_offset(x, y, window, stride, pads)
-  if os.environ.get("PB", "1") in "13": sel = lax.optimization_barrier(sel)
-  dx = _scatter_back(sel, g, x.shape, window, stride, pads)
-  if os.environ.get("PB", "1") in "23": dx = lax.optimization_barrier(dx)
-  return (dx,)
+def _max_pool_cpu_bwd(window, stride, pads, x_shape, sel, g):
+  return (_scatter_back(sel, g, x_shape, window, stride, pads),)
 
 
 _max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
@@ -141,4 +152,4 @@ def max_pool(x: jax.Array, window: int, stride: int, pads: Pads,
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
     return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
-  return _max_pool_cpu(x, int(window), int(stride), pads)
+  return _max_pool_cpu(x, int(window), int(stride), pads, tuple(x.shape))
