@@ -28,6 +28,14 @@ A whole ResNet-18 training step (64-px images, batch 32, 7x7 stem) went from
 4-12 s with XLA's convolutions to 1.0-1.7 s with ``impl='auto'``; the timings
 vary with the machine's load.
 
+The table was measured with XLA:CPU's YNNPACK convolutions (jaxlib 0.10's
+default). ``attn_contrastive.host`` now switches convolutions to Eigen's
+threaded kernels, under which XLA's own 3x3 weight gradient is faster than
+this one in isolation on some shapes (512x8x8x32: 11 vs 23 ms) but the whole
+synthetic SimCLR step was still faster with this path (812 vs 838 ms and
+859 vs 1,012 ms, alternating), so ``'auto'`` keeps it; 1x1 kernels and
+inputs smaller than the kernel gain most.
+
 How
 ---
 The weight gradient of ``y = conv(x, w)`` is
