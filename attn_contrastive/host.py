@@ -1,40 +1,31 @@
-"""Process settings that make XLA:CPU training fast, applied on import.
+"""The XLA:CPU setting that makes training fast here, applied on import.
 
-Two settings, each measured on the synthetic SimCLR step on a 2-core x86-64
-VM (``benchmarks/README.md`` has the figures):
+jaxlib 0.10 hands convolutions to YNNPACK, whose kernels ran on one core on
+the 2-core x86-64 VM of ``benchmarks/README.md``: a 512×8×8×32 3×3
+convolution took 13 ms on two cores and 15 ms on one, and 7 ms with Eigen's
+threaded kernel, which this flag selects:
+``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``. YNNPACK
+keeps its dots, reductions and elementwise fusions (turning those off too
+was slower). The flag only concerns the CPU backend.
 
-* **XLA:CPU convolutions through Eigen, not YNNPACK.** jaxlib 0.10 hands
-  convolutions to YNNPACK, whose kernels ran on one core here: a
-  512×8×8×32 3×3 convolution took 13 ms on two cores and 15 ms on one, and
-  12 → 7 ms with Eigen's threaded kernel, which this flag selects:
-  ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``. YNNPACK
-  keeps its dots, reductions and elementwise fusions (turning those off too
-  was slower). The flag only concerns the CPU backend.
-* **Large buffers stay in the process.** glibc's ``malloc`` serves blocks
-  above ~32 MB with ``mmap`` and returns them with ``munmap``, so every step
-  faulted its activations in again: ~110k page faults and 0.3-0.4 s of
-  system time per step. ``mallopt`` with no mmap'd blocks, one arena and no
-  trimming keeps freed memory for the next step (0 faults). The process
-  then does not give memory back to the system until it exits, which suits
-  a training job.
+It is added to ``XLA_FLAGS`` when ``attn_contrastive`` is imported: XLA reads
+its flags once, when JAX opens its first backend, so importing JAX's
+backend first leaves it out (with a warning). A user's own
+``--xla_cpu_experimental_ynn_fusion_type`` is left alone, and
+``ATTN_CONTRASTIVE_HOST_DEFAULTS=0`` skips the setting.
 
-Both happen when ``attn_contrastive`` is imported, as early as possible:
-XLA reads its flags once, when JAX opens its first backend. A user's own
-``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is left alone,
-and ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0`` turns both settings off.
+Not applied, on purpose: glibc ``mallopt`` settings that keep freed memory
+in the process (no mmap'd blocks, no trimming) removed ~110k page faults
+(0.3-0.4 s of system time) per synthetic step, but with a 2-device CPU mesh
+the step then aborted in an all-reduce rendezvous timeout.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import sys
 import warnings
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def _backends_started() -> bool:
@@ -62,25 +53,8 @@ def set_xla_flags() -> bool:
   return True
 
 
-def keep_freed_memory() -> bool:
-  """glibc only: no mmap'd blocks, one arena, no trimming. True if applied."""
-  if not sys.platform.startswith("linux"):
-    return False
-  name = ctypes.util.find_library("c")
-  try:
-    libc = ctypes.CDLL(name or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return False  # not glibc (e.g. musl): nothing to tune
-  ok = mallopt(_M_MMAP_MAX, 0) == 1
-  ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-  ok &= mallopt(_M_ARENA_MAX, 1) == 1
-  return bool(ok)
-
-
 def configure() -> None:
-  """Applies both settings unless ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0``."""
+  """Applies the setting unless ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0``."""
   if os.environ.get("ATTN_CONTRASTIVE_HOST_DEFAULTS", "1") == "0":
     return
   set_xla_flags()
-  keep_freed_memory()
