@@ -175,14 +175,8 @@ class TorchStep:
       self.model.zero_grad(set_to_none=True)
       self._loss().backward()
 
-    out = {}
-    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
-      fn()
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        fn()
-      out[name] = (time.perf_counter() - t0) / max(steps, 1)
-    return out
+    return train_step.time_calls({"forward": forward, "forward_backward": forward_backward},
+                                 steps)
 
   def _loss(self) -> torch.Tensor:
     x = torch.cat(self.views).permute(0, 3, 1, 2).float()

@@ -13,10 +13,13 @@ the step without and with attention heads in one process and reports the ratio.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,6 +126,24 @@ def step_flops(config, state, batch, rng, schedule) -> float:
   return float(jaxpr_flops(jax.make_jaxpr(step)(state, batch, rng).jaxpr))
 
 
+def time_calls(fns: dict[str, Callable[[], Any]], steps: int,
+               sync: Callable[[Any], Any] = lambda r: r) -> dict[str, float]:
+  """Seconds per call of each function, after one untimed call.
+
+  ``sync`` waits for a result (``jax.block_until_ready`` for asynchronous
+  dispatch); the last result of each loop is waited for before the clock stops.
+  """
+  out = {}
+  for name, fn in fns.items():
+    sync(fn())
+    r, t0 = None, time.perf_counter()
+    for _ in range(steps):
+      r = fn()
+    sync(r)
+    out[name] = (time.perf_counter() - t0) / max(steps, 1)
+  return out
+
+
 class StepRunner:
   """The config's compiled step on a fixed device batch; ``run(n)`` → s/step.
 
@@ -150,16 +171,10 @@ class StepRunner:
   def time_parts(self, steps: int) -> dict[str, float]:
     """Seconds per call of the forward pass alone and of forward + backward."""
     loss = lambda p, s, b: self.loss_fn(p, s, b, self.rng)[0]
+    args = (self.state.params, self.state.batch_stats, self.batch)
     parts = {"forward": jax.jit(loss), "forward_backward": jax.jit(jax.grad(loss))}
-    out = {}
-    for name, fn in parts.items():
-      jax.block_until_ready(fn(self.state.params, self.state.batch_stats, self.batch))
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        r = fn(self.state.params, self.state.batch_stats, self.batch)
-      jax.block_until_ready(r)
-      out[name] = (time.perf_counter() - t0) / max(steps, 1)
-    return out
+    return time_calls({name: functools.partial(fn, *args) for name, fn in parts.items()},
+                      steps, jax.block_until_ready)
 
   def run(self, steps: int) -> float:
     """Runs ``steps`` steps; returns the mean wall time per step in seconds."""

@@ -113,7 +113,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated_fn", "conv_general_dilated_cpu_matmul", "IMPLS"]
+__all__ = ["conv_general_dilated_fn", "conv_general_dilated_cpu_matmul", "resolve_impl", "IMPLS"]
 
 IMPLS: tuple[str, ...] = ("auto", "xla", "cpu_matmul")
 
@@ -607,15 +607,24 @@ def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
   Raises:
     ValueError: for an unknown ``impl``.
   """
-  if impl == "auto":
-    impl = os.environ.get("ATTN_CONTRASTIVE_CONV_IMPL", "auto") or "auto"
-    if impl not in IMPLS:
-      raise ValueError(f"ATTN_CONTRASTIVE_CONV_IMPL={impl!r}: choose one of {IMPLS}")
+  impl = resolve_impl(impl)
   if impl == "auto":
     return _conv_general_dilated_auto
   if impl == "xla":
     return lax.conv_general_dilated
-  if impl == "cpu_matmul":
-    return conv_general_dilated_cpu_matmul
-  raise ValueError(
-      f"Unknown conv impl {impl!r}; valid values are {', '.join(map(repr, IMPLS))}.")
+  return conv_general_dilated_cpu_matmul
+
+
+def resolve_impl(impl: str, what: str = "conv") -> str:
+  """``impl`` checked, with ``'auto'`` replaced by ``ATTN_CONTRASTIVE_CONV_IMPL`` if set.
+
+  Shared by the convolution and max-pooling switches (``models.pool``).
+  """
+  if impl == "auto":
+    impl = os.environ.get("ATTN_CONTRASTIVE_CONV_IMPL", "auto") or "auto"
+    if impl not in IMPLS:
+      raise ValueError(f"ATTN_CONTRASTIVE_CONV_IMPL={impl!r}: choose one of {IMPLS}")
+  if impl not in IMPLS:
+    raise ValueError(
+        f"Unknown {what} impl {impl!r}; valid values are {', '.join(map(repr, IMPLS))}.")
+  return impl

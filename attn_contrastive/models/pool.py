@@ -38,12 +38,13 @@ elsewhere; ``'xla'`` is always flax's; ``'cpu_matmul'`` always this one.
 from __future__ import annotations
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from attn_contrastive.models import conv as conv_lib
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -145,10 +146,7 @@ def max_pool(x: jax.Array, window: int, stride: int, pads: Pads,
     impl: ``'auto'``, ``'xla'`` or ``'cpu_matmul'``; the environment variable
       ``ATTN_CONTRASTIVE_CONV_IMPL`` replaces ``'auto'`` as for convolutions.
   """
-  if impl == "auto":
-    impl = os.environ.get("ATTN_CONTRASTIVE_CONV_IMPL", "auto") or "auto"
-  if impl not in ("auto", "xla", "cpu_matmul"):
-    raise ValueError(f"Unknown pooling impl {impl!r}: choose 'auto', 'xla' or 'cpu_matmul'")
+  impl = conv_lib.resolve_impl(impl, "pooling")
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
     return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
