@@ -65,6 +65,10 @@ CASES = [
     (2, 3, 4, 5, 6, 5, 1, "SAME"),
     (2, 2, 5, 3, 4, 7, 2, "SAME"),
     (2, 4, 6, 3, 5, 5, 2, ((2, 2), (2, 2))),
+    # Strided with more channels (never space-to-depth): col2im dx.
+    (2, 9, 11, 6, 5, 3, 2, "VALID"),
+    (2, 10, 9, 5, 4, 7, 2, "SAME"),
+    (1, 9, 9, 8, 4, 3, 3, ((1, 2), (0, 1))),
 ]
 
 
@@ -72,7 +76,9 @@ CASES = [
     "case,impl",
     [(c, "cpu_matmul") for c in CASES]
     + [(CASES[i], "auto") for i in (1, 4, 8, 15)], ids=str)
-def test_grads_match_xla(case, impl):
+def test_grads_match_xla(monkeypatch, case, impl):
+  """Every path but space-to-depth (tested below), so forward is XLA's own."""
+  monkeypatch.setattr(conv_mod, "_S2D_MAX_CHANNELS", 0)
   n, h, w, c, o, k, s, padding = case
   x, kern = _inputs(n, h, w, c, o, k)
   y0, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, (s, s), padding)
@@ -102,12 +108,64 @@ def test_matmul_forward_and_col2im_on_all_shapes(monkeypatch, case):
   _assert_close(dk1, dk0)
 
 
+S2D_CASES = [
+    # n, h, w, c, (kh, kw), (sh, sw), padding
+    (2, 16, 16, 3, (7, 7), (2, 2), "SAME"),       # a ResNet stem
+    (2, 11, 13, 3, (7, 7), (2, 2), "VALID"),
+    (1, 13, 10, 4, (5, 3), (2, 2), ((3, 0), (1, 2))),
+    (2, 9, 11, 1, (7, 5), (3, 3), "SAME"),
+    (2, 12, 9, 2, (3, 7), (1, 2), "SAME"),
+    (2, 5, 6, 3, (7, 7), (2, 2), "SAME"),         # smaller than the kernel
+]
+
+
+@pytest.mark.parametrize("case", S2D_CASES, ids=str)
+def test_space_to_depth_matches_xla(case):
+  """Strided convolutions over few channels run after space-to-depth."""
+  n, h, w, c, (kh, kw), strides, padding = case
+  x, kern = _inputs(n, h, w, c, 5, kh, kw)
+  spec = conv_mod._custom_spec(x, kern, strides, padding, None, None, DN, 1, 1,
+                               None, None, None, "matmul")
+  assert conv_mod._use_space_to_depth(spec, kern.shape)
+  y0, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, strides, padding)
+  y1, dx1, dk1 = _grads(conv_general_dilated_fn("cpu_matmul"), x, kern,
+                        strides, padding)
+  _assert_close(y1, y0)
+  _assert_close(dx1, dx0)
+  _assert_close(dk1, dk0)
+
+
+def test_space_to_depth_choice():
+  spec = lambda s: conv_mod._ConvSpec((s, s), ((1, 1), (1, 1)), None, None,
+                                      "matmul")
+  use = conv_mod._use_space_to_depth
+  assert use(spec(2), (7, 7, 3, 64)) and use(spec(2), (3, 3, 4, 8))
+  assert not use(spec(1), (7, 7, 3, 64))     # stride 1: nothing to gain
+  assert not use(spec(2), (3, 3, 16, 32))    # 64 channels after the cut
+  assert not use(spec(2), (1, 1, 3, 8))      # 1x1: a subsample already
+  assert not use(spec(2), (2, 2, 3, 8))      # kernel no wider than stride
+
+
+def test_strided_input_gradient_has_no_dilated_convolution():
+  """XLA's transposed strided convolution (slow on CPU) is not used."""
+  x, kern = _inputs(2, 8, 8, 8, 8, 3)
+  conv = conv_general_dilated_fn("cpu_matmul")
+  dx = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(conv(
+      x, kern, (2, 2), "SAME", dimension_numbers=DN)))))
+  hlo = dx.lower(x).as_text()
+  assert hlo.count("stablehlo.convolution") == 1         # the forward pass
+  assert "lhs_dilate = [2, 2]" not in hlo
+  want = jax.grad(lambda x: jnp.sum(jnp.sin(lax.conv_general_dilated(
+      x, kern, (2, 2), "SAME", dimension_numbers=DN))))(x)
+  _assert_close(dx(x), want)
+
+
 def test_non_square_kernel_and_strides():
   x, kern = _inputs(2, 11, 13, 3, 5, 3, 5)
   y0, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, (2, 1), "SAME")
   y1, dx1, dk1 = _grads(conv_general_dilated_fn("cpu_matmul"), x, kern,
                         (2, 1), "SAME")
-  np.testing.assert_array_equal(np.asarray(y1), np.asarray(y0))
+  _assert_close(y1, y0)  # space-to-depth: another summation order
   _assert_close(dx1, dx0)
   _assert_close(dk1, dk0)
 
@@ -123,6 +181,7 @@ def test_tiling_paths(monkeypatch, tile_bytes, k, s, mode, devices):
   monkeypatch.setattr(conv_mod, "_MIN_TILE_ROWS", 1)
   monkeypatch.setattr(conv_mod, "_PATCH_MODE", mode)
   monkeypatch.setattr(conv_mod, "_device_count", lambda: devices)
+  monkeypatch.setattr(conv_mod, "_S2D_MAX_CHANNELS", 0)  # strided patches
   x, kern = _inputs(6 if devices > 1 else 5, 13, 11, 3, 4, k)
   _, dx0, dk0 = _grads(lax.conv_general_dilated, x, kern, (s, s), "SAME")
   _, dx1, dk1 = _grads(conv_general_dilated_fn("cpu_matmul"), x, kern,
@@ -184,7 +243,7 @@ def test_preferred_element_type():
                         (2, 2), "SAME", **kw)
   assert y1.dtype == jnp.float32
   assert dx1.dtype == dk1.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(y1), np.asarray(y0))
+  _assert_close(y1, y0)  # space-to-depth: another summation order
   _assert_close(dx1, dx0, rtol=3e-2)
   _assert_close(dk1, dk0, rtol=3e-2)
 
@@ -225,8 +284,7 @@ def test_flax_conv_equivalent(features, kernel, strides, padding):
     y = mod.apply(params, x)
     return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
 
-  np.testing.assert_array_equal(np.asarray(mod.apply(params, x)),
-                                np.asarray(ref_mod.apply(params, x)))
+  _assert_close(mod.apply(params, x), ref_mod.apply(params, x))
   g_ref = jax.jit(jax.grad(lambda p: loss(ref_mod, p)))(params)
   g = jax.jit(jax.grad(lambda p: loss(mod, p)))(params)
   jax.tree.map(_assert_close, g, g_ref)
