@@ -163,3 +163,12 @@ def test_disabled_by_environment_is_silent(tmp_path):
   assert done.returncode == 0, done.stderr
   assert "LOADED False" in done.stdout and "kernel is not used" not in done.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_auto_traced_on_cpu_lowered_for_tpu_has_no_kernel(monkeypatch):
+  monkeypatch.setattr(conv_mod, "_device_count", lambda: 1)
+  conv = conv_general_dilated_fn("auto")
+  x, k = _rand((2, 8, 8, 16), 0), _rand((3, 3, 16, 16), 1)
+  traced = _grads(conv, x, k, (1, 1), "SAME").trace(k)
+  assert native.TARGET in traced.lower(lowering_platforms=("cpu",)).as_text()
+  assert native.TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()

@@ -64,6 +64,10 @@ each measured against the alternatives in the benchmark:
   stem's gradient in ~1.3 s instead of ~4.3 s at the same speed.
 * 1x1 kernels need no patches: a single matmul (after subsampling for
   stride > 1).
+* Layers with few channels (``C*O <= _NATIVE_MAX_CO``) on a single CPU
+  device use a C++ kernel instead (``conv_wgrad.cc``, built on first use by
+  ``native.py``), 2-4x faster there than any XLA formulation; without a
+  compiler or AVX2 the matmul path above is used.
 
 The forward pass is XLA's convolution and the input gradient of a stride-1
 convolution XLA's transposed convolution: both are fast on CPU (an im2col
