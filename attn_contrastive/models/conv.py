@@ -163,11 +163,13 @@ _PATCH_MODE = "auto"
 _S2D_MAX_CHANNELS = 16
 # Weight gradients of layers with at most this many input x output channels
 # use the C++ kernel (native.py) on a single CPU device. Measured per layer
-# (512 images, ms, im2col / XLA / kernel): 3x3 16->16 at 16x16 37 / 24 / 12,
-# 16->32 stride 2 28 / 25 / 13, 32->32 at 8x8 30 / 15 / 23, 64->64 at 4x4
-# 17 / 12 / 18; the space-to-depth stem (4x4, 12->16) 199 / 172 / 53. Whole
-# synthetic SimCLR step: -10% with 256, -13% with 1024.
-_NATIVE_MAX_CO = 1024
+# (ms, im2col path / kernel): 512 images, 3x3 16->16 at 16x16 24 / 11,
+# 32->32 at 8x8 25 / 12, 64->64 at 4x4 19 / 12, 128->128 at 2x2 15 / 16;
+# 128 images, 64->64 at 16x16 54 / 39, 128->128 at 8x8 53 / 51, 256->256 at
+# 4x4 50 / 62; the space-to-depth stem (4x4, 12->16 at 33x33) 199 / 53.
+# Whole synthetic SimCLR step: -13% with 1024; 4096 was the same as 1024
+# there and on ResNet-18 width 64 (within noise).
+_NATIVE_MAX_CO = 4096
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,38 +38,48 @@ struct Shape {
 };
 
 // Output pixels per block (whole rows): enough to amortise the tile loads.
-constexpr int64_t kBlockPixels = 64;
+#ifndef CONV_WGRAD_BLOCK_PIXELS
+#define CONV_WGRAD_BLOCK_PIXELS 64
+#endif
+constexpr int64_t kBlockPixels = CONV_WGRAD_BLOCK_PIXELS;
 
 inline void AddTo(float* d, __m256 lo, __m256 hi) {
   _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), lo));
   _mm256_storeu_ps(d + 8, _mm256_add_ps(_mm256_loadu_ps(d + 8), hi));
 }
 
-// dw[tap, c0:c0+4, o0:o0+16] += sum over output rows [p0, p1) of image n.
+// A block of output pixels: rows [p0, p1) of images [n0, n1).
+struct Block {
+  int64_t n0, n1, p0, p1;
+};
+
+// dw[tap, c0:c0+4, o0:o0+16] += the block's sum.
 inline void Tile(const float* x, const float* g, float* dw, const Shape& s,
-                 int64_t n, int64_t p0, int64_t p1, int64_t i, int64_t j,
-                 int64_t c0, int64_t o0) {
+                 const Block& blk, int64_t i, int64_t j, int64_t c0,
+                 int64_t o0) {
   __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
   __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-  for (int64_t p = p0; p < p1; ++p) {
-    const float* gr = g + (n * s.ho + p) * s.wo * s.o + o0;
-    const float* xr = x + ((n * s.hp + p * s.sh + i) * s.wp + j) * s.c + c0;
-    for (int64_t q = 0; q < s.wo; ++q) {
-      const float* gq = gr + q * s.o;
-      const float* xq = xr + q * s.sw * s.c;
-      const __m256 g0 = _mm256_loadu_ps(gq), g1 = _mm256_loadu_ps(gq + 8);
-      __m256 b = _mm256_broadcast_ss(xq);
-      a00 = _mm256_fmadd_ps(b, g0, a00);
-      a01 = _mm256_fmadd_ps(b, g1, a01);
-      b = _mm256_broadcast_ss(xq + 1);
-      a10 = _mm256_fmadd_ps(b, g0, a10);
-      a11 = _mm256_fmadd_ps(b, g1, a11);
-      b = _mm256_broadcast_ss(xq + 2);
-      a20 = _mm256_fmadd_ps(b, g0, a20);
-      a21 = _mm256_fmadd_ps(b, g1, a21);
-      b = _mm256_broadcast_ss(xq + 3);
-      a30 = _mm256_fmadd_ps(b, g0, a30);
-      a31 = _mm256_fmadd_ps(b, g1, a31);
+  for (int64_t n = blk.n0; n < blk.n1; ++n) {
+    for (int64_t p = blk.p0; p < blk.p1; ++p) {
+      const float* gr = g + (n * s.ho + p) * s.wo * s.o + o0;
+      const float* xr = x + ((n * s.hp + p * s.sh + i) * s.wp + j) * s.c + c0;
+      for (int64_t q = 0; q < s.wo; ++q) {
+        const float* gq = gr + q * s.o;
+        const float* xq = xr + q * s.sw * s.c;
+        const __m256 g0 = _mm256_loadu_ps(gq), g1 = _mm256_loadu_ps(gq + 8);
+        __m256 b = _mm256_broadcast_ss(xq);
+        a00 = _mm256_fmadd_ps(b, g0, a00);
+        a01 = _mm256_fmadd_ps(b, g1, a01);
+        b = _mm256_broadcast_ss(xq + 1);
+        a10 = _mm256_fmadd_ps(b, g0, a10);
+        a11 = _mm256_fmadd_ps(b, g1, a11);
+        b = _mm256_broadcast_ss(xq + 2);
+        a20 = _mm256_fmadd_ps(b, g0, a20);
+        a21 = _mm256_fmadd_ps(b, g1, a21);
+        b = _mm256_broadcast_ss(xq + 3);
+        a30 = _mm256_fmadd_ps(b, g0, a30);
+        a31 = _mm256_fmadd_ps(b, g1, a31);
+      }
     }
   }
   float* d = dw + ((i * s.kw + j) * s.c + c0) * s.o + o0;
@@ -79,18 +89,29 @@ inline void Tile(const float* x, const float* g, float* dw, const Shape& s,
   AddTo(d + 3 * s.o, a30, a31);
 }
 
-// Adds the weight gradient of images [n0, n1) to dw.
+// Adds the weight gradient of images [n0, n1) to dw, one block of about
+// kBlockPixels output pixels at a time (whole images when they are smaller,
+// so that deep layers' 4x4 or 2x2 maps still make long blocks).
 void Images(const float* x, const float* g, float* dw, const Shape& s,
             int64_t n0, int64_t n1) {
+  const int64_t pixels = s.ho * s.wo;
   const int64_t rows = std::max<int64_t>(1, kBlockPixels / s.wo);
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t p0 = 0; p0 < s.ho; p0 += rows)
-      for (int64_t i = 0; i < s.kh; ++i)
-        for (int64_t j = 0; j < s.kw; ++j)
-          for (int64_t c0 = 0; c0 < s.c; c0 += 4)
-            for (int64_t o0 = 0; o0 < s.o; o0 += 16)
-              Tile(x, g, dw, s, n, p0, std::min(s.ho, p0 + rows), i, j, c0,
-                   o0);
+  const int64_t images = std::max<int64_t>(1, kBlockPixels / pixels);
+  std::vector<Block> blocks;
+  for (int64_t n = n0; n < n1; n += (pixels >= kBlockPixels ? 1 : images)) {
+    if (pixels >= kBlockPixels) {
+      for (int64_t p0 = 0; p0 < s.ho; p0 += rows)
+        blocks.push_back({n, n + 1, p0, std::min(s.ho, p0 + rows)});
+    } else {
+      blocks.push_back({n, std::min(n1, n + images), 0, s.ho});
+    }
+  }
+  for (const Block& blk : blocks)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j)
+        for (int64_t c0 = 0; c0 < s.c; c0 += 4)
+          for (int64_t o0 = 0; o0 < s.o; o0 += 16)
+            Tile(x, g, dw, s, blk, i, j, c0, o0);
 }
 
 ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
