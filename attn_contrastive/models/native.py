@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -105,6 +106,8 @@ def load() -> bool:
     try:
       path = _library_path()
       if not path.exists():
+        logging.getLogger(__name__).info(
+            "Compiling the CPU weight-gradient kernel into %s (once).", path)
         _build(path)
       lib = ctypes.cdll.LoadLibrary(str(path))
       jax.ffi.register_ffi_target(
