@@ -172,3 +172,18 @@ def test_auto_traced_on_cpu_lowered_for_tpu_has_no_kernel(monkeypatch):
   traced = _grads(conv, x, k, (1, 1), "SAME").trace(k)
   assert native.TARGET in traced.lower(lowering_platforms=("cpu",)).as_text()
   assert native.TARGET not in traced.lower(lowering_platforms=("tpu",)).as_text()
+
+
+def test_per_example_gradients_under_vmap(monkeypatch):
+  monkeypatch.setattr(conv_mod, "_device_count", lambda: 1)
+  conv = conv_general_dilated_fn("cpu_matmul")
+  x, k = _rand((3, 6, 6, 4), 0), _rand((3, 3, 4, 16), 1)
+
+  def per_example(conv):
+    def loss(k, xi):
+      return jnp.sum(jnp.sin(conv(xi[None], k, (1, 1), "SAME", dimension_numbers=DN)))
+    return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))
+
+  got = per_example(conv)
+  assert native.TARGET in got.lower(k, x).as_text()
+  assert _rel_err(got(k, x), per_example(lax.conv_general_dilated)(k, x)) < 1e-5

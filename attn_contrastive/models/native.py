@@ -146,6 +146,8 @@ def weight_grad(xp: jax.Array, g: jax.Array, kernel: tuple[int, int],
   """
   (kh, kw), (sh, sw) = kernel, strides
   c, o = xp.shape[3], g.shape[3]
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((kh, kw, c, o), jnp.float32))
+  # Under jax.vmap (e.g. per-example gradients) the call runs once per item.
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((kh, kw, c, o), jnp.float32),
+                          vmap_method="sequential")
   return call(xp, g, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh),
               sw=np.int64(sw), threads=np.int64(n_threads or threads()))
