@@ -201,6 +201,19 @@ def _pad(x: jax.Array, config: Sequence[tuple[int, int, int]]) -> jax.Array:
   return lax.pad(x, jnp.zeros((), x.dtype), tuple(config))
 
 
+def _pad_to_windows(x: jax.Array, spec: _ConvSpec, rows: int,
+                    cols: int) -> jax.Array:
+  """``x`` with the spec's leading padding, padded or cropped to rows x cols.
+
+  ``rows = (Ho-1)*sh + kh`` (likewise cols) are exactly the padded-input
+  rows that the windows touch.
+  """
+  (plh, _), (plw, _) = spec.pads
+  h, w = x.shape[1], x.shape[2]
+  return _pad(x, ((0, 0, 0), (plh, rows - h - plh, 0), (plw, cols - w - plw, 0),
+                  (0, 0, 0)))
+
+
 def _dot_t(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
   """``a^T @ b`` for 2-D ``a (M, K)``, ``b (M, O)``, accumulated in fp32."""
   return lax.dot_general(
@@ -304,8 +317,7 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
 
   if kh == kw == 1:
     # One matmul; for stride > 1 the strided slice is a cheap subsample.
-    xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - w - plw, 0),
-                  (0, 0, 0)))
+    xp = _pad_to_windows(x, spec, hn, wn)
     if sh > 1 or sw > 1:
       xp = xp[:, ::sh, ::sw]
     dw = _dot_t(xp.reshape(-1, c), g.reshape(-1, o), spec.precision)
@@ -377,13 +389,8 @@ def _native_weight_grad(x: jax.Array, g: jax.Array,
       or jax.default_backend() != "cpu" or not native.supports(c, o, x.dtype)
       or not native.load()):
     return None
-  sh, sw = spec.strides
-  n, ho, wo, _ = g.shape
-  (plh, _), (plw, _) = spec.pads
-  h, w = x.shape[1], x.shape[2]
-  hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
-  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - w - plw, 0),
-                (0, 0, 0)))
+  (sh, sw), (ho, wo) = spec.strides, g.shape[1:3]
+  xp = _pad_to_windows(x, spec, (ho - 1) * sh + kh, (wo - 1) * sw + kw)
   return native.weight_grad(xp, g.astype(jnp.float32), (kh, kw), (sh, sw))
 
 
@@ -426,8 +433,7 @@ def _matmul_forward(spec: _ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
   hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
   k_cols = kh * kw * c
   out_dtype = spec.preferred_element_type or x.dtype
-  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - wd - plw, 0),
-                (0, 0, 0)))
+  xp = _pad_to_windows(x, spec, hn, wn)
   w2 = w.reshape(k_cols, o)
 
   def block(xb: jax.Array) -> jax.Array:
