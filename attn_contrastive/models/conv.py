@@ -607,8 +607,7 @@ def _space_to_depth(spec: _ConvSpec, x: jax.Array, w: jax.Array
   ho, wo = (h + plh + phh - kh) // sh + 1, (wd + plw + phw - kw) // sw + 1
   th, tw = -(-kh // sh), -(-kw // sw)          # taps per axis after the cut
   hn, wn = (ho - 1 + th) * sh, (wo - 1 + tw) * sw
-  xp = _pad(x, ((0, 0, 0), (plh, hn - h - plh, 0), (plw, wn - wd - plw, 0),
-                (0, 0, 0)))
+  xp = _pad_to_windows(x, spec, hn, wn)
   xs = xp.reshape(n, hn // sh, sh, wn // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
   wp = _pad(w, ((0, th * sh - kh, 0), (0, tw * sw - kw, 0), (0, 0, 0), (0, 0, 0)))
   ws = wp.reshape(th, sh, tw, sw, c, o).transpose(0, 2, 1, 3, 4, 5)

@@ -53,15 +53,16 @@ def _compiler() -> str | None:
   """``$CXX`` if set (and only it), else the first of c++, g++, clang++."""
   if os.environ.get("CXX"):
     return shutil.which(os.environ["CXX"])
-  for name in ("c++", "g++", "clang++"):
-    if shutil.which(name):
-      return shutil.which(name)
-  return None
+  return next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+
+
+def _disabled() -> bool:
+  return os.environ.get("ATTN_CONTRASTIVE_NATIVE", "1") == "0"
 
 
 def unavailable_reason() -> str | None:
   """Why the kernel cannot be used here (``None`` when it can be built)."""
-  if os.environ.get("ATTN_CONTRASTIVE_NATIVE", "1") == "0":
+  if _disabled():
     return "disabled by ATTN_CONTRASTIVE_NATIVE=0"
   if platform.machine().lower() not in ("x86_64", "amd64"):
     return f"needs an x86-64 CPU, this is {platform.machine()}"
@@ -115,7 +116,7 @@ def load() -> bool:
       return True
     except (OSError, RuntimeError, AttributeError) as e:
       reason = f"build or load failed: {e}"
-  if os.environ.get("ATTN_CONTRASTIVE_NATIVE", "1") != "0":
+  if not _disabled():
     warnings.warn(
         f"attn_contrastive: the CPU weight-gradient kernel is not used ({reason}); "
         "convolutions keep the pure-JAX gradient (slower on CPU, same result).",
