@@ -42,8 +42,8 @@ from attn_contrastive.train.step import IMAGENET_MEAN, IMAGENET_STD  # noqa: E40
 
 # --steps and --warmup are train_step.py's flags (per round with --alternate).
 _ALTERNATE = flags.DEFINE_integer("alternate", 0, "Rounds of JAX then PyTorch; 0: PyTorch only.")
-_BREAKDOWN = flags.DEFINE_bool(
-    "breakdown", False, "With --alternate: also time forward and forward + backward alone.")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", False,
+                               "With --alternate: also time forward and forward + backward alone.")
 _CHANNELS_LAST = flags.DEFINE_bool(
     "channels_last", False,
     "NHWC memory format; slower than the default NCHW for these small models on CPU.")
@@ -94,9 +94,10 @@ class SimCLRNet(nn.Module):
         layers.append(Block(cin, m.width * 2**i, stride if j == 0 else 1, bottleneck))
         cin = m.width * 2**i * (4 if bottleneck else 1)
     self.encoder = nn.Sequential(*layers)
-    self.head = nn.Sequential(nn.Linear(cin, m.proj_hidden_dim, bias=False),
-                              nn.BatchNorm1d(m.proj_hidden_dim, eps=1e-5, momentum=0.1),
-                              nn.ReLU(inplace=True), nn.Linear(m.proj_hidden_dim, m.proj_out_dim))
+    self.head = nn.Sequential(
+        nn.Linear(cin, m.proj_hidden_dim, bias=False),
+        nn.BatchNorm1d(m.proj_hidden_dim, eps=1e-5, momentum=0.1), nn.ReLU(inplace=True),
+        nn.Linear(m.proj_hidden_dim, m.proj_out_dim))
 
   def forward(self, x):
     return self.head(self.encoder(x).mean(dim=(2, 3)))
@@ -128,8 +129,8 @@ class Lars(torch.optim.Optimizer):
         if p.ndim > 1:
           g = g.add(p, alpha=group["weight_decay"])
           p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-          trust = torch.where((p_norm > 0) & (g_norm > 0),
-                              group["eta"] * p_norm / g_norm, torch.ones_like(p_norm))
+          trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
+                              torch.ones_like(p_norm))
           g = g * trust
         buf = self.state[p].get("momentum")
         buf = g.clone() if buf is None else buf.mul_(group["momentum"]).add_(g)
@@ -144,13 +145,14 @@ class TorchStep:
     if config.task != "pretrain":
       raise ValueError("torch_reference.py mirrors the SimCLR (pretrain) step only")
     torch.manual_seed(0)
-    self.config, self.fmt = config, (torch.channels_last if channels_last
-                                     else torch.contiguous_format)
+    self.config, self.fmt = config, (
+        torch.channels_last if channels_last else torch.contiguous_format)
     self.model = SimCLRNet(config.model).to(memory_format=self.fmt).train()
     b, s = config.input.global_batch_size, config.data.image_size
     rng = np.random.default_rng(0)
-    self.views = [torch.from_numpy(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8))
-                  for _ in range(2)]
+    self.views = [
+        torch.from_numpy(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)) for _ in range(2)
+    ]
     self.mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
     self.std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
     o = config.optim
@@ -167,6 +169,7 @@ class TorchStep:
 
   def time_parts(self, steps: int) -> dict[str, float]:
     """Seconds per call of the forward pass alone and of forward + backward."""
+
     def forward():
       with torch.no_grad():
         return self._loss()
@@ -175,8 +178,7 @@ class TorchStep:
       self.model.zero_grad(set_to_none=True)
       self._loss().backward()
 
-    return train_step.time_calls({"forward": forward, "forward_backward": forward_backward},
-                                 steps)
+    return train_step.time_calls({"forward": forward, "forward_backward": forward_backward}, steps)
 
   def _loss(self) -> torch.Tensor:
     x = torch.cat(self.views).permute(0, 3, 1, 2).float()
@@ -192,11 +194,19 @@ class TorchStep:
 
   def report(self, dt: float) -> dict:
     c, b = self.config, self.config.input.global_batch_size
-    return {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
-            "depth": c.model.depth, "width": c.model.width, "image_size": c.data.image_size,
-            "global_batch": b, "params": sum(p.numel() for p in self.model.parameters()),
-            "step_ms": 1e3 * dt, "images_per_s": b / dt, "views_per_s": 2 * b / dt,
-            "loss": self.loss}
+    return {
+        "framework": f"torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "depth": c.model.depth,
+        "width": c.model.width,
+        "image_size": c.data.image_size,
+        "global_batch": b,
+        "params": sum(p.numel() for p in self.model.parameters()),
+        "step_ms": 1e3 * dt,
+        "images_per_s": b / dt,
+        "views_per_s": 2 * b / dt,
+        "loss": self.loss
+    }
 
 
 def alternate(config, rounds: int, steps: int, warmup: int, channels_last: bool,
@@ -221,19 +231,22 @@ def alternate(config, rounds: int, steps: int, warmup: int, channels_last: bool,
     for name, runner in (("jax", jax_step), ("torch", torch_step)):
       parts[name] = {k: 1e3 * v for k, v in runner.time_parts(steps).items()}
       print(f"{name} parts (ms): {parts[name]}")
-  return {"jax": jax_step.report(float(np.median(jax_ms)) / 1e3),
-          "parts_ms": parts,
-          "torch": torch_step.report(float(np.median(torch_ms)) / 1e3),
-          "jax_step_ms": jax_ms, "torch_step_ms": torch_ms,
-          "jax_over_torch": float(np.median(ratios))}
+  return {
+      "jax": jax_step.report(float(np.median(jax_ms)) / 1e3),
+      "parts_ms": parts,
+      "torch": torch_step.report(float(np.median(torch_ms)) / 1e3),
+      "jax_step_ms": jax_ms,
+      "torch_step_ms": torch_ms,
+      "jax_over_torch": float(np.median(ratios))
+  }
 
 
 def main(argv):
   del argv
   config = main_lib._CONFIG.value
   if _ALTERNATE.value > 0:
-    out = alternate(config, _ALTERNATE.value, train_step._STEPS.value,
-                    train_step._WARMUP.value, _CHANNELS_LAST.value, _BREAKDOWN.value)
+    out = alternate(config, _ALTERNATE.value, train_step._STEPS.value, train_step._WARMUP.value,
+                    _CHANNELS_LAST.value, _BREAKDOWN.value)
   else:
     runner = TorchStep(config, _CHANNELS_LAST.value)
     runner.run(train_step._WARMUP.value)

@@ -58,7 +58,6 @@ _ANTIALIAS_FACTOR = 2.0
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
-
 # ---------------------------------------------------------------------------
 # Boxes.
 # ---------------------------------------------------------------------------
@@ -66,42 +65,42 @@ _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Box:
-    """A crop box in normalised image coordinates, ``0 <= y0 < y1 <= 1``.
+  """A crop box in normalised image coordinates, ``0 <= y0 < y1 <= 1``.
 
-    Normalised coordinates make one box valid for an image and for its
-    attention map even though they have different resolutions.
-    """
+  Normalised coordinates make one box valid for an image and for its
+  attention map even though they have different resolutions.
+  """
 
-    y0: float
-    x0: float
-    y1: float
-    x1: float
+  y0: float
+  x0: float
+  y1: float
+  x1: float
 
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.y0 < self.y1 <= 1.0 and 0.0 <= self.x0 < self.x1 <= 1.0):
-            raise ValueError(f"Box must satisfy 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, got {self}")
+  def __post_init__(self) -> None:
+    if not (0.0 <= self.y0 < self.y1 <= 1.0 and 0.0 <= self.x0 < self.x1 <= 1.0):
+      raise ValueError(f"Box must satisfy 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, got {self}")
 
-    @classmethod
-    def full(cls) -> Box:
-        """The box covering the whole image."""
-        return cls(0.0, 0.0, 1.0, 1.0)
+  @classmethod
+  def full(cls) -> Box:
+    """The box covering the whole image."""
+    return cls(0.0, 0.0, 1.0, 1.0)
 
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
+  @property
+  def height(self) -> float:
+    return self.y1 - self.y0
 
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
+  @property
+  def width(self) -> float:
+    return self.x1 - self.x0
 
-    @property
-    def area(self) -> float:
-        """Fraction of the image area the box covers."""
-        return self.height * self.width
+  @property
+  def area(self) -> float:
+    """Fraction of the image area the box covers."""
+    return self.height * self.width
 
-    def hflipped(self) -> Box:
-        """The mirror box: cropping a flipped image with it equals flipping the crop."""
-        return Box(self.y0, 1.0 - self.x1, self.y1, 1.0 - self.x0)
+  def hflipped(self) -> Box:
+    """The mirror box: cropping a flipped image with it equals flipping the crop."""
+    return Box(self.y0, 1.0 - self.x1, self.y1, 1.0 - self.x0)
 
 
 def sample_crop_box(
@@ -113,73 +112,73 @@ def sample_crop_box(
     attempts: int = 10,
     snap: bool = True,
 ) -> Box:
-    """Samples an Inception / SimCLR random-resized-crop box.
+  """Samples an Inception / SimCLR random-resized-crop box.
 
-    The area is a uniform fraction of the image area and the aspect ratio
-    (width / height, in pixels, hence the image size) is log-uniform. Up to
-    ``attempts`` candidates are tried; the first that fits inside the image
-    wins, otherwise the largest centred box with an allowed aspect ratio is
-    used, as torchvision's ``RandomResizedCrop`` does.
+  The area is a uniform fraction of the image area and the aspect ratio
+  (width / height, in pixels, hence the image size) is log-uniform. Up to
+  ``attempts`` candidates are tried; the first that fits inside the image
+  wins, otherwise the largest centred box with an allowed aspect ratio is
+  used, as torchvision's ``RandomResizedCrop`` does.
 
-    With ``snap`` (default) the box lies on whole image pixels, as in
-    torchvision; the image then takes the fast exact resize path, while a
-    map at another resolution uses the same normalised box. Without it the
-    box is continuous. The rng is consumed identically on every call (all
-    candidates are drawn at once), whatever the outcome.
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
-    lo_area, hi_area = area_range
-    lo_log, hi_log = math.log(aspect_range[0]), math.log(aspect_range[1])
-    # Plain Python over ten candidates is several times faster than numpy.
-    for u_area, u_aspect, u_top, u_left in rng.random((attempts, 4)).tolist():
-        area = height * width * (lo_area + (hi_area - lo_area) * u_area)
-        aspect = math.exp(lo_log + (hi_log - lo_log) * u_aspect)
-        wk, hk = math.sqrt(area * aspect), math.sqrt(area / aspect)
-        if snap:
-            wk, hk = float(round(wk)), float(round(hk))
-        if 0 < wk <= width and 0 < hk <= height:
-            if snap:  # uniform over whole-pixel offsets, as randint(0, n - k + 1)
-                top = min(math.floor(u_top * (height - hk + 1)), height - hk)
-                left = min(math.floor(u_left * (width - wk + 1)), width - wk)
-            else:
-                top, left = u_top * (height - hk), u_left * (width - wk)
-            return _box_from_pixels(top, left, hk, wk, height, width)
-    # Fallback: centre crop, clamping the aspect ratio into range.
-    in_ratio = width / height
-    if in_ratio < aspect_range[0]:
-        wk, hk = float(width), width / aspect_range[0]
-    elif in_ratio > aspect_range[1]:
-        hk, wk = float(height), height * aspect_range[1]
-    else:
-        hk, wk = float(height), float(width)
-    top, left = (height - hk) / 2, (width - wk) / 2
+  With ``snap`` (default) the box lies on whole image pixels, as in
+  torchvision; the image then takes the fast exact resize path, while a
+  map at another resolution uses the same normalised box. Without it the
+  box is continuous. The rng is consumed identically on every call (all
+  candidates are drawn at once), whatever the outcome.
+  """
+  if height <= 0 or width <= 0:
+    raise ValueError(f"image size must be positive, got {height}x{width}")
+  lo_area, hi_area = area_range
+  lo_log, hi_log = math.log(aspect_range[0]), math.log(aspect_range[1])
+  # Plain Python over ten candidates is several times faster than numpy.
+  for u_area, u_aspect, u_top, u_left in rng.random((attempts, 4)).tolist():
+    area = height * width * (lo_area + (hi_area - lo_area) * u_area)
+    aspect = math.exp(lo_log + (hi_log - lo_log) * u_aspect)
+    wk, hk = math.sqrt(area * aspect), math.sqrt(area / aspect)
     if snap:
-        hk, wk = float(round(hk)), float(round(wk))
-        top, left = (height - hk) // 2, (width - wk) // 2
-    return _box_from_pixels(top, left, hk, wk, height, width)
+      wk, hk = float(round(wk)), float(round(hk))
+    if 0 < wk <= width and 0 < hk <= height:
+      if snap:  # uniform over whole-pixel offsets, as randint(0, n - k + 1)
+        top = min(math.floor(u_top * (height - hk + 1)), height - hk)
+        left = min(math.floor(u_left * (width - wk + 1)), width - wk)
+      else:
+        top, left = u_top * (height - hk), u_left * (width - wk)
+      return _box_from_pixels(top, left, hk, wk, height, width)
+  # Fallback: centre crop, clamping the aspect ratio into range.
+  in_ratio = width / height
+  if in_ratio < aspect_range[0]:
+    wk, hk = float(width), width / aspect_range[0]
+  elif in_ratio > aspect_range[1]:
+    hk, wk = float(height), height * aspect_range[1]
+  else:
+    hk, wk = float(height), float(width)
+  top, left = (height - hk) / 2, (width - wk) / 2
+  if snap:
+    hk, wk = float(round(hk)), float(round(wk))
+    top, left = (height - hk) // 2, (width - wk) // 2
+  return _box_from_pixels(top, left, hk, wk, height, width)
 
 
 def center_crop_box(height: int, width: int, crop_fraction: float = 0.875) -> Box:
-    """The evaluation crop as a box: resize short side, centre-crop a square.
+  """The evaluation crop as a box: resize short side, centre-crop a square.
 
-    Resizing the short side to S and centre-cropping ``crop_fraction * S``
-    (256 -> 224 for the default 0.875) is, in the original image, a centred
-    square of side ``crop_fraction * min(height, width)``.
-    """
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    side = crop_fraction * min(height, width)
-    return _box_from_pixels((height - side) / 2, (width - side) / 2, side, side, height, width)
+  Resizing the short side to S and centre-cropping ``crop_fraction * S``
+  (256 -> 224 for the default 0.875) is, in the original image, a centred
+  square of side ``crop_fraction * min(height, width)``.
+  """
+  if not 0.0 < crop_fraction <= 1.0:
+    raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+  side = crop_fraction * min(height, width)
+  return _box_from_pixels((height - side) / 2, (width - side) / 2, side, side, height, width)
 
 
 def _box_from_pixels(top: float, left: float, h: float, w: float, height: int, width: int) -> Box:
-    """Converts a pixel-space box to a normalised `Box`, clamped to [0, 1]."""
-    y0 = min(max(top / height, 0.0), 1.0)
-    x0 = min(max(left / width, 0.0), 1.0)
-    y1 = min(max((top + h) / height, y0), 1.0)
-    x1 = min(max((left + w) / width, x0), 1.0)
-    return Box(y0, x0, y1, x1)
+  """Converts a pixel-space box to a normalised `Box`, clamped to [0, 1]."""
+  y0 = min(max(top / height, 0.0), 1.0)
+  x0 = min(max(left / width, 0.0), 1.0)
+  y1 = min(max((top + h) / height, y0), 1.0)
+  x1 = min(max((left + w) / width, x0), 1.0)
+  return Box(y0, x0, y1, x1)
 
 
 # ---------------------------------------------------------------------------
@@ -188,32 +187,32 @@ def _box_from_pixels(top: float, left: float, h: float, w: float, height: int, w
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """``size`` as (height, width)."""
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
+  """``size`` as (height, width)."""
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  h, w = size
+  return int(h), int(w)
 
 
 def _as_cv_array(array: np.ndarray) -> np.ndarray:
-    """uint8 stays uint8; any other dtype becomes float32 (what cv2 handles fast)."""
-    array = np.asarray(array)
-    if array.dtype != np.uint8 and array.dtype != np.float32:
-        array = array.astype(np.float32)
-    return array
+  """uint8 stays uint8; any other dtype becomes float32 (what cv2 handles fast)."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8 and array.dtype != np.float32:
+    array = array.astype(np.float32)
+  return array
 
 
 def _area_resize(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Area-filter resize that also handles more than four channels."""
-    dsize = (size_hw[1], size_hw[0])
-    if array.ndim == 3 and array.shape[2] > 4:
-        parts = [
-            cv2.resize(np.ascontiguousarray(array[..., i : i + 4]), dsize, interpolation=cv2.INTER_AREA)
-            for i in range(0, array.shape[2], 4)
-        ]
-        parts = [p[..., None] if p.ndim == 2 else p for p in parts]
-        return np.concatenate(parts, axis=-1)
-    return cv2.resize(array, dsize, interpolation=cv2.INTER_AREA)
+  """Area-filter resize that also handles more than four channels."""
+  dsize = (size_hw[1], size_hw[0])
+  if array.ndim == 3 and array.shape[2] > 4:
+    parts = [
+        cv2.resize(np.ascontiguousarray(array[..., i:i + 4]), dsize, interpolation=cv2.INTER_AREA)
+        for i in range(0, array.shape[2], 4)
+    ]
+    parts = [p[..., None] if p.ndim == 2 else p for p in parts]
+    return np.concatenate(parts, axis=-1)
+  return cv2.resize(array, dsize, interpolation=cv2.INTER_AREA)
 
 
 def crop_resize(
@@ -224,127 +223,129 @@ def crop_resize(
     *,
     flip: bool = False,
 ) -> np.ndarray:
-    """Crops ``box`` out of ``array`` and resizes it to ``out_size``.
+  """Crops ``box`` out of ``array`` and resizes it to ``out_size``.
 
-    Output pixel centres are mapped to input coordinates by one affine map
-    and the image is sampled there (bilinear or nearest, edges of the whole
-    image replicated), so the crop is sub-pixel exact, continuous in the
-    box, and one box lands on the same content at any resolution. Only a
-    window around the box is read. A downscaling box on whole pixels takes
-    the faster ``cv2.resize`` (which follows the same map); any other box
-    uses ``cv2.warpAffine`` (1/32-pixel precision).
+  Output pixel centres are mapped to input coordinates by one affine map
+  and the image is sampled there (bilinear or nearest, edges of the whole
+  image replicated), so the crop is sub-pixel exact, continuous in the
+  box, and one box lands on the same content at any resolution. Only a
+  window around the box is read. A downscaling box on whole pixels takes
+  the faster ``cv2.resize`` (which follows the same map); any other box
+  uses ``cv2.warpAffine`` (1/32-pixel precision).
 
-    Antialiasing (linear only): when a side shrinks by more than 2x, the
-    window is first halved k times with an exact 2x2 area filter on a grid
-    aligned to the whole image (a mipmap level, the same for every box), so
-    the remaining bilinear step shrinks by at most 2x; coordinates just
-    halve, so geometry is unchanged.
+  Antialiasing (linear only): when a side shrinks by more than 2x, the
+  window is first halved k times with an exact 2x2 area filter on a grid
+  aligned to the whole image (a mipmap level, the same for every box), so
+  the remaining bilinear step shrinks by at most 2x; coordinates just
+  halve, so geometry is unchanged.
 
-    ``flip=True`` mirrors the result horizontally (bit-identical to
-    ``hflip(crop_resize(array, box, out_size))``).
+  ``flip=True`` mirrors the result horizontally (bit-identical to
+  ``hflip(crop_resize(array, box, out_size))``).
 
-    Args:
-      array: HxW, HxWx1 or HxWxC; uint8 or any real dtype.
-      box: normalised crop box.
-      out_size: int (square) or (height, width).
-      interpolation: 'linear' or 'nearest'.
-      flip: mirror the output horizontally.
+  Args:
+    array: HxW, HxWx1 or HxWxC; uint8 or any real dtype.
+    box: normalised crop box.
+    out_size: int (square) or (height, width).
+    interpolation: 'linear' or 'nearest'.
+    flip: mirror the output horizontally.
 
-    Returns:
-      Array of shape ``out_size`` (+ the input's channel axis, if any);
-      uint8 for uint8 input, float32 otherwise.
-    """
-    if interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
-    arr = _as_cv_array(array)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"expected HxW or HxWxC array, got shape {arr.shape}")
-    keep_axis = arr.ndim == 3
-    if keep_axis and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    oh, ow = _pair(out_size)
-    height, width = arr.shape[:2]
-    linear = interpolation == "linear"
+  Returns:
+    Array of shape ``out_size`` (+ the input's channel axis, if any);
+    uint8 for uint8 input, float32 otherwise.
+  """
+  if interpolation not in _INTERPOLATIONS:
+    raise ValueError(
+        f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
+  arr = _as_cv_array(array)
+  if arr.ndim not in (2, 3):
+    raise ValueError(f"expected HxW or HxWxC array, got shape {arr.shape}")
+  keep_axis = arr.ndim == 3
+  if keep_axis and arr.shape[2] == 1:
+    arr = arr[..., 0]
+  oh, ow = _pair(out_size)
+  height, width = arr.shape[:2]
+  linear = interpolation == "linear"
 
-    # Box in continuous pixel coordinates (pixel i covers [i, i + 1)).
-    y0, y1 = _snap(box.y0 * height), _snap(box.y1 * height)
-    x0, x1 = _snap(box.x0 * width), _snap(box.x1 * width)
-    fy, fx = (y1 - y0) / oh, (x1 - x0) / ow  # input pixels per output pixel
-    levels = 0
-    if linear:
-        f = max(fy, fx)
-        while f > _ANTIALIAS_FACTOR:
-            f /= 2
-            levels += 1
+  # Box in continuous pixel coordinates (pixel i covers [i, i + 1)).
+  y0, y1 = _snap(box.y0 * height), _snap(box.y1 * height)
+  x0, x1 = _snap(box.x0 * width), _snap(box.x1 * width)
+  fy, fx = (y1 - y0) / oh, (x1 - x0) / ow  # input pixels per output pixel
+  levels = 0
+  if linear:
+    f = max(fy, fx)
+    while f > _ANTIALIAS_FACTOR:
+      f /= 2
+      levels += 1
 
-    on_pixels = all(float(v).is_integer() for v in (y0, y1, x0, x1))
-    if linear and levels == 0 and on_pixels and fy >= 1 and fx >= 1:
-        # Shrinking samples only inside the box, so a resize of the exact
-        # crop follows the same map.
-        crop = arr[int(y0) : int(y1), int(x0) : int(x1)]
-        out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_LINEAR)
-    else:
-        step = 2**levels
-        r0, r1 = _window(y0, y1, height, step)
-        c0, c1 = _window(x0, x1, width, step)
-        pad_y, pad_x = r1 - min(r1, height), c1 - min(c1, width)
-        region = arr[r0 : r1 - pad_y, c0 : c1 - pad_x]
-        if pad_y or pad_x:
-            region = cv2.copyMakeBorder(region, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
-        for _ in range(levels):
-            region = _halve(region)
-        y0, y1, x0, x1 = (y0 - r0) / step, (y1 - r0) / step, (x0 - c0) / step, (x1 - c0) / step
-        # src = a * dst + b, in pixel indices whose centres sit at integers.
-        ay, ax = (y1 - y0) / oh, (x1 - x0) / ow
-        matrix = np.array([[ax, 0.0, x0 + 0.5 * ax - 0.5], [0.0, ay, y0 + 0.5 * ay - 0.5]], dtype=np.float64)
-        out = cv2.warpAffine(
-            region,
-            matrix,
-            (ow, oh),
-            flags=_INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-    if flip:
-        out = cv2.flip(out, 1)
-    if keep_axis and out.ndim == 2:
-        out = out[..., None]
-    return out
+  on_pixels = all(float(v).is_integer() for v in (y0, y1, x0, x1))
+  if linear and levels == 0 and on_pixels and fy >= 1 and fx >= 1:
+    # Shrinking samples only inside the box, so a resize of the exact
+    # crop follows the same map.
+    crop = arr[int(y0):int(y1), int(x0):int(x1)]
+    out = cv2.resize(crop, (ow, oh), interpolation=cv2.INTER_LINEAR)
+  else:
+    step = 2**levels
+    r0, r1 = _window(y0, y1, height, step)
+    c0, c1 = _window(x0, x1, width, step)
+    pad_y, pad_x = r1 - min(r1, height), c1 - min(c1, width)
+    region = arr[r0:r1 - pad_y, c0:c1 - pad_x]
+    if pad_y or pad_x:
+      region = cv2.copyMakeBorder(region, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+    for _ in range(levels):
+      region = _halve(region)
+    y0, y1, x0, x1 = (y0 - r0) / step, (y1 - r0) / step, (x0 - c0) / step, (x1 - c0) / step
+    # src = a * dst + b, in pixel indices whose centres sit at integers.
+    ay, ax = (y1 - y0) / oh, (x1 - x0) / ow
+    matrix = np.array([[ax, 0.0, x0 + 0.5 * ax - 0.5], [0.0, ay, y0 + 0.5 * ay - 0.5]],
+                      dtype=np.float64)
+    out = cv2.warpAffine(
+        region,
+        matrix,
+        (ow, oh),
+        flags=_INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+  if flip:
+    out = cv2.flip(out, 1)
+  if keep_axis and out.ndim == 2:
+    out = out[..., None]
+  return out
 
 
 def _snap(v: float) -> float:
-    """Rounds a pixel coordinate to an integer when it is one up to float error."""
-    r = round(v)
-    return float(r) if abs(v - r) < 1e-6 else v
+  """Rounds a pixel coordinate to an integer when it is one up to float error."""
+  r = round(v)
+  return float(r) if abs(v - r) < 1e-6 else v
 
 
 def _window(lo: float, hi: float, size: int, step: int) -> tuple[int, int]:
-    """Pixel window [a, b) around [lo, hi) with one ``step`` of margin.
+  """Pixel window [a, b) around [lo, hi) with one ``step`` of margin.
 
-    Both ends are multiples of ``step`` so that halving the window
-    reproduces the whole image's mipmap; ``b`` may pass ``size`` by less than
-    a step (the caller pads by replication).
-    """
-    a = max(0, (math.floor(lo) // step - 1) * step)
-    b = (-(-math.ceil(hi) // step) + 1) * step
-    b = min(b, -(-size // step) * step)
-    return a, max(b, a + step)
+  Both ends are multiples of ``step`` so that halving the window
+  reproduces the whole image's mipmap; ``b`` may pass ``size`` by less than
+  a step (the caller pads by replication).
+  """
+  a = max(0, (math.floor(lo) // step - 1) * step)
+  b = (-(-math.ceil(hi) // step) + 1) * step
+  b = min(b, -(-size // step) * step)
+  return a, max(b, a + step)
 
 
 def _halve(region: np.ndarray) -> np.ndarray:
-    """2x2 area downscale; odd sides are padded by replicating the last pixel.
+  """2x2 area downscale; odd sides are padded by replicating the last pixel.
 
-    Output pixel i covers input pixels 2i and 2i+1, so coordinates simply
-    halve. (OpenCV's 2x2 area path is fast; other ratios are not.)
-    """
-    h, w = region.shape[:2]
-    if h % 2 or w % 2:
-        region = cv2.copyMakeBorder(region, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
-    return _area_resize(region, ((h + 1) // 2, (w + 1) // 2))
+  Output pixel i covers input pixels 2i and 2i+1, so coordinates simply
+  halve. (OpenCV's 2x2 area path is fast; other ratios are not.)
+  """
+  h, w = region.shape[:2]
+  if h % 2 or w % 2:
+    region = cv2.copyMakeBorder(region, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+  return _area_resize(region, ((h + 1) // 2, (w + 1) // 2))
 
 
 def hflip(array: np.ndarray) -> np.ndarray:
-    """Mirrors an HxW or HxWxC array left-right (contiguous copy)."""
-    return np.ascontiguousarray(np.asarray(array)[:, ::-1])
+  """Mirrors an HxW or HxWxC array left-right (contiguous copy)."""
+  return np.ascontiguousarray(np.asarray(array)[:, ::-1])
 
 
 # ---------------------------------------------------------------------------
@@ -353,37 +354,37 @@ def hflip(array: np.ndarray) -> np.ndarray:
 
 
 def _to_float_image(image: np.ndarray) -> np.ndarray:
-    """A float32 copy of an RGB image in [0, 1] (uint8 is divided by 255)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"colour ops expect an HxWx3 image, got shape {image.shape}")
-    out = image.astype(np.float32, copy=True)
-    if image.dtype == np.uint8:
-        out *= np.float32(1 / 255)
-    return out
+  """A float32 copy of an RGB image in [0, 1] (uint8 is divided by 255)."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[2] != 3:
+    raise ValueError(f"colour ops expect an HxWx3 image, got shape {image.shape}")
+  out = image.astype(np.float32, copy=True)
+  if image.dtype == np.uint8:
+    out *= np.float32(1 / 255)
+  return out
 
 
 def _like_input(out: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Returns float32 ``out`` in the input's dtype (uint8 is rounded back)."""
-    if np.asarray(image).dtype == np.uint8:
-        return np.rint(out * 255).astype(np.uint8)
-    return out
+  """Returns float32 ``out`` in the input's dtype (uint8 is rounded back)."""
+  if np.asarray(image).dtype == np.uint8:
+    return np.rint(out * 255).astype(np.uint8)
+  return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JitterParams:
-    """One draw of colour-jitter parameters.
+  """One draw of colour-jitter parameters.
 
-    ``order`` is a permutation of (0 brightness, 1 contrast, 2 saturation,
-    3 hue); the factors multiply brightness / contrast / saturation and
-    ``hue`` is a shift in fractions of the colour wheel.
-    """
+  ``order`` is a permutation of (0 brightness, 1 contrast, 2 saturation,
+  3 hue); the factors multiply brightness / contrast / saturation and
+  ``hue`` is a shift in fractions of the colour wheel.
+  """
 
-    order: tuple[int, ...]
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
+  order: tuple[int, ...]
+  brightness: float
+  contrast: float
+  saturation: float
+  hue: float
 
 
 def sample_jitter_params(
@@ -393,28 +394,28 @@ def sample_jitter_params(
     saturation: float,
     hue: float,
 ) -> JitterParams:
-    """Draws SimCLR colour-jitter parameters (always eight uniforms).
+  """Draws SimCLR colour-jitter parameters (always eight uniforms).
 
-    Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for brightness,
-    contrast and saturation (SimCLR v1 multiplicative brightness); the hue
-    shift is uniform in ``[-hue, hue]``, ``hue <= 0.5``.
-    """
-    if not 0.0 <= hue <= 0.5:
-        raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-    u = rng.random(8).tolist()
-    order = tuple(sorted(range(4), key=u.__getitem__))
+  Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for brightness,
+  contrast and saturation (SimCLR v1 multiplicative brightness); the hue
+  shift is uniform in ``[-hue, hue]``, ``hue <= 0.5``.
+  """
+  if not 0.0 <= hue <= 0.5:
+    raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+  u = rng.random(8).tolist()
+  order = tuple(sorted(range(4), key=u.__getitem__))
 
-    def factor(strength: float, v: float) -> float:
-        lo = max(0.0, 1.0 - strength)
-        return lo + (1.0 + strength - lo) * v
+  def factor(strength: float, v: float) -> float:
+    lo = max(0.0, 1.0 - strength)
+    return lo + (1.0 + strength - lo) * v
 
-    return JitterParams(
-        order=order,
-        brightness=factor(brightness, u[4]),
-        contrast=factor(contrast, u[5]),
-        saturation=factor(saturation, u[6]),
-        hue=hue * (2.0 * u[7] - 1.0),
-    )
+  return JitterParams(
+      order=order,
+      brightness=factor(brightness, u[4]),
+      contrast=factor(contrast, u[5]),
+      saturation=factor(saturation, u[6]),
+      hue=hue * (2.0 * u[7] - 1.0),
+  )
 
 
 # Colour ops below work in place on one float32 HxWx3 buffer in [0, 1]
@@ -424,33 +425,33 @@ def sample_jitter_params(
 
 
 def _clip_upper_(img: np.ndarray) -> None:
-    """In place: min(x, 1). (OpenCV's threshold is several times faster than numpy here.)"""
-    cv2.threshold(img, 1.0, 1.0, cv2.THRESH_TRUNC, dst=img)
+  """In place: min(x, 1). (OpenCV's threshold is several times faster than numpy here.)"""
+  cv2.threshold(img, 1.0, 1.0, cv2.THRESH_TRUNC, dst=img)
 
 
 def _clip_(img: np.ndarray) -> None:
-    """In place: clips to [0, 1]."""
-    cv2.threshold(img, 1.0, 1.0, cv2.THRESH_TRUNC, dst=img)
-    cv2.threshold(img, 0.0, 0.0, cv2.THRESH_TOZERO, dst=img)
+  """In place: clips to [0, 1]."""
+  cv2.threshold(img, 1.0, 1.0, cv2.THRESH_TRUNC, dst=img)
+  cv2.threshold(img, 0.0, 0.0, cv2.THRESH_TOZERO, dst=img)
 
 
 def _brightness_(img: np.ndarray, factor: float) -> None:
-    """In place: scales all values by ``factor`` (>= 0), clipped to [0, 1]."""
-    img *= np.float32(factor)
-    _clip_upper_(img)
+  """In place: scales all values by ``factor`` (>= 0), clipped to [0, 1]."""
+  img *= np.float32(factor)
+  _clip_upper_(img)
 
 
 def _contrast_(img: np.ndarray, factor: float) -> None:
-    """In place: scales deviations from each channel's mean (as TF's adjust_contrast).
+  """In place: scales deviations from each channel's mean (as TF's adjust_contrast).
 
-    ``f * x + (1 - f) * mean`` is one affine colour map, applied in a single
-    pass (numpy broadcasting over a length-3 axis is far slower).
-    """
-    m = [(1.0 - factor) * v for v in cv2.mean(img)[:3]]
-    f = factor
-    matrix = np.array([[f, 0.0, 0.0, m[0]], [0.0, f, 0.0, m[1]], [0.0, 0.0, f, m[2]]], np.float32)
-    cv2.transform(img, matrix, dst=img)
-    _clip_(img)
+  ``f * x + (1 - f) * mean`` is one affine colour map, applied in a single
+  pass (numpy broadcasting over a length-3 axis is far slower).
+  """
+  m = [(1.0 - factor) * v for v in cv2.mean(img)[:3]]
+  f = factor
+  matrix = np.array([[f, 0.0, 0.0, m[0]], [0.0, f, 0.0, m[1]], [0.0, 0.0, f, m[2]]], np.float32)
+  cv2.transform(img, matrix, dst=img)
+  _clip_(img)
 
 
 # ITU-R 601 luma weights, as OpenCV's and TF's RGB -> grayscale.
@@ -459,45 +460,45 @@ _EYE3 = np.eye(3, dtype=np.float32)
 
 
 def _saturation_(img: np.ndarray, factor: float) -> None:
-    """In place: blends with the grayscale image (0 = gray, 1 = unchanged).
+  """In place: blends with the grayscale image (0 = gray, 1 = unchanged).
 
-    The blend ``f * x + (1 - f) * luma(x)`` is one 3x3 colour matrix.
-    """
-    matrix = np.float32(factor) * _EYE3 + np.float32(1.0 - factor) * _LUMA_ROWS
-    cv2.transform(img, matrix, dst=img)
-    _clip_(img)
+  The blend ``f * x + (1 - f) * luma(x)`` is one 3x3 colour matrix.
+  """
+  matrix = np.float32(factor) * _EYE3 + np.float32(1.0 - factor) * _LUMA_ROWS
+  cv2.transform(img, matrix, dst=img)
+  _clip_(img)
 
 
 def _hue_(img: np.ndarray, shift: float) -> None:
-    """In place: rotates hue by ``shift`` turns in HSV space (OpenCV wraps the angle)."""
-    cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=img)  # H in degrees [0, 360)
-    img[..., 0] += np.float32(360.0 * shift)
-    cv2.cvtColor(img, cv2.COLOR_HSV2RGB, dst=img)
-    _clip_(img)
+  """In place: rotates hue by ``shift`` turns in HSV space (OpenCV wraps the angle)."""
+  cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=img)  # H in degrees [0, 360)
+  img[..., 0] += np.float32(360.0 * shift)
+  cv2.cvtColor(img, cv2.COLOR_HSV2RGB, dst=img)
+  _clip_(img)
 
 
 def _jitter_(img: np.ndarray, params: JitterParams) -> None:
-    """In place: colour jitter of a float32 [0, 1] RGB image.
+  """In place: colour jitter of a float32 [0, 1] RGB image.
 
-    An op whose factor is exactly neutral is skipped, so zero strength is an
-    exact identity.
-    """
-    for op in params.order:
-        if op == 0 and params.brightness != 1.0:
-            _brightness_(img, params.brightness)
-        elif op == 1 and params.contrast != 1.0:
-            _contrast_(img, params.contrast)
-        elif op == 2 and params.saturation != 1.0:
-            _saturation_(img, params.saturation)
-        elif op == 3 and params.hue != 0.0:
-            _hue_(img, params.hue)
+  An op whose factor is exactly neutral is skipped, so zero strength is an
+  exact identity.
+  """
+  for op in params.order:
+    if op == 0 and params.brightness != 1.0:
+      _brightness_(img, params.brightness)
+    elif op == 1 and params.contrast != 1.0:
+      _contrast_(img, params.contrast)
+    elif op == 2 and params.saturation != 1.0:
+      _saturation_(img, params.saturation)
+    elif op == 3 and params.hue != 0.0:
+      _hue_(img, params.hue)
 
 
 def apply_color_jitter(image: np.ndarray, params: JitterParams) -> np.ndarray:
-    """Applies drawn jitter parameters to an RGB image; returns the input's dtype."""
-    img = _to_float_image(image)
-    _jitter_(img, params)
-    return _like_input(img, image)
+  """Applies drawn jitter parameters to an RGB image; returns the input's dtype."""
+  img = _to_float_image(image)
+  _jitter_(img, params)
+  return _like_input(img, image)
 
 
 def color_jitter(
@@ -508,56 +509,57 @@ def color_jitter(
     saturation: float,
     hue: float,
 ) -> np.ndarray:
-    """SimCLR colour jitter: the four ops in random order, each clipped to range.
+  """SimCLR colour jitter: the four ops in random order, each clipped to range.
 
-    Brightness multiplies by a factor in [1 - b, 1 + b]; contrast scales
-    deviations from the per-channel mean; saturation blends with grayscale;
-    hue rotates in HSV. uint8 in -> uint8 out; float ([0, 1]) in -> float32.
-    """
-    return apply_color_jitter(image, sample_jitter_params(rng, brightness, contrast, saturation, hue))
+  Brightness multiplies by a factor in [1 - b, 1 + b]; contrast scales
+  deviations from the per-channel mean; saturation blends with grayscale;
+  hue rotates in HSV. uint8 in -> uint8 out; float ([0, 1]) in -> float32.
+  """
+  return apply_color_jitter(image, sample_jitter_params(rng, brightness, contrast, saturation, hue))
 
 
 def _grayscale_(img: np.ndarray) -> None:
-    """In place: luma (ITU-R 601 weights) repeated over the three channels."""
-    cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=img)
+  """In place: luma (ITU-R 601 weights) repeated over the three channels."""
+  cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=img)
 
 
 def to_grayscale(image: np.ndarray) -> np.ndarray:
-    """Converts an RGB image to grayscale, keeping three equal channels and the dtype."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"to_grayscale expects an HxWx3 image, got shape {image.shape}")
-    out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
-    _grayscale_(out)  # OpenCV rounds uint8 luma itself
-    return out
+  """Converts an RGB image to grayscale, keeping three equal channels and the dtype."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[2] != 3:
+    raise ValueError(f"to_grayscale expects an HxWx3 image, got shape {image.shape}")
+  out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
+  _grayscale_(out)  # OpenCV rounds uint8 luma itself
+  return out
 
 
 def _blur_kernel_size(height: int, kernel_fraction: float, sigma: float) -> int:
-    """Odd Gaussian kernel size.
+  """Odd Gaussian kernel size.
 
-    SimCLR's radius is ``int(fraction * height) // 2``; taps beyond 4 sigma
-    carry < 1e-4 of the weight, so the radius is also capped there (2-3x
-    faster at 224 px for typical sigmas; the blur changes by < 1e-4).
-    """
-    radius = max(1, min(int(kernel_fraction * height) // 2, math.ceil(4.0 * sigma)))
-    return 2 * radius + 1
+  SimCLR's radius is ``int(fraction * height) // 2``; taps beyond 4 sigma
+  carry < 1e-4 of the weight, so the radius is also capped there (2-3x
+  faster at 224 px for typical sigmas; the blur changes by < 1e-4).
+  """
+  radius = max(1, min(int(kernel_fraction * height) // 2, math.ceil(4.0 * sigma)))
+  return 2 * radius + 1
 
 
 def _blur_(img: np.ndarray, sigma: float, kernel_fraction: float = 0.1) -> None:
-    """In place: Gaussian blur with reflective borders (as SimCLR's implementation)."""
-    k = _blur_kernel_size(img.shape[0], kernel_fraction, sigma)
-    cv2.GaussianBlur(img, (k, k), sigmaX=float(sigma), sigmaY=float(sigma), dst=img, borderType=cv2.BORDER_REFLECT_101)
+  """In place: Gaussian blur with reflective borders (as SimCLR's implementation)."""
+  k = _blur_kernel_size(img.shape[0], kernel_fraction, sigma)
+  cv2.GaussianBlur(img, (k, k), sigmaX=float(sigma), sigmaY=float(sigma), dst=img,
+                   borderType=cv2.BORDER_REFLECT_101)
 
 
 def blur(image: np.ndarray, sigma: float, kernel_fraction: float = 0.1) -> np.ndarray:
-    """Gaussian blur with a given sigma and a kernel ``kernel_fraction`` of the height.
+  """Gaussian blur with a given sigma and a kernel ``kernel_fraction`` of the height.
 
-    Keeps shape; uint8 stays uint8, other dtypes become float32.
-    """
-    image = np.asarray(image)
-    out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
-    _blur_(out, sigma, kernel_fraction)
-    return out
+  Keeps shape; uint8 stays uint8, other dtypes become float32.
+  """
+  image = np.asarray(image)
+  out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
+  _blur_(out, sigma, kernel_fraction)
+  return out
 
 
 def gaussian_blur(
@@ -566,9 +568,9 @@ def gaussian_blur(
     sigma_range: tuple[float, float] = (0.1, 2.0),
     kernel_fraction: float = 0.1,
 ) -> np.ndarray:
-    """SimCLR Gaussian blur: sigma uniform in ``sigma_range`` (pixels of ``image``)."""
-    sigma = rng.uniform(*sigma_range)
-    return blur(image, sigma, kernel_fraction)
+  """SimCLR Gaussian blur: sigma uniform in ``sigma_range`` (pixels of ``image``)."""
+  sigma = rng.uniform(*sigma_range)
+  return blur(image, sigma, kernel_fraction)
 
 
 # ---------------------------------------------------------------------------
@@ -577,38 +579,39 @@ def gaussian_blur(
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
-    """Accepts HxWx3, or grayscale HxW / HxWx1 (made RGB after the crop)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"expected an HxWx3 (or grayscale) image, got shape {image.shape}")
-    return image
+  """Accepts HxWx3, or grayscale HxW / HxWx1 (made RGB after the crop)."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[2] == 1:
+    image = image[..., 0]
+  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+    raise ValueError(f"expected an HxWx3 (or grayscale) image, got shape {image.shape}")
+  return image
 
 
 def _image_to_unit_float(view: np.ndarray) -> np.ndarray:
-    """A freshly cropped image as float32 RGB in [0, 1] (uint8 / 255; floats clipped)."""
-    if view.ndim == 2:
-        view = cv2.cvtColor(view, cv2.COLOR_GRAY2RGB)
-    if view.dtype == np.uint8:
-        out = view.astype(np.float32)
-        out *= np.float32(1 / 255)
-        return out
-    _clip_(view)  # float32 and fresh from crop_resize
-    return view
+  """A freshly cropped image as float32 RGB in [0, 1] (uint8 / 255; floats clipped)."""
+  if view.ndim == 2:
+    view = cv2.cvtColor(view, cv2.COLOR_GRAY2RGB)
+  if view.dtype == np.uint8:
+    out = view.astype(np.float32)
+    out *= np.float32(1 / 255)
+    return out
+  _clip_(view)  # float32 and fresh from crop_resize
+  return view
 
 
-def _map_view(attn_map: np.ndarray | None, box: Box, size: tuple[int, int], flip: bool) -> np.ndarray | None:
-    """Crops a map with the image's box and flip; returns HxW float32 or None."""
-    if attn_map is None:
-        return None
-    m = np.asarray(attn_map)
-    if m.ndim == 3 and m.shape[2] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"attention map must be HxW or HxWx1, got shape {np.shape(attn_map)}")
-    out = crop_resize(m.astype(np.float32, copy=False), box, size, flip=flip)
-    return np.maximum(out, np.float32(0.0), out=out)
+def _map_view(attn_map: np.ndarray | None, box: Box, size: tuple[int, int],
+              flip: bool) -> np.ndarray | None:
+  """Crops a map with the image's box and flip; returns HxW float32 or None."""
+  if attn_map is None:
+    return None
+  m = np.asarray(attn_map)
+  if m.ndim == 3 and m.shape[2] == 1:
+    m = m[..., 0]
+  if m.ndim != 2:
+    raise ValueError(f"attention map must be HxW or HxWx1, got shape {np.shape(attn_map)}")
+  out = crop_resize(m.astype(np.float32, copy=False), box, size, flip=flip)
+  return np.maximum(out, np.float32(0.0), out=out)
 
 
 def _geometric_view(
@@ -619,11 +622,11 @@ def _geometric_view(
     out_size: int | Sequence[int],
     map_size: int | Sequence[int] | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Applies one box and flip to the image (-> float32 [0, 1]) and the map."""
-    out_hw = _pair(out_size)
-    map_hw = out_hw if map_size is None else _pair(map_size)
-    view = _image_to_unit_float(crop_resize(image, box, out_hw, flip=flip))
-    return view, _map_view(attn_map, box, map_hw, flip)
+  """Applies one box and flip to the image (-> float32 [0, 1]) and the map."""
+  out_hw = _pair(out_size)
+  map_hw = out_hw if map_size is None else _pair(map_size)
+  view = _image_to_unit_float(crop_resize(image, box, out_hw, flip=flip))
+  return view, _map_view(attn_map, box, map_hw, flip)
 
 
 def supervised_train_view(
@@ -635,16 +638,16 @@ def supervised_train_view(
     area_range: tuple[float, float] = (0.08, 1.0),
     map_size: int | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Random resized crop + horizontal flip (supervised / linear-eval training).
+  """Random resized crop + horizontal flip (supervised / linear-eval training).
 
-    Random draws, in order: crop box, flip. Returns the image as float32
-    HxWx3 in [0, 1] and the map (float32 ``map_size``, default ``out_size``,
-    non-negative, not renormalised) or None.
-    """
-    image = _check_image(image)
-    box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
-    flip = bool(rng.random() < 0.5)
-    return _geometric_view(image, attn_map, box, flip, out_size, map_size)
+  Random draws, in order: crop box, flip. Returns the image as float32
+  HxWx3 in [0, 1] and the map (float32 ``map_size``, default ``out_size``,
+  non-negative, not renormalised) or None.
+  """
+  image = _check_image(image)
+  box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
+  flip = bool(rng.random() < 0.5)
+  return _geometric_view(image, attn_map, box, flip, out_size, map_size)
 
 
 def eval_view(
@@ -655,14 +658,14 @@ def eval_view(
     crop_fraction: float = 0.875,
     map_size: int | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Deterministic evaluation view: resize short side + centre crop.
+  """Deterministic evaluation view: resize short side + centre crop.
 
-    Returns the image as float32 HxWx3 in [0, 1] and the map (float32
-    ``map_size``, default ``out_size``, non-negative, not renormalised) or None.
-    """
-    image = _check_image(image)
-    box = center_crop_box(image.shape[0], image.shape[1], crop_fraction)
-    return _geometric_view(image, attn_map, box, False, out_size, map_size)
+  Returns the image as float32 HxWx3 in [0, 1] and the map (float32
+  ``map_size``, default ``out_size``, non-negative, not renormalised) or None.
+  """
+  image = _check_image(image)
+  box = center_crop_box(image.shape[0], image.shape[1], crop_fraction)
+  return _geometric_view(image, attn_map, box, False, out_size, map_size)
 
 
 def simclr_view(
@@ -678,39 +681,39 @@ def simclr_view(
     area_range: tuple[float, float] = (0.08, 1.0),
     map_size: int | Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One SimCLR view: crop + flip, colour jitter, grayscale, blur.
+  """One SimCLR view: crop + flip, colour jitter, grayscale, blur.
 
-    Colour jitter (p_jitter) uses brightness / contrast / saturation
-    ``0.8 * strength`` and hue ``0.2 * strength``; grayscale with p_gray;
-    Gaussian blur with p_blur (sigma in [0.1, 2] pixels of the view, kernel
-    10% of the view's height). The map gets only the crop and flip.
+  Colour jitter (p_jitter) uses brightness / contrast / saturation
+  ``0.8 * strength`` and hue ``0.2 * strength``; grayscale with p_gray;
+  Gaussian blur with p_blur (sigma in [0.1, 2] pixels of the view, kernel
+  10% of the view's height). The map gets only the crop and flip.
 
-    Random draws, in order and always all of them: crop box, flip, jitter
-    coin, jitter parameters, grayscale coin, blur coin, blur sigma. So the
-    geometry matches ``supervised_train_view`` for the same rng state, and
-    the image is the same with or without a map.
+  Random draws, in order and always all of them: crop box, flip, jitter
+  coin, jitter parameters, grayscale coin, blur coin, blur sigma. So the
+  geometry matches ``supervised_train_view`` for the same rng state, and
+  the image is the same with or without a map.
 
-    Returns:
-      (image float32 HxWx3 in [0, 1], map float32 ``map_size`` (default
-      ``out_size``), non-negative and not renormalised, or None).
-    """
-    image = _check_image(image)
-    box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
-    flip = bool(rng.random() < 0.5)
-    do_jitter = bool(rng.random() < p_jitter)
-    s = 0.8 * strength
-    jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5))
-    do_gray = bool(rng.random() < p_gray)
-    do_blur = bool(rng.random() < p_blur)
-    sigma = float(rng.uniform(0.1, 2.0))
+  Returns:
+    (image float32 HxWx3 in [0, 1], map float32 ``map_size`` (default
+    ``out_size``), non-negative and not renormalised, or None).
+  """
+  image = _check_image(image)
+  box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
+  flip = bool(rng.random() < 0.5)
+  do_jitter = bool(rng.random() < p_jitter)
+  s = 0.8 * strength
+  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5))
+  do_gray = bool(rng.random() < p_gray)
+  do_blur = bool(rng.random() < p_blur)
+  sigma = float(rng.uniform(0.1, 2.0))
 
-    view, map_view = _geometric_view(image, attn_map, box, flip, out_size, map_size)
-    # `view` is a fresh buffer: the colour ops below work on it in place.
-    if do_jitter:
-        _jitter_(view, jitter)
-    if do_gray:
-        _grayscale_(view)
-    if do_blur:
-        _blur_(view, sigma)
-    _clip_(view)
-    return view, map_view
+  view, map_view = _geometric_view(image, attn_map, box, flip, out_size, map_size)
+  # `view` is a fresh buffer: the colour ops below work on it in place.
+  if do_jitter:
+    _jitter_(view, jitter)
+  if do_gray:
+    _grayscale_(view)
+  if do_blur:
+    _blur_(view, sigma)
+  _clip_(view)
+  return view, map_view

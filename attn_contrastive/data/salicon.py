@@ -106,120 +106,116 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclasses.dataclass(eq=False)
 class SaliconConfig(tfds.core.BuilderConfig):
-    """A SALICON edition: ``'2015'`` or ``'2017'``."""
+  """A SALICON edition: ``'2015'`` or ``'2017'``."""
 
-    edition: str = "2017"
+  edition: str = "2017"
 
 
 class Salicon(tfds.core.GeneratorBasedBuilder):
-    """SALICON images with saliency maps and fixations, from the manual download."""
+  """SALICON images with saliency maps and fixations, from the manual download."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
-    BUILDER_CONFIGS = [
-        SaliconConfig(
-            name="salicon2015", edition="2015",
-            description="Original SALICON release (CVPR 2015)."),
-        SaliconConfig(
-            name="salicon2017", edition="2017",
-            description=("SALICON update for the LSUN 2017 challenge: fixations "
-                         "and maps re-derived from the mouse trajectories.")),
-    ]
-    DEFAULT_BUILDER_CONFIG_NAME = "salicon2017"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      SaliconConfig(name="salicon2015", edition="2015",
+                    description="Original SALICON release (CVPR 2015)."),
+      SaliconConfig(
+          name="salicon2017", edition="2017",
+          description=("SALICON update for the LSUN 2017 challenge: fixations "
+                       "and maps re-derived from the mouse trajectories.")),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "salicon2017"
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file's path (where tfds would look for a checksums file).
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This file's path (where tfds would look for a checksums file).
 
-        tfds's default implementation imports ``importlib_resources``, which
-        tensorflow-datasets declares as a dependency only for Python < 3.9;
-        the path of a plain module file needs none of it.
-        """
-        return epath.Path(__file__)
+    tfds's default implementation imports ``importlib_resources``, which
+    tensorflow-datasets declares as a dependency only for Python < 3.9;
+    the path of a plain module file needs none of it.
+    """
+    return epath.Path(__file__)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        """Declares the features (see the module docstring)."""
-        return self.dataset_info_from_configs(
-            description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "saliency_map": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "fixations": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
-                "observer": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                "file_name": tfds.features.Text(),
-            }),
-            supervised_keys=None,
-            homepage="http://salicon.net",
-            citation=_CITATION,
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    """Declares the features (see the module docstring)."""
+    return self.dataset_info_from_configs(
+        description=_DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "saliency_map": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "fixations": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+            "observer": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=None,
+        homepage="http://salicon.net",
+        citation=_CITATION,
+    )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        """Finds the release folders in ``manual_dir`` and makes one generator per split."""
-        root = epath.Path(dl_manager.manual_dir)
-        generators = {}
-        for split, folder in _SPLIT_FOLDERS.items():
-            image_dir = _find_folder(root, self.builder_config.name, "images", folder)
-            if split == "test":
-                if image_dir is None:
-                    continue
-                generators[split] = self._generate_examples(split, image_dir, None, None)
-                continue
-            if image_dir is None:
-                raise FileNotFoundError(_missing_folder_message(root, self.builder_config.name,
-                                                                "images", folder))
-            map_dir = _find_folder(root, self.builder_config.name, "maps", folder)
-            fixation_dir = _find_folder(root, self.builder_config.name, "fixations", folder)
-            for kind, found in (("maps", map_dir), ("fixations", fixation_dir)):
-                if found is None:
-                    raise FileNotFoundError(_missing_folder_message(root, self.builder_config.name,
-                                                                    kind, folder))
-            generators[split] = self._generate_examples(split, image_dir, map_dir, fixation_dir)
-        return generators
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+    """Finds the release folders in ``manual_dir`` and makes one generator per split."""
+    root = epath.Path(dl_manager.manual_dir)
+    generators = {}
+    for split, folder in _SPLIT_FOLDERS.items():
+      image_dir = _find_folder(root, self.builder_config.name, "images", folder)
+      if split == "test":
+        if image_dir is None:
+          continue
+        generators[split] = self._generate_examples(split, image_dir, None, None)
+        continue
+      if image_dir is None:
+        raise FileNotFoundError(
+            _missing_folder_message(root, self.builder_config.name, "images", folder))
+      map_dir = _find_folder(root, self.builder_config.name, "maps", folder)
+      fixation_dir = _find_folder(root, self.builder_config.name, "fixations", folder)
+      for kind, found in (("maps", map_dir), ("fixations", fixation_dir)):
+        if found is None:
+          raise FileNotFoundError(
+              _missing_folder_message(root, self.builder_config.name, kind, folder))
+      generators[split] = self._generate_examples(split, image_dir, map_dir, fixation_dir)
+    return generators
 
-    def _generate_examples(self, split: str, image_dir: epath.Path,
-                           map_dir: epath.Path | None,
-                           fixation_dir: epath.Path | None) -> Iterator[tuple[str, dict]]:
-        """Yields ``(image stem, example)`` for every image of a split, in name order."""
-        image_paths = sorted(p for p in image_dir.iterdir()
-                             if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not image_paths:
-            raise FileNotFoundError(f"no .jpg images in {image_dir}")
-        n_clipped = 0
-        for image_path in image_paths:
-            stem = image_path.stem
-            image, (height, width) = read_image(image_path)
-            if map_dir is None or fixation_dir is None:
-                yield stem, {
-                    "image": image,
-                    "saliency_map": np.zeros((height, width, 1), np.uint8),
-                    "fixations": np.zeros((0, 2), np.int32),
-                    "observer": np.zeros((0,), np.int32),
-                    "file_name": image_path.name,
-                }
-                continue
-            mat_path = fixation_dir / f"{stem}.mat"
-            map_path = map_dir / f"{stem}.png"
-            for needed in (mat_path, map_path):
-                if not needed.exists():
-                    raise FileNotFoundError(f"{needed} is missing (needed for image {image_path})")
-            record = read_fixation_file(mat_path, expected_stem=stem)
-            if record.resolution != (height, width):
-                raise ValueError(
-                    f"{image_path}: image is {height} x {width} but {mat_path} gives "
-                    f"resolution {record.resolution[0]} x {record.resolution[1]}")
-            saliency_map = read_saliency_map(map_path, (height, width))
-            n_clipped += record.n_clipped
-            yield stem, {
-                "image": image,
-                "saliency_map": saliency_map,
-                "fixations": record.fixations,
-                "observer": record.observer,
-                "file_name": image_path.name,
-            }
-        if n_clipped:
-            logging.info("SALICON %s: clipped %d fixation(s) to the image bounds.", split, n_clipped)
+  def _generate_examples(self, split: str, image_dir: epath.Path, map_dir: epath.Path | None,
+                         fixation_dir: epath.Path | None) -> Iterator[tuple[str, dict]]:
+    """Yields ``(image stem, example)`` for every image of a split, in name order."""
+    image_paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not image_paths:
+      raise FileNotFoundError(f"no .jpg images in {image_dir}")
+    n_clipped = 0
+    for image_path in image_paths:
+      stem = image_path.stem
+      image, (height, width) = read_image(image_path)
+      if map_dir is None or fixation_dir is None:
+        yield stem, {
+            "image": image,
+            "saliency_map": np.zeros((height, width, 1), np.uint8),
+            "fixations": np.zeros((0, 2), np.int32),
+            "observer": np.zeros((0,), np.int32),
+            "file_name": image_path.name,
+        }
+        continue
+      mat_path = fixation_dir / f"{stem}.mat"
+      map_path = map_dir / f"{stem}.png"
+      for needed in (mat_path, map_path):
+        if not needed.exists():
+          raise FileNotFoundError(f"{needed} is missing (needed for image {image_path})")
+      record = read_fixation_file(mat_path, expected_stem=stem)
+      if record.resolution != (height, width):
+        raise ValueError(f"{image_path}: image is {height} x {width} but {mat_path} gives "
+                         f"resolution {record.resolution[0]} x {record.resolution[1]}")
+      saliency_map = read_saliency_map(map_path, (height, width))
+      n_clipped += record.n_clipped
+      yield stem, {
+          "image": image,
+          "saliency_map": saliency_map,
+          "fixations": record.fixations,
+          "observer": record.observer,
+          "file_name": image_path.name,
+      }
+    if n_clipped:
+      logging.info("SALICON %s: clipped %d fixation(s) to the image bounds.", split, n_clipped)
 
 
 # --------------------------------------------------------------------------
@@ -228,19 +224,19 @@ class Salicon(tfds.core.GeneratorBasedBuilder):
 
 
 def _find_folder(root: epath.Path, config_name: str, kind: str, folder: str) -> epath.Path | None:
-    """Returns ``root/<config>/<kind>/<folder>`` or ``root/<kind>/<folder>``, whichever exists."""
-    for base in (root / config_name, root):
-        candidate = base / kind / folder
-        if candidate.is_dir():
-            return candidate
-    return None
+  """Returns ``root/<config>/<kind>/<folder>`` or ``root/<kind>/<folder>``, whichever exists."""
+  for base in (root / config_name, root):
+    candidate = base / kind / folder
+    if candidate.is_dir():
+      return candidate
+  return None
 
 
 def _missing_folder_message(root: epath.Path, config_name: str, kind: str, folder: str) -> str:
-    """Names the folders that were looked for."""
-    return (f"SALICON folder '{kind}/{folder}' not found: looked for "
-            f"{root / config_name / kind / folder} and {root / kind / folder}.\n"
-            f"{MANUAL_INSTRUCTIONS}")
+  """Names the folders that were looked for."""
+  return (f"SALICON folder '{kind}/{folder}' not found: looked for "
+          f"{root / config_name / kind / folder} and {root / kind / folder}.\n"
+          f"{MANUAL_INSTRUCTIONS}")
 
 
 # --------------------------------------------------------------------------
@@ -249,58 +245,57 @@ def _missing_folder_message(root: epath.Path, config_name: str, kind: str, folde
 
 
 def read_image(path: epath.Path) -> tuple[Any, tuple[int, int]]:
-    """Checks an image file and returns what to store plus its ``(H, W)``.
+  """Checks an image file and returns what to store plus its ``(H, W)``.
 
-    A plain RGB or grey-scale JPEG is stored as its original bytes (the path);
-    other files (CMYK JPEG, other formats) are decoded and converted to an
-    RGB array, which the feature encodes as JPEG. Raises ValueError naming
-    the file when it cannot be decoded.
-    """
-    data = epath.Path(path).read_bytes()
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            img.load()  # Decodes fully: catches truncated files here.
-            size = (img.height, img.width)
-            if img.format == "JPEG" and img.mode in ("RGB", "L"):
-                return data, size
-            return np.asarray(img.convert("RGB")), size
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot decode image ({err})") from err
+  A plain RGB or grey-scale JPEG is stored as its original bytes (the path);
+  other files (CMYK JPEG, other formats) are decoded and converted to an
+  RGB array, which the feature encodes as JPEG. Raises ValueError naming
+  the file when it cannot be decoded.
+  """
+  data = epath.Path(path).read_bytes()
+  try:
+    with PILImage.open(io.BytesIO(data)) as img:
+      img.load()  # Decodes fully: catches truncated files here.
+      size = (img.height, img.width)
+      if img.format == "JPEG" and img.mode in ("RGB", "L"):
+        return data, size
+      return np.asarray(img.convert("RGB")), size
+  except (OSError, ValueError, SyntaxError) as err:
+    raise ValueError(f"{path}: cannot decode image ({err})") from err
 
 
 def read_saliency_map(path: epath.Path, shape: tuple[int, int]) -> Any:
-    """Reads a saliency map, checks its size, returns what to store.
+  """Reads a saliency map, checks its size, returns what to store.
 
-    An 8-bit single-channel PNG is stored as its original bytes; colour maps
-    become grey, 16-bit maps are scaled to 8 bits, and the result is stored
-    as a ``[H, W, 1]`` uint8 array. Raises ValueError naming the file when it
-    cannot be decoded, has an unsupported type, or is not ``shape`` in size.
-    """
-    data = epath.Path(path).read_bytes()
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        raise ValueError(f"{path}: cannot decode saliency map")
-    arr = decoded
-    if arr.ndim == 3:
-        if arr.shape[2] == 1:
-            arr = arr[..., 0]
-        elif arr.shape[2] == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
-        elif arr.shape[2] == 4:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2GRAY)
-        else:
-            raise ValueError(f"{path}: saliency map has {arr.shape[2]} channels")
-    if arr.dtype == np.uint16:
-        arr = np.round(arr / 257.0).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise ValueError(f"{path}: saliency map has unsupported dtype {arr.dtype}")
-    if arr.shape != tuple(shape):
-        raise ValueError(
-            f"{path}: saliency map is {arr.shape[0]} x {arr.shape[1]}, expected "
-            f"{shape[0]} x {shape[1]} (the image's resolution)")
-    if decoded.ndim == 2 and decoded.dtype == np.uint8 and data.startswith(_PNG_SIGNATURE):
-        return data
-    return arr[..., None]
+  An 8-bit single-channel PNG is stored as its original bytes; colour maps
+  become grey, 16-bit maps are scaled to 8 bits, and the result is stored
+  as a ``[H, W, 1]`` uint8 array. Raises ValueError naming the file when it
+  cannot be decoded, has an unsupported type, or is not ``shape`` in size.
+  """
+  data = epath.Path(path).read_bytes()
+  decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if decoded is None:
+    raise ValueError(f"{path}: cannot decode saliency map")
+  arr = decoded
+  if arr.ndim == 3:
+    if arr.shape[2] == 1:
+      arr = arr[..., 0]
+    elif arr.shape[2] == 3:
+      arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+    elif arr.shape[2] == 4:
+      arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2GRAY)
+    else:
+      raise ValueError(f"{path}: saliency map has {arr.shape[2]} channels")
+  if arr.dtype == np.uint16:
+    arr = np.round(arr / 257.0).astype(np.uint8)
+  elif arr.dtype != np.uint8:
+    raise ValueError(f"{path}: saliency map has unsupported dtype {arr.dtype}")
+  if arr.shape != tuple(shape):
+    raise ValueError(f"{path}: saliency map is {arr.shape[0]} x {arr.shape[1]}, expected "
+                     f"{shape[0]} x {shape[1]} (the image's resolution)")
+  if decoded.ndim == 2 and decoded.dtype == np.uint8 and data.startswith(_PNG_SIGNATURE):
+    return data
+  return arr[..., None]
 
 
 # --------------------------------------------------------------------------
@@ -310,127 +305,131 @@ def read_saliency_map(path: epath.Path, shape: tuple[int, int]) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class FixationRecord:
-    """The content of one SALICON ``.mat`` file, converted.
+  """The content of one SALICON ``.mat`` file, converted.
 
-    Attributes:
-      resolution: ``(H, W)`` from the file's ``resolution`` key.
-      fixations: int32 ``[N, 2]`` 0-based ``(row, col)``, clipped to the image.
-      observer: int32 ``[N]`` observer index (position in ``gaze``) per fixation.
-      n_clipped: how many fixations were moved into the image by clipping.
-    """
+  Attributes:
+    resolution: ``(H, W)`` from the file's ``resolution`` key.
+    fixations: int32 ``[N, 2]`` 0-based ``(row, col)``, clipped to the image.
+    observer: int32 ``[N]`` observer index (position in ``gaze``) per fixation.
+    n_clipped: how many fixations were moved into the image by clipping.
+  """
 
-    resolution: tuple[int, int]
-    fixations: np.ndarray
-    observer: np.ndarray
-    n_clipped: int
+  resolution: tuple[int, int]
+  fixations: np.ndarray
+  observer: np.ndarray
+  n_clipped: int
 
 
 def read_fixation_file(path: epath.Path, expected_stem: str | None = None) -> FixationRecord:
-    """Reads a SALICON ``.mat`` file: ``resolution`` and the observers' ``fixations``.
+  """Reads a SALICON ``.mat`` file: ``resolution`` and the observers' ``fixations``.
 
-    Handles scipy's struct representations (a struct array, a single squeezed
-    struct for one observer, record arrays) and squeezed fixation arrays (an
-    observer with one fixation gives a length-2 vector, one with none an
-    empty array). With ``expected_stem``, an ``image`` entry that names a
-    different COCO image is an error. Raises ValueError naming the file for
-    an unreadable file, a missing key, a bad resolution or malformed fixations.
-    """
-    try:
-        with epath.Path(path).open("rb") as f:
-            mat = scipy.io.loadmat(f, squeeze_me=True, struct_as_record=False)
-    except Exception as err:  # scipy raises several types for corrupt files.
-        raise ValueError(f"{path}: not a readable MATLAB .mat file ({err})") from err
-    for key in ("resolution", "gaze"):
-        if key not in mat:
-            raise ValueError(f"{path}: missing key '{key}' (keys: {sorted(k for k in mat if not k.startswith('__'))})")
-    if expected_stem is not None and "image" in mat:
-        name = str(np.asarray(mat["image"]).squeeze())
-        name_stem = name.rsplit(".", 1)[0] if name.lower().endswith(_IMAGE_SUFFIXES) else name
-        if name_stem.startswith("COCO_") and name_stem != expected_stem:
-            raise ValueError(f"{path}: file is for image '{name}', expected '{expected_stem}'")
-    height, width = _parse_resolution(mat["resolution"], path)
+  Handles scipy's struct representations (a struct array, a single squeezed
+  struct for one observer, record arrays) and squeezed fixation arrays (an
+  observer with one fixation gives a length-2 vector, one with none an
+  empty array). With ``expected_stem``, an ``image`` entry that names a
+  different COCO image is an error. Raises ValueError naming the file for
+  an unreadable file, a missing key, a bad resolution or malformed fixations.
+  """
+  try:
+    with epath.Path(path).open("rb") as f:
+      mat = scipy.io.loadmat(f, squeeze_me=True, struct_as_record=False)
+  except Exception as err:  # scipy raises several types for corrupt files.
+    raise ValueError(f"{path}: not a readable MATLAB .mat file ({err})") from err
+  for key in ("resolution", "gaze"):
+    if key not in mat:
+      raise ValueError(
+          f"{path}: missing key '{key}' (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+  if expected_stem is not None and "image" in mat:
+    name = str(np.asarray(mat["image"]).squeeze())
+    name_stem = name.rsplit(".", 1)[0] if name.lower().endswith(_IMAGE_SUFFIXES) else name
+    if name_stem.startswith("COCO_") and name_stem != expected_stem:
+      raise ValueError(f"{path}: file is for image '{name}', expected '{expected_stem}'")
+  height, width = _parse_resolution(mat["resolution"], path)
 
-    rows, cols, observers = [], [], []
-    n_clipped = 0
-    for index, entry in enumerate(_gaze_entries(mat["gaze"], path)):
-        xy = _as_xy(_struct_field(entry, "fixations", path, index), path, index)
-        if not xy.size:
-            continue
-        col = np.round(xy[:, 0]).astype(np.int64) - 1
-        row = np.round(xy[:, 1]).astype(np.int64) - 1
-        clipped_row, clipped_col = np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)
-        n_clipped += int(np.sum((clipped_row != row) | (clipped_col != col)))
-        rows.append(clipped_row)
-        cols.append(clipped_col)
-        observers.append(np.full(len(row), index, np.int32))
-    if rows:
-        fixations = np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1).astype(np.int32)
-        observer = np.concatenate(observers)
-    else:
-        fixations, observer = np.zeros((0, 2), np.int32), np.zeros((0,), np.int32)
-    return FixationRecord((height, width), fixations, observer, n_clipped)
+  rows, cols, observers = [], [], []
+  n_clipped = 0
+  for index, entry in enumerate(_gaze_entries(mat["gaze"], path)):
+    xy = _as_xy(_struct_field(entry, "fixations", path, index), path, index)
+    if not xy.size:
+      continue
+    col = np.round(xy[:, 0]).astype(np.int64) - 1
+    row = np.round(xy[:, 1]).astype(np.int64) - 1
+    clipped_row, clipped_col = np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)
+    n_clipped += int(np.sum((clipped_row != row) | (clipped_col != col)))
+    rows.append(clipped_row)
+    cols.append(clipped_col)
+    observers.append(np.full(len(row), index, np.int32))
+  if rows:
+    fixations = np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1).astype(np.int32)
+    observer = np.concatenate(observers)
+  else:
+    fixations, observer = np.zeros((0, 2), np.int32), np.zeros((0,), np.int32)
+  return FixationRecord((height, width), fixations, observer, n_clipped)
 
 
 def _parse_resolution(value: Any, path: epath.Path) -> tuple[int, int]:
-    """Returns ``(H, W)`` from a ``resolution`` entry ``[H W]``."""
-    try:
-        res = np.asarray(value, dtype=np.float64).ravel()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: 'resolution' is not numeric ({value!r})") from err
-    if res.size != 2 or not np.all(np.isfinite(res)) or np.any(res < 1) or np.any(res != np.round(res)):
-        raise ValueError(f"{path}: 'resolution' must be two positive integers [H W], got {res.tolist()}")
-    return int(res[0]), int(res[1])
+  """Returns ``(H, W)`` from a ``resolution`` entry ``[H W]``."""
+  try:
+    res = np.asarray(value, dtype=np.float64).ravel()
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{path}: 'resolution' is not numeric ({value!r})") from err
+  if res.size != 2 or not np.all(np.isfinite(res)) or np.any(res < 1) or np.any(
+      res != np.round(res)):
+    raise ValueError(
+        f"{path}: 'resolution' must be two positive integers [H W], got {res.tolist()}")
+  return int(res[0]), int(res[1])
 
 
 def _gaze_entries(gaze: Any, path: epath.Path) -> list[Any]:
-    """The per-observer entries of ``gaze`` as a list.
+  """The per-observer entries of ``gaze`` as a list.
 
-    ``gaze`` may be a ``mat_struct`` (one observer, squeezed), an object array
-    of them, a record array (``struct_as_record=True``), or empty.
-    """
-    if isinstance(gaze, scipy.io.matlab.mat_struct):
-        return [gaze]
-    if isinstance(gaze, np.void) and gaze.dtype.names:
-        return [gaze]
-    if isinstance(gaze, np.ndarray):
-        if gaze.size == 0:
-            return []
-        if gaze.dtype.names:
-            return list(gaze.ravel())
-        if gaze.dtype == object:
-            entries = list(gaze.ravel())
-            if all(isinstance(e, scipy.io.matlab.mat_struct)
-                   or (isinstance(e, np.void) and e.dtype.names) for e in entries):
-                return entries
-    raise ValueError(f"{path}: 'gaze' is not a struct array (got {type(gaze).__name__})")
+  ``gaze`` may be a ``mat_struct`` (one observer, squeezed), an object array
+  of them, a record array (``struct_as_record=True``), or empty.
+  """
+  if isinstance(gaze, scipy.io.matlab.mat_struct):
+    return [gaze]
+  if isinstance(gaze, np.void) and gaze.dtype.names:
+    return [gaze]
+  if isinstance(gaze, np.ndarray):
+    if gaze.size == 0:
+      return []
+    if gaze.dtype.names:
+      return list(gaze.ravel())
+    if gaze.dtype == object:
+      entries = list(gaze.ravel())
+      if all(
+          isinstance(e, scipy.io.matlab.mat_struct) or (isinstance(e, np.void) and e.dtype.names)
+          for e in entries):
+        return entries
+  raise ValueError(f"{path}: 'gaze' is not a struct array (got {type(gaze).__name__})")
 
 
 def _struct_field(entry: Any, name: str, path: epath.Path, index: int) -> Any:
-    """Field ``name`` of one gaze entry (``mat_struct`` or record)."""
-    if isinstance(entry, scipy.io.matlab.mat_struct):
-        if name in getattr(entry, "_fieldnames", []):
-            return getattr(entry, name)
-    elif entry.dtype.names and name in entry.dtype.names:
-        return entry[name]
-    raise ValueError(f"{path}: gaze entry {index} has no field '{name}'")
+  """Field ``name`` of one gaze entry (``mat_struct`` or record)."""
+  if isinstance(entry, scipy.io.matlab.mat_struct):
+    if name in getattr(entry, "_fieldnames", []):
+      return getattr(entry, name)
+  elif entry.dtype.names and name in entry.dtype.names:
+    return entry[name]
+  raise ValueError(f"{path}: gaze entry {index} has no field '{name}'")
 
 
 def _as_xy(value: Any, path: epath.Path, index: int) -> np.ndarray:
-    """Returns an observer's fixations as a float ``[M, 2]`` array of ``[x, y]``."""
-    arr = np.asarray(value)
-    while arr.dtype == object and arr.size == 1:  # Unwrap cells / record nesting.
-        arr = np.asarray(arr.item())
-    if arr.size == 0:
-        return np.zeros((0, 2))
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: fixations of observer {index} are not numeric") from err
-    if arr.ndim == 1 and arr.size == 2:  # A single fixation, squeezed.
-        arr = arr.reshape(1, 2)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(
-            f"{path}: fixations of observer {index} have shape {arr.shape}, expected (M, 2)")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{path}: fixations of observer {index} contain NaN or inf")
-    return arr
+  """Returns an observer's fixations as a float ``[M, 2]`` array of ``[x, y]``."""
+  arr = np.asarray(value)
+  while arr.dtype == object and arr.size == 1:  # Unwrap cells / record nesting.
+    arr = np.asarray(arr.item())
+  if arr.size == 0:
+    return np.zeros((0, 2))
+  try:
+    arr = arr.astype(np.float64)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{path}: fixations of observer {index} are not numeric") from err
+  if arr.ndim == 1 and arr.size == 2:  # A single fixation, squeezed.
+    arr = arr.reshape(1, 2)
+  if arr.ndim != 2 or arr.shape[1] != 2:
+    raise ValueError(
+        f"{path}: fixations of observer {index} have shape {arr.shape}, expected (M, 2)")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{path}: fixations of observer {index} contain NaN or inf")
+  return arr

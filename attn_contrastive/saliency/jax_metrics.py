@@ -35,101 +35,100 @@ _CONSTANT_RTOL = 1e-5
 
 
 def _flatten(x: jax.Array, name: str) -> jax.Array:
-    """Returns ``[B, H*W]`` from ``[B, H, W]`` or ``[B, H, W, 1]``."""
-    x = jnp.asarray(x)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3:
-        raise ValueError(f"{name} must have shape [B, H, W], got {x.shape}")
-    return x.reshape(x.shape[0], -1)
+  """Returns ``[B, H*W]`` from ``[B, H, W]`` or ``[B, H, W, 1]``."""
+  x = jnp.asarray(x)
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 3:
+    raise ValueError(f"{name} must have shape [B, H, W], got {x.shape}")
+  return x.reshape(x.shape[0], -1)
 
 
 def _flatten_pair(a: jax.Array, b: jax.Array, name_a: str,
                   name_b: str) -> tuple[jax.Array, jax.Array]:
-    """Flattens two maps and checks that their shapes agree."""
-    fa, fb = _flatten(a, name_a), _flatten(b, name_b)
-    if fa.shape != fb.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got "
-            f"{jnp.shape(a)} and {jnp.shape(b)}")
-    return fa, fb
+  """Flattens two maps and checks that their shapes agree."""
+  fa, fb = _flatten(a, name_a), _flatten(b, name_b)
+  if fa.shape != fb.shape:
+    raise ValueError(f"{name_a} and {name_b} must have the same shape, got "
+                     f"{jnp.shape(a)} and {jnp.shape(b)}")
+  return fa, fb
 
 
 def _float(x: jax.Array) -> jax.Array:
-    """Casts integer / bool inputs to float32, keeps floating dtypes."""
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+  """Casts integer / bool inputs to float32, keeps floating dtypes."""
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
 def _zscore(x: jax.Array) -> jax.Array:
-    """Per-row z-score (ddof=0); constant rows map to 0 with finite gradients."""
-    x = _float(x)
-    centred = x - jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    nonconst = var > jnp.square(_CONSTANT_RTOL * scale)
-    # Double `where`: the sqrt never sees 0, so its gradient stays finite.
-    std = jnp.sqrt(jnp.where(nonconst, var, 1.0))
-    return jnp.where(nonconst, centred / std, 0.0)
+  """Per-row z-score (ddof=0); constant rows map to 0 with finite gradients."""
+  x = _float(x)
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+  nonconst = var > jnp.square(_CONSTANT_RTOL * scale)
+  # Double `where`: the sqrt never sees 0, so its gradient stays finite.
+  std = jnp.sqrt(jnp.where(nonconst, var, 1.0))
+  return jnp.where(nonconst, centred / std, 0.0)
 
 
 def _normalise_sum(x: jax.Array) -> jax.Array:
-    """Divides each row by its sum when the sum is positive."""
-    x = _float(x)
-    total = jnp.sum(x, axis=-1, keepdims=True)
-    return jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), x)
+  """Divides each row by its sum when the sum is positive."""
+  x = _float(x)
+  total = jnp.sum(x, axis=-1, keepdims=True)
+  return jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), x)
 
 
 def cc(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """Pearson correlation per image, ``[B]``; 0 when either map is constant."""
-    p, g = _flatten_pair(pred, gt, "pred", "gt")
-    return jnp.mean(_zscore(p) * _zscore(g), axis=-1)
+  """Pearson correlation per image, ``[B]``; 0 when either map is constant."""
+  p, g = _flatten_pair(pred, gt, "pred", "gt")
+  return jnp.mean(_zscore(p) * _zscore(g), axis=-1)
 
 
 def nss(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Normalized scanpath saliency per image, ``[B]``.
+  """Normalized scanpath saliency per image, ``[B]``.
 
-    ``target`` is a non-negative weight map: ``sum(w * z(P)) / sum(w)`` with
-    ``z(P)`` the per-image z-scored prediction. With a binary fixation map
-    this is exactly the usual NSS (mean z-score over fixated pixels); with a
-    fixation density (e.g. a blurred fixation map or a teacher's attention
-    map) it weights each pixel by the density. A target of total weight 0
-    gives 0.
-    """
-    p, w = _flatten_pair(pred, target, "pred", "target")
-    w = _float(w)
-    total = jnp.sum(w, axis=-1)
-    weighted = jnp.sum(w * _zscore(p), axis=-1)
-    return jnp.where(total > 0, weighted / jnp.where(total > 0, total, 1.0), 0.0)
+  ``target`` is a non-negative weight map: ``sum(w * z(P)) / sum(w)`` with
+  ``z(P)`` the per-image z-scored prediction. With a binary fixation map
+  this is exactly the usual NSS (mean z-score over fixated pixels); with a
+  fixation density (e.g. a blurred fixation map or a teacher's attention
+  map) it weights each pixel by the density. A target of total weight 0
+  gives 0.
+  """
+  p, w = _flatten_pair(pred, target, "pred", "target")
+  w = _float(w)
+  total = jnp.sum(w, axis=-1)
+  weighted = jnp.sum(w * _zscore(p), axis=-1)
+  return jnp.where(total > 0, weighted / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def nss_from_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
-    """NSS of the map ``softmax(logits)`` over the pixels of each image, ``[B]``."""
-    flat = _flatten(logits, "logits")
-    probs = jax.nn.softmax(_float(flat), axis=-1).reshape(jnp.shape(logits)[:3])
-    return nss(probs, target)
+  """NSS of the map ``softmax(logits)`` over the pixels of each image, ``[B]``."""
+  flat = _flatten(logits, "logits")
+  probs = jax.nn.softmax(_float(flat), axis=-1).reshape(jnp.shape(logits)[:3])
+  return nss(probs, target)
 
 
 def kld(pred: jax.Array, gt: jax.Array, eps: float = EPS) -> jax.Array:
-    """KL(Q || P) per image as MIT ``KLdiv.m``, ``[B]`` (natural log).
+  """KL(Q || P) per image as MIT ``KLdiv.m``, ``[B]`` (natural log).
 
-    Both maps are normalised to sum 1 and the score is
-    ``sum(Q * log(eps + Q / (P + eps)))``; ground truth ``Q`` against
-    prediction ``P``.
-    """
-    p, q = _flatten_pair(pred, gt, "pred", "gt")
-    p, q = _normalise_sum(p), _normalise_sum(q)
-    return jnp.sum(q * jnp.log(eps + q / (p + eps)), axis=-1)
+  Both maps are normalised to sum 1 and the score is
+  ``sum(Q * log(eps + Q / (P + eps)))``; ground truth ``Q`` against
+  prediction ``P``.
+  """
+  p, q = _flatten_pair(pred, gt, "pred", "gt")
+  p, q = _normalise_sum(p), _normalise_sum(q)
+  return jnp.sum(q * jnp.log(eps + q / (p + eps)), axis=-1)
 
 
 def kld_from_logits(logits: jax.Array, gt: jax.Array) -> jax.Array:
-    """KL(Q || softmax(logits)) per image, ``[B]`` (natural log).
+  """KL(Q || softmax(logits)) per image, ``[B]`` (natural log).
 
-    The predicted density is ``softmax`` over all pixels of an image, taken
-    in log space with ``log_softmax`` for stability; ``Q`` is ``gt``
-    normalised to sum 1. Terms with ``Q = 0`` contribute 0. Equals
-    :func:`kld` of ``softmax(logits)`` up to the MIT ``eps``.
-    """
-    z, q = _flatten_pair(logits, gt, "logits", "gt")
-    log_p = jax.nn.log_softmax(_float(z), axis=-1)
-    q = _normalise_sum(q)
-    return jnp.sum(xlogy(q, q) - q * log_p, axis=-1)
+  The predicted density is ``softmax`` over all pixels of an image, taken
+  in log space with ``log_softmax`` for stability; ``Q`` is ``gt``
+  normalised to sum 1. Terms with ``Q = 0`` contribute 0. Equals
+  :func:`kld` of ``softmax(logits)`` up to the MIT ``eps``.
+  """
+  z, q = _flatten_pair(logits, gt, "logits", "gt")
+  log_p = jax.nn.log_softmax(_float(z), axis=-1)
+  q = _normalise_sum(q)
+  return jnp.sum(xlogy(q, q) - q * log_p, axis=-1)
