@@ -33,6 +33,21 @@ def parse_arg(arg: str | None, choices: dict[str, Iterable[str]]) -> dict[str, s
   return picked
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file named as ``path.py[:arg]``.
+
+  The one way a config file is read outside ``--config`` (which
+  ml_collections parses itself): by :func:`sibling_config`, by ``main`` to
+  name a mistyped key, by the tests and the benchmarks.
+  """
+  path, _, arg = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
 def sibling_config(config_file: str, name: str, arg: str | None = None
                    ) -> ml_collections.ConfigDict:
   """``get_config(arg)`` of the config file ``name`` beside ``config_file``.
@@ -41,10 +56,7 @@ def sibling_config(config_file: str, name: str, arg: str | None = None
   another run's recipe) builds on that file's config instead of copying it.
   """
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-  spec = importlib.util.spec_from_file_location(f"_config_{name[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_file(f"{path}:{arg}" if arg else path)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,25 +68,31 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", data_dir="", train_split="train",
-      eval_split="validation", image_size=64, num_classes=10,
-      num_train_examples=10_000, auto_prepare=True))
+      eval_split="validation", image_size=64, num_classes=10, auto_prepare=True))
   c.input = ml_collections.ConfigDict(dict(
       global_batch_size=256, num_threads=2, prefetch=4, num_workers=0))
+  # SimCLR's views: random resized crop (TF's sampler, area `area_min`-1,
+  # at least 10% of the image), flip, colour jitter (p_jitter; brightness as
+  # `jitter_impl`: "simclrv1", the SimCLR paper's additive offset, or
+  # "simclrv2", a factor), grayscale (p_gray), blur (p_blur, kernel 10% of
+  # the view, zero padding).
   c.aug = ml_collections.ConfigDict(dict(
       strength=1.0, p_jitter=0.8, p_gray=0.2, p_blur=0.5, area_min=0.08,
-      eval_crop_fraction=0.875))
+      jitter_impl="simclrv1", eval_crop_fraction=0.875))
   c.model = ml_collections.ConfigDict(dict(
       depth=18, width=16, stem_kernel=3, stem_stride=2, stem_pool=True,
       dtype="float32", conv_impl="auto", bn_momentum=0.9,
-      proj_hidden_dim=256, proj_out_dim=64))
+      proj_hidden_dim=256, proj_out_dim=64, proj_num_layers=2))
   c.loss = ml_collections.ConfigDict(dict(temperature=0.2, label_smoothing=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
       momentum=0.9, nesterov=False, trust_coefficient=1e-3, warmup_epochs=2.0))
   c.train = ml_collections.ConfigDict(dict(
       num_epochs=10.0, num_steps=-1, log_every=10, checkpoint_every=200,
-      keep_checkpoints=3, async_checkpoint=True, eval_every=-1,
-      eval_batch_size=500, profile=False))
+      keep_checkpoints=3, async_checkpoint=True, eval_every=-1, profile=False))
+  # Every evaluator (see attn_contrastive.evaluators.common): the global batch,
+  # the first `max_examples` of the split (-1: all) and the host threads.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=500, max_examples=-1, num_threads=2))
   # Attention heads trained towards teacher maps (L_attn); off by default.
   # `map_size`: side of the per-view map made on the host (the largest head's
   # resolution); it is resized on device to each head. `fixation_quantile` < 0
@@ -82,10 +100,16 @@ def base_config() -> ml_collections.ConfigDict:
   # (maps from `maps_dir`, the label task's output for the training split) or
   # "human" (the co-train row: each example also brings a random image and
   # human map of `human_data`/`human_split`, and the heads learn on those).
+  # `cotrain_bn`: "separate" (the human images get a forward pass of their
+  # own, so the encoder's BatchNorm statistics are the views' alone) or
+  # "joint" (one batch of views and human images). α and β weigh the
+  # per-image KLD and NSS, averaged over the batch, against NT-Xent at
+  # SimCLR's scale (the sum of both views' mean cross-entropies).
   c.attention = ml_collections.ConfigDict(dict(
       enabled=False, stages=("conv3", "conv4"), width=64, alpha=1.0, beta=0.1,
       fixation_quantile=-1.0, map_size=16, maps_dir="", labels="teacher",
-      human_data="salient_objects/human_attention", human_split="train"))
+      human_data="salient_objects/human_attention", human_split="train",
+      cotrain_bn="separate"))
   return c
 
 
@@ -94,7 +118,6 @@ def imagenet_data(c: ml_collections.ConfigDict) -> None:
   c.data.name = "imagenet2012"
   c.data.image_size = 224
   c.data.num_classes = 1000
-  c.data.num_train_examples = 1_281_167
   c.data.auto_prepare = False
   c.input.num_threads = 16
   c.input.num_workers = 8
@@ -102,7 +125,7 @@ def imagenet_data(c: ml_collections.ConfigDict) -> None:
                       dtype="bfloat16"))
   c.train.log_every = 100
   c.train.checkpoint_every = 2000
-  c.train.eval_batch_size = 1000
+  c.eval.update(dict(batch_size=1000, num_threads=16))
 
 
 def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

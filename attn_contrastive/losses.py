@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from attn_contrastive.saliency import jax_metrics
+
 
 def _l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps))
@@ -12,7 +14,7 @@ def _l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
 
 def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float,
             return_accuracy: bool = False):
-  """NT-Xent over the 2N anchors of two views of N images.
+  """NT-Xent over the 2N anchors of two views of N images, at SimCLR's scale.
 
   Args:
     z1, z2: ``[N, D]`` embeddings of the two views; row ``i`` of each comes
@@ -22,9 +24,13 @@ def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float,
       other embedding is their positive ("contrastive accuracy").
 
   Each anchor's positive is the other view of its image and its negatives are
-  the remaining 2N-2 embeddings. Under ``jit`` with ``z1``/``z2`` sharded over
-  the batch the similarity matrix spans the global batch with no hand-written
-  all-gather.
+  the remaining 2N-2 embeddings. The loss is SimCLR's reference one: the mean
+  cross-entropy of the view-1 anchors plus that of the view-2 anchors, i.e.
+  twice the mean over all 2N anchors (about ``2 log(2N - 1)`` at
+  initialisation). The scale matters: under LARS it sets the gradient's
+  size against weight decay, and the attention loss's α and β are weights
+  relative to it. Under ``jit`` with ``z1``/``z2`` sharded over the batch the
+  similarity matrix spans the global batch with no hand-written all-gather.
   """
   n = z1.shape[0]
   z = _l2_normalize(jnp.concatenate([z1, z2], 0).astype(jnp.float32))
@@ -32,7 +38,8 @@ def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float,
   # A large finite negative (not -inf) keeps 0·inf out of the gradient.
   logits = jnp.where(jnp.eye(2 * n, dtype=bool), -1e9, logits)
   positives = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(0, n)])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, positives).mean()
+  per_anchor = optax.softmax_cross_entropy_with_integer_labels(logits, positives)
+  loss = jnp.sum(jnp.mean(per_anchor.reshape(2, n), axis=1))
   if not return_accuracy:
     return loss
   accuracy = jnp.mean(jnp.argmax(logits, -1) == positives)
@@ -88,8 +95,6 @@ def attention_loss(head_logits: dict[str, jnp.ndarray],
     (loss, ``{"attn_kld/<stage>", "attn_nss/<stage>"}`` batch means). The
     teacher maps are constants (``stop_gradient``).
   """
-  # Local import: saliency metrics depend on nothing here, so no cycle.
-  from attn_contrastive.saliency import jax_metrics
   total, metrics = jnp.zeros((), jnp.float32), {}
   for stage, logits in head_logits.items():
     target = _sum_to_one(jax.lax.stop_gradient(teacher_maps[stage]))
@@ -103,18 +108,10 @@ def attention_loss(head_logits: dict[str, jnp.ndarray],
   return total, metrics
 
 
-def resize_maps(maps: jnp.ndarray, shape_hw: tuple[int, int]) -> jnp.ndarray:
-  """``[B, H, W]`` maps → ``[B, h, w]`` (linear, antialiased when shrinking)."""
-  maps = maps.astype(jnp.float32)
-  if maps.shape[1:] == tuple(shape_hw):
-    return maps
-  return jax.image.resize(maps, (maps.shape[0], *shape_hw), method="linear")
-
-
 def attention_loss_on_maps(head_logits: dict[str, jnp.ndarray], maps: jnp.ndarray,
                            attn_cfg) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """L_attn with one host-made map per image resized to each head's resolution."""
-  targets = {s: resize_maps(maps, l.shape[1:]) for s, l in head_logits.items()}
+  targets = {s: jax_metrics.resize_maps(maps, l.shape[1:]) for s, l in head_logits.items()}
   quantile = attn_cfg.fixation_quantile
   return attention_loss(head_logits, targets, attn_cfg.alpha, attn_cfg.beta,
                         None if quantile < 0 else quantile)

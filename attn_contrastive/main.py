@@ -6,14 +6,15 @@ overrides any field, and ``config.task`` picks the stage to run.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -34,14 +35,6 @@ TASKS = {
 }
 
 
-def _load_config_file(value: str):
-  path, _, arg = value.partition(":")
-  spec = importlib.util.spec_from_file_location("_experiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns a bad ``--config.key`` into a clear message."""
   try:
@@ -50,7 +43,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if config_arg is not None:
       try:
-        config_lib.check_overrides(argv, _load_config_file(config_arg))
+        config_lib.check_overrides(argv, config_lib.load_config_file(config_arg))
       except KeyError as key_error:
         sys.exit(f"error: {key_error.args[0]}")
     sys.exit(f"error: {e}")
@@ -60,18 +53,25 @@ def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("error: pass --config=configs/<file>.py[:arg] and --workdir=DIR")
-  if _DISTRIBUTED.value:
-    import jax
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config = _CONFIG.value
+  config, workdir = _CONFIG.value, _WORKDIR.value
   if config.task not in TASKS:
     sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(TASKS)}")
-  import jax
+  import jax  # here, so that a bad flag is refused without loading JAX
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  os.makedirs(workdir, exist_ok=True)
+  # Before JAX starts its backends, whose INFO lines belong in the log file.
+  summary.log_to_workdir(workdir, jax.process_index() if _DISTRIBUTED.value else 0)
   logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
   logging.info("Config:\n%s", config)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  importlib.import_module(TASKS[config.task]).train_and_evaluate(config, _WORKDIR.value)
+  start = time.perf_counter()
+  importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    minutes = (time.perf_counter() - start) / 60
+    print(summary.summary(config.task, config_file, workdir, config.data.name, minutes),
+          flush=True)
 
 
 def run() -> None:

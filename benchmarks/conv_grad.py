@@ -2,7 +2,7 @@
 
 Compares, on ResNet-typical NHWC/HWIO shapes at small sizes, XLA's own
 convolution and its autodiff gradients against the matmul-based backward
-pass of ``attn_contrastive.models.conv`` (impl ``'cpu_matmul'``):
+pass of ``attn_contrastive.ops.conv`` (impl ``'cpu_matmul'``):
 
 * ``fwd``: the forward convolution (ours is XLA's forward, timed through
   our wrapper to show it adds nothing, except for inputs smaller than the
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from attn_contrastive.models.conv import conv_general_dilated_fn
+from attn_contrastive.ops.conv import conv_general_dilated_fn
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -79,6 +79,18 @@ class Block(nn.Module):
     return F.relu(self.body(x) + (x if self.proj is None else self.proj(x)))
 
 
+class ScaledBatchNorm(nn.Module):
+  """BatchNorm with a learned scale and no shift (SimCLR's projection output)."""
+
+  def __init__(self, c: int):
+    super().__init__()
+    self.norm = nn.BatchNorm1d(c, eps=1e-5, momentum=0.1, affine=False)
+    self.scale = nn.Parameter(torch.ones(c))
+
+  def forward(self, x):
+    return self.norm(x) * self.scale
+
+
 class SimCLRNet(nn.Module):
   """ResNet encoder (``config.model``) + SimCLR projection MLP."""
 
@@ -94,23 +106,27 @@ class SimCLRNet(nn.Module):
         layers.append(Block(cin, m.width * 2**i, stride if j == 0 else 1, bottleneck))
         cin = m.width * 2**i * (4 if bottleneck else 1)
     self.encoder = nn.Sequential(*layers)
-    self.head = nn.Sequential(
-        nn.Linear(cin, m.proj_hidden_dim, bias=False),
-        nn.BatchNorm1d(m.proj_hidden_dim, eps=1e-5, momentum=0.1), nn.ReLU(inplace=True),
-        nn.Linear(m.proj_hidden_dim, m.proj_out_dim))
+    head = []
+    for _ in range(m.proj_num_layers - 1):
+      head += [nn.Linear(cin, m.proj_hidden_dim, bias=False),
+               nn.BatchNorm1d(m.proj_hidden_dim, eps=1e-5, momentum=0.1), nn.ReLU(inplace=True)]
+      cin = m.proj_hidden_dim
+    self.head = nn.Sequential(*head, nn.Linear(cin, m.proj_out_dim, bias=False),
+                              ScaledBatchNorm(m.proj_out_dim))
 
   def forward(self, x):
     return self.head(self.encoder(x).mean(dim=(2, 3)))
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-  """Mean NT-Xent over the 2N anchors, as ``attn_contrastive.losses.nt_xent``."""
+  """NT-Xent at SimCLR's scale (twice the mean over the 2N anchors), as
+  ``attn_contrastive.losses.nt_xent``."""
   z = F.normalize(torch.cat([z1, z2]), dim=1)
   n = z1.shape[0]
   logits = (z @ z.T) / temperature
   logits.fill_diagonal_(float("-inf"))
   targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-  return F.cross_entropy(logits, targets)
+  return 2 * F.cross_entropy(logits, targets)
 
 
 class Lars(torch.optim.Optimizer):

@@ -30,7 +30,6 @@ def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": ("synthetic", "salicon")})
   c = ml_collections.ConfigDict()
   c.task = "alignment"
-  c.seed = 0
   c.checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/human_attention", split="validation", data_dir="",

@@ -18,6 +18,27 @@ ImageNet (a TPU v3-32 / v4-32 or 8×A100/H100 host group):
   24 h on a TPU v3-32. Linear evaluation should give ≈ 67.6% ImageNet top-1,
   the paper's 67.61 ± 0.04 (SimCLR reports 66.5 at 200 and 68.2 at 400 ep).
 
+Recipe fidelity (SimCLR's reference implementation, google-research/simclr):
+  * Projection head: ``model.proj_num_layers`` = 2 bias-free dense layers
+    (kernels N(0, 0.01)), each followed by BatchNorm: centred + ReLU in the
+    middle, no centring on the output (SimCLR v1's 2-layer head; v2 uses 3).
+  * Loss: NT-Xent at SimCLR's scale, the sum of both views' mean
+    cross-entropies (twice the mean over the 2N anchors). Under LARS this
+    scale sets the gradient against weight decay, so 1e-6 means what it
+    means in SimCLR.
+  * Views: Inception/SimCLR random-resized crop (TensorFlow's sampler: 100
+    attempts, at least 10% of the image, whole image as fallback); colour
+    jitter with p 0.8 in random order (``aug.jitter_impl`` = ``simclrv1``:
+    additive brightness as in the SimCLR paper; ``simclrv2`` multiplies),
+    saturation and hue in HSV as TensorFlow's ops; grayscale p 0.2; Gaussian
+    blur p 0.5 with a kernel of 10% of the view (23 taps at 224 px) and zero
+    padding. Resizing is bilinear with antialiasing (SimCLR: bicubic), and
+    each view draws its own blur sigma (SimCLR: one sigma per batch).
+  * LARS excludes biases and BatchNorm parameters from weight decay and the
+    trust ratio; global BatchNorm over the 2N views.
+  * Parameters are initialised from XLA's Philox generator named in the
+    program, so a seed gives the same network on CPU, GPU and TPU.
+
 Arguments: ``synthetic`` (default) or ``imagenet``.
 """
 from attn_contrastive import config as config_lib

@@ -3,12 +3,17 @@ r"""SimCLR + attention heads trained on human maps directly — the paper's
 
 No teacher and no labelled maps: each training example also brings a random
 image of the human-attention set (SALICON, or its synthetic stand-in) with its
-human density map, both cropped and flipped together. The 2N SimCLR views and
-the N human images go through the encoder as one batch; NT-Xent uses the
-views, and the attention heads (conv3 and conv4) learn on the human images
-with L_attn = Σ_i (α·KLD(m'_i ‖ m_i) − β·NSS(m_i, p'_i)), m'_i the human map
-at the head's resolution. One jitted step; the human images cost half a
-batch of extra forward/backward work.
+human density map, both cropped and flipped together. NT-Xent and the
+projection head use the 2N SimCLR views; the attention heads (conv3 and
+conv4) learn on the N human images with
+L_attn = Σ_i (α·KLD(m'_i ‖ m_i) − β·NSS(m_i, p'_i)), m'_i the human map at
+the head's resolution. ``attention.cotrain_bn``: ``separate`` (default) runs
+the human images through the encoder in a forward pass of their own, so the
+views' BatchNorm statistics, and the running statistics that linear
+evaluation uses, come from the pretraining data alone; ``joint`` runs views
+and human images as one batch, mixing the two datasets' statistics. One
+jitted step either way; the human images cost half a batch of extra
+forward/backward work. README ("Recipe fidelity") compares the two.
 
 Synthetic data (default; a 2-core laptop):
   python -m attn_contrastive.main --config=configs/contrastive_attn_cotrain.py \

@@ -29,7 +29,6 @@ def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "label"
-  c.seed = 0
   c.teacher_checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", split="train", data_dir="",

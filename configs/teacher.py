@@ -46,14 +46,13 @@ Teacher-specific fields: ``data.image_width`` (input width; 0 = square
 ``data.image_size``), ``model.decoder_width``, ``model.output_stride``,
 ``loss.kld_weight`` / ``cc_weight`` / ``nss_weight`` (the loss is
 ``kld_w·KLD − cc_w·CC − nss_w·NSS``), ``aug.hflip``, and ``eval.*``:
-``max_examples`` (-1 = the whole split), ``num_images`` (strips logged to
-TensorBoard), ``center_bias_sigma`` (of the baseline, as a fraction of the
-image side), ``shuffle_pool`` / ``shuffle_others`` (shuffled AUC draws its
-negatives from the fixations of ``shuffle_others`` images among the first
-``shuffle_pool``) and ``num_threads`` (host threads for loading and scoring).
+``batch_size`` (global), ``max_examples`` (-1 = the whole split),
+``num_images`` (strips logged to TensorBoard), ``center_bias_sigma`` (of the
+baseline, as a fraction of the image side), ``shuffle_pool`` /
+``shuffle_others`` (shuffled AUC draws its negatives from the fixations of
+``shuffle_others`` images among the first ``shuffle_pool``) and
+``num_threads`` (host threads for loading and scoring).
 """
-import ml_collections
-
 from attn_contrastive import config as config_lib
 
 
@@ -62,28 +61,23 @@ def get_config(arg: str | None = None):
   c = config_lib.base_config()
   c.task = "teacher"
   c.data.name = "salient_objects/human_attention"
-  c.data.num_train_examples = 2_000
   c.data.image_width = 0
   c.model.update(dict(depth=10, width=16, stem_kernel=3, stem_stride=1, stem_pool=True,
                       decoder_width=32, output_stride=2))
   c.loss.update(dict(kld_weight=1.0, cc_weight=0.2, nss_weight=0.1))
-  c.aug.update(dict(area_min=0.5, hflip=True, eval_crop_fraction=1.0))
+  c.aug.update(dict(area_min=0.5, hflip=True))
   c.input.global_batch_size = 64
   c.optim.update(dict(name="sgd", base_lr=0.4, lr_scaling="linear", weight_decay=5e-5,
                       momentum=0.9, nesterov=True, warmup_epochs=1.0))
-  c.train.update(dict(num_epochs=3.0, eval_every=-1, checkpoint_every=1000,
-                      eval_batch_size=128, log_every=20))
-  c.eval = ml_collections.ConfigDict(dict(
-      max_examples=-1, num_images=8, center_bias_sigma=0.25, shuffle_pool=100,
-      shuffle_others=10, num_threads=2))
+  c.train.update(dict(num_epochs=3.0, eval_every=-1, checkpoint_every=1000, log_every=20))
+  c.eval.update(dict(batch_size=128, max_examples=-1, num_images=8, center_bias_sigma=0.25,
+                     shuffle_pool=100, shuffle_others=10, num_threads=2))
   if picked["data"] == "salicon":
-    c.data.update(dict(name="salicon", image_size=240, image_width=320,
-                       num_train_examples=10_000, auto_prepare=False))
+    c.data.update(dict(name="salicon", image_size=240, image_width=320, auto_prepare=False))
     c.model.update(dict(depth=18, width=64, stem_kernel=7, stem_stride=2, stem_pool=True,
                         decoder_width=64, output_stride=4, dtype="bfloat16"))
     c.input.update(dict(global_batch_size=64, num_threads=16, num_workers=8))
     c.optim.update(dict(weight_decay=1e-4, warmup_epochs=2.0))
-    c.train.update(dict(num_epochs=40.0, eval_every=-1, checkpoint_every=1000,
-                        eval_batch_size=64, log_every=100))
-    c.eval.update(dict(num_threads=16))
+    c.train.update(dict(num_epochs=40.0, eval_every=-1, checkpoint_every=1000, log_every=100))
+    c.eval.update(dict(batch_size=64, num_threads=16))
   return c

@@ -7,6 +7,7 @@ import pytest
 from attn_contrastive import losses
 from attn_contrastive.models.attention import AttentionHeads, spatial_softmax
 from attn_contrastive.models.resnet import ResNet
+from attn_contrastive.saliency import jax_metrics
 
 
 def _np_softmax(z):
@@ -56,8 +57,7 @@ def test_negative_quantile_means_density_target():
 
 
 def test_heads_shapes_and_gradient():
-  encoder = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                   conv_impl="xla")
+  encoder = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False)
   heads = AttentionHeads(stages=("conv3", "conv4"), width=4)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   feats, _ = encoder.init_with_output(jax.random.PRNGKey(1), x, train=False)
@@ -91,7 +91,7 @@ def _tiny_attn_config():
 def _fused_steps(n_devices, config, batch):
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
-  from attn_contrastive.train import loop, mesh as mesh_lib, optim
+  from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib
   from attn_contrastive.train.state import create_train_state
   model = simclr_from_config(config.model, config.attention)
   mesh = mesh_lib.make_mesh(n_devices)
@@ -100,8 +100,8 @@ def _fused_steps(n_devices, config, batch):
   state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32),
                              0, mesh_lib.replicated(mesh))
   init = jax.device_get(state.params)
-  step = loop.jit_train_step(
-      loop.make_train_step(pretrain.make_loss_fn(model, config), schedule), mesh)
+  step = step_lib.jit_train_step(
+      step_lib.make_train_step(pretrain.make_loss_fn(model, config), schedule), mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
   for _ in range(2):
     state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
@@ -163,7 +163,7 @@ def test_supervised_loss_is_cross_entropy_plus_attention():
   logp -= np.log(np.exp(logp).sum(1, keepdims=True))
   ce = -np.mean(logp[np.arange(6), batch["label"]])
   heads = {s: np.asarray(v) for s, v in out["attention_logits"].items()}
-  teacher = {s: np.asarray(losses.resize_maps(jnp.asarray(batch["map"]), v.shape[1:]))
+  teacher = {s: np.asarray(jax_metrics.resize_maps(batch["map"], v.shape[1:]))
              for s, v in heads.items()}
   assert teacher["conv3"].shape == (6, 8, 8) and teacher["conv4"].shape == (6, 4, 4)
   attn = _np_attention_loss(heads, teacher, c.attention.alpha, c.attention.beta)
@@ -230,32 +230,60 @@ def test_cotrain_views_bring_aligned_human_examples():
     assert np.mean(in_image == (out["human_map"] > 127)) >= 0.95, seed
 
 
-def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads():
-  """NT-Xent of the fused co-train step equals NT-Xent of the two views alone
-  (the human images share the forward pass, not the contrastive loss), and
-  L_attn is computed on the human images' heads against the human maps."""
+def _submodule_forward(model, variables, x, train=True):
+  """One submodule of the SimCLR model on its own (its outputs and new stats)."""
+  name = {"ResNet": "encoder", "ProjectionHead": "head", "AttentionHeads": "attention"}[
+      type(model).__name__]
+  out, upd = model.apply({"params": variables["params"][name],
+                          "batch_stats": variables["batch_stats"][name]}, x, train=train,
+                         mutable=["batch_stats"])
+  return out, upd["batch_stats"]
+
+
+@pytest.mark.parametrize("cotrain_bn", ["separate", "joint"])
+def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads(cotrain_bn):
+  """NT-Xent of the fused co-train step uses the views only (projection head
+  and its BatchNorm included), L_attn the human images' heads against the
+  human maps; with ``separate`` BatchNorm the encoder's batch (and running)
+  statistics come from the views alone, with ``joint`` from views and human
+  images together. The reference runs the encoder, projection head and
+  attention heads as separate modules."""
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
   from attn_contrastive.train import step as step_lib
   c = _tiny_attn_config()
   c.attention.labels = "human"
+  c.attention.cotrain_bn = cotrain_bn
   model = simclr_from_config(c.model, c.attention)
   rng = np.random.default_rng(4)
   batch = {k: rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
            for k in ("view1", "view2", "human_image")}
   batch["human_map"] = rng.random((4, 8, 8)).astype(np.float32)
-  x = step_lib.normalize_images(np.concatenate([batch["view1"], batch["view2"],
-                                                batch["human_image"]]))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
-  loss, (_, metrics) = pretrain.make_loss_fn(model, c)(
+  views = step_lib.normalize_images(np.concatenate([batch["view1"], batch["view2"]]))
+  human = step_lib.normalize_images(batch["human_image"])
+  variables = model.init(jax.random.PRNGKey(0), views, train=False)
+  loss, (stats, metrics) = pretrain.make_loss_fn(model, c)(
       variables["params"], variables["batch_stats"], batch, None)
-  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  z1, z2 = np.split(np.asarray(out["embedding"][:8]), 2)
+
+  if cotrain_bn == "joint":
+    feats, enc_stats = _submodule_forward(model.encoder, variables, np.concatenate([views, human]))
+    view_feats = {k: v[:8] for k, v in feats.items()}
+    human_feats = {k: v[8:] for k, v in feats.items()}
+  else:
+    view_feats, enc_stats = _submodule_forward(model.encoder, variables, views)
+    human_feats, _ = _submodule_forward(model.encoder, variables, human)
+  z, head_stats = _submodule_forward(model.head, variables, view_feats["pooled"])
+  logits, attn_stats = _submodule_forward(model.attention, variables, human_feats)
+  z1, z2 = np.split(np.asarray(z), 2)
   np.testing.assert_allclose(metrics["nt_xent"],
                              losses.nt_xent(z1, z2, c.loss.temperature), rtol=1e-5)
-  heads = {s: np.asarray(v[8:]) for s, v in out["attention_logits"].items()}
-  teacher = {s: np.asarray(losses.resize_maps(jnp.asarray(batch["human_map"]), v.shape[1:]))
+  heads = {s: np.asarray(v) for s, v in logits.items()}
+  teacher = {s: np.asarray(jax_metrics.resize_maps(batch["human_map"], v.shape[1:]))
              for s, v in heads.items()}
   attn = _np_attention_loss(heads, teacher, c.attention.alpha, c.attention.beta)
   np.testing.assert_allclose(metrics["attn_loss"], attn, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(loss, metrics["nt_xent"] + attn, rtol=1e-4)
+  want = {"encoder": enc_stats, "head": head_stats, "attention": attn_stats}
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(stats) == jax.tree.structure(want)

@@ -31,6 +31,32 @@ def _square_scene(h, w, square=(0.25, 0.5, 0.5, 0.75)):
   return out
 
 
+def _random_box(rng, h, w, snap):
+  """A random box covering 20-100% of each side; on whole pixels if ``snap``."""
+  size = rng.uniform(0.2, 1.0, 2)
+  start = rng.random(2) * (1 - size)
+  y0, x0, y1, x1 = (*start, *(start + size))
+  if snap:
+    y0, y1 = round(y0 * h) / h, round(y1 * h) / h
+    x0, x1 = round(x0 * w) / w, round(x1 * w) / w
+  return A.Box(y0, x0, min(y1, 1.0), min(x1, 1.0))
+
+
+def _hflip(a):
+  return np.ascontiguousarray(np.asarray(a)[:, ::-1])
+
+
+def _gray(img):
+  """The grayscale op on a copy (channels equal, input dtype kept)."""
+  out = np.array(img, np.uint8 if img.dtype == np.uint8 else np.float32)
+  A._grayscale_(out)
+  return out
+
+
+def _color_jitter(rng, img, b, c, s, h, impl="simclrv1"):
+  return A.apply_color_jitter(img, A.sample_jitter_params(rng, b, c, s, h, impl))
+
+
 def _centroid(a):
   a = np.asarray(a, np.float64)
   ys, xs = np.mgrid[0:a.shape[0], 0:a.shape[1]]
@@ -54,40 +80,59 @@ def test_box_validation_and_flip():
   assert b.area == pytest.approx(0.5 * 0.3)
 
 
-@pytest.mark.parametrize("snap", [True, False])
 @pytest.mark.parametrize("hw", [(224, 224), (375, 500), (500, 300)])
-def test_sample_crop_box_statistics(hw, snap):
+def test_sample_crop_box_statistics(hw):
   h, w = hw
   rng = _rng(1)
-  boxes = [A.sample_crop_box(rng, h, w, snap=snap) for _ in range(2000)]
+  boxes = [A.sample_crop_box(rng, h, w) for _ in range(2000)]
   areas = np.array([b.area for b in boxes])
   aspects = np.array([(b.width * w) / (b.height * h) for b in boxes])
   coords = np.array([[b.y0, b.x0, b.y1, b.x1] for b in boxes])
   assert coords.min() >= 0.0 and coords.max() <= 1.0
   assert np.all(coords[:, 2] > coords[:, 0]) and np.all(coords[:, 3] > coords[:, 1])
-  # Snapping to whole pixels moves each side by at most half a pixel.
-  tol_area, tol_aspect = (2 / min(h, w), 0.01) if snap else (1e-9, 1e-9)
-  assert areas.min() >= 0.08 - tol_area and areas.max() <= 1.0 + 1e-9
-  assert aspects.min() >= 3 / 4 - tol_aspect and aspects.max() <= 4 / 3 + tol_aspect
-  if snap:
-    pix = coords * [h, w, h, w]
-    np.testing.assert_allclose(pix, np.round(pix), atol=1e-6)
-  # The whole range is used, and positions cover the image evenly.
-  assert areas.min() < 0.1 and areas.max() > 0.75
-  if h == w:  # log-uniform aspect; on other shapes the fit test skews it
-    assert np.mean(np.log(aspects)) == pytest.approx(0.0, abs=0.03)
+  # Whole pixels; at least 10% of the image (min_object_covered), aspect
+  # within 3/4..4/3 up to the rounding of the width.
+  pix = coords * [h, w, h, w]
+  np.testing.assert_allclose(pix, np.round(pix), atol=1e-6)
+  assert areas.min() >= 0.1 - 1e-9 and areas.max() <= 1.0 + 1e-9
+  box_h, box_w = pix[:, 2] - pix[:, 0], pix[:, 3] - pix[:, 1]
+  full = (box_h == h) & (box_w == w)
+  assert np.all(full | (box_w >= 3 / 4 * box_h - 0.5))
+  assert np.all(full | (box_w <= 4 / 3 * box_h + 0.5))
+  assert areas.min() < 0.12 and areas.max() > 0.7  # 500x300: at most 0.8 fits 3/4..4/3
   centres = (coords[:, :2] + coords[:, 2:]) / 2
   np.testing.assert_allclose(centres.mean(0), [0.5, 0.5], atol=0.02)
 
 
-def test_sample_crop_box_fallback_is_centred_crop():
-  # A 10x1000 strip: no box with aspect <= 4/3 reaches 8% of the area.
-  box = A.sample_crop_box(_rng(0), 10, 1000, snap=False)
-  assert (box.y0, box.y1) == (0.0, 1.0)
-  assert box.width * 1000 == pytest.approx(10 * 4 / 3)
-  assert (box.x0 + box.x1) / 2 == pytest.approx(0.5)
-  snapped = A.sample_crop_box(_rng(0), 10, 1000)
-  assert snapped.width * 1000 == pytest.approx(13) and snapped.x0 * 1000 == pytest.approx(493)
+def test_sample_crop_box_matches_tensorflow_sampler():
+  """Our sampler and TensorFlow's sample_distorted_bounding_box (SimCLR's call)
+  give the same distribution of crop areas and aspect ratios."""
+  tf = pytest.importorskip("tensorflow")
+  h, w, n = 375, 500, 1500
+  tf_areas, tf_aspects = [], []
+  for i in range(n):
+    _, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        [h, w, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=[i, 7], min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    bh, bw = int(size[0]), int(size[1])
+    tf_areas.append(bh * bw / (h * w))
+    tf_aspects.append(bw / bh)
+  rng = _rng(4)
+  boxes = [A.sample_crop_box(rng, h, w) for _ in range(n)]
+  areas = np.array([b.area for b in boxes])
+  aspects = np.array([b.width * w / (b.height * h) for b in boxes])
+  qs = [0.1, 0.25, 0.5, 0.75, 0.9]
+  # Torchvision's sampler (area uniform) has median area ~0.54 here, TF's ~0.42.
+  np.testing.assert_allclose(np.quantile(areas, qs), np.quantile(tf_areas, qs), atol=0.04)
+  np.testing.assert_allclose(np.quantile(aspects, qs), np.quantile(tf_aspects, qs), atol=0.04)
+  # TF falls back to the whole image as often as we do (the full box).
+  assert abs(np.mean(areas == 1.0) - np.mean(np.array(tf_areas) == 1.0)) < 0.03
+
+
+def test_sample_crop_box_fallback_is_whole_image():
+  # A 10x1000 strip: no box with aspect <= 4/3 reaches 10% of the area.
+  assert A.sample_crop_box(_rng(0), 10, 1000) == A.Box.full()
 
 
 def test_sample_crop_box_consumes_rng_identically():
@@ -140,7 +185,7 @@ def test_crop_resize_is_subpixel_exact_on_ramps(out, snap):
       np.broadcast_to(((np.arange(h) + 0.5) / h)[:, None], (h, w)), np.float32)
   rng = _rng(out)
   for _ in range(20):
-    box = A.sample_crop_box(rng, h, w, area_range=(0.05, 1.0), snap=snap)
+    box = _random_box(rng, h, w, snap)
     ox = A.crop_resize(np.ascontiguousarray(ramp_x), box, (out, out))
     oy = A.crop_resize(ramp_y, box, (out, out))
     pos = (np.arange(out) + 0.5) / out
@@ -178,16 +223,9 @@ def test_crop_resize_flip_matches_hflip():
     box = A.sample_crop_box(rng, 96, 128)
     for out in (20, 64):  # antialiased and plain paths
       plain = A.crop_resize(x, box, out)
-      np.testing.assert_array_equal(A.crop_resize(x, box, out, flip=True), A.hflip(plain))
-      mirrored = A.crop_resize(A.hflip(x), box.hflipped(), out).astype(int)
-      assert np.abs(mirrored - A.hflip(plain).astype(int)).max() <= 2
-
-
-def test_hflip():
-  x = np.arange(24).reshape(2, 4, 3)
-  np.testing.assert_array_equal(A.hflip(x)[:, 0], x[:, -1])
-  np.testing.assert_array_equal(A.hflip(A.hflip(x)), x)
-  assert A.hflip(x).flags.c_contiguous
+      np.testing.assert_array_equal(A.crop_resize(x, box, out, flip=True), _hflip(plain))
+      mirrored = A.crop_resize(_hflip(x), box.hflipped(), out).astype(int)
+      assert np.abs(mirrored - _hflip(plain).astype(int)).max() <= 2
 
 
 def test_crop_resize_antialiases_strong_downscaling():
@@ -213,9 +251,9 @@ def test_public_ops_do_not_modify_their_input():
   keep_u8, keep_f = u8.copy(), f.copy()
   rng = _rng(0)
   for img in (u8, f):
-    A.color_jitter(rng, img, 0.8, 0.8, 0.8, 0.2)
-    A.to_grayscale(img)
-    A.gaussian_blur(rng, img)
+    _color_jitter(rng, img, 0.8, 0.8, 0.8, 0.2)
+    _gray(img)
+    A.blur(img, rng.uniform(0.1, 2.0))
     A.crop_resize(img, A.Box(0.1, 0.2, 0.7, 0.9), 20, flip=True)
   A.simclr_view(rng, f, f[..., 0], out_size=20)
   np.testing.assert_array_equal(u8, keep_u8)
@@ -268,52 +306,65 @@ def test_color_jitter_shape_dtype_range():
   u8 = _random_image(40, 50)
   f = u8.astype(np.float32) / 255
   for _ in range(20):
-    out = A.color_jitter(rng, u8, 0.8, 0.8, 0.8, 0.2)
+    out = _color_jitter(rng, u8, 0.8, 0.8, 0.8, 0.2)
     assert out.shape == u8.shape and out.dtype == np.uint8
-    outf = A.color_jitter(rng, f, 0.8, 0.8, 0.8, 0.2)
+    outf = _color_jitter(rng, f, 0.8, 0.8, 0.8, 0.2)
     assert outf.shape == f.shape and outf.dtype == np.float32
     assert outf.min() >= 0.0 and outf.max() <= 1.0
 
 
 def test_color_jitter_zero_strength_is_identity():
   u8 = _random_image(40, 50)
-  np.testing.assert_array_equal(A.color_jitter(_rng(1), u8, 0, 0, 0, 0), u8)
+  np.testing.assert_array_equal(_color_jitter(_rng(1), u8, 0, 0, 0, 0), u8)
   f = _smooth_image()
-  np.testing.assert_array_equal(A.color_jitter(_rng(1), f, 0, 0, 0, 0), f)
+  np.testing.assert_array_equal(_color_jitter(_rng(1), f, 0, 0, 0, 0), f)
 
 
-def test_jitter_params_ranges_and_order():
+@pytest.mark.parametrize("impl", ["simclrv1", "simclrv2"])
+def test_jitter_params_ranges_and_order(impl):
   rng = _rng(2)
-  ps = [A.sample_jitter_params(rng, 0.8, 0.5, 0.3, 0.2) for _ in range(500)]
+  ps = [A.sample_jitter_params(rng, 0.8, 0.5, 0.3, 0.2, impl) for _ in range(500)]
   for p in ps:
     assert sorted(p.order) == [0, 1, 2, 3]
   b = np.array([p.brightness for p in ps])
+  d = np.array([p.brightness_delta for p in ps])
   c = np.array([p.contrast for p in ps])
   s = np.array([p.saturation for p in ps])
   hue = np.array([p.hue for p in ps])
-  assert 0.2 <= b.min() and b.max() <= 1.8 and b.min() < 0.3 and b.max() > 1.7
+  if impl == "simclrv2":  # multiplicative brightness
+    assert 0.2 <= b.min() and b.max() <= 1.8 and b.min() < 0.3 and b.max() > 1.7
+    assert np.all(d == 0.0)
+  else:  # additive brightness, TF's random_brightness
+    assert -0.8 <= d.min() and d.max() <= 0.8 and d.min() < -0.7 and d.max() > 0.7
+    assert np.all(b == 1.0)
   assert 0.5 <= c.min() and c.max() <= 1.5
   assert 0.7 <= s.min() and s.max() <= 1.3
   assert -0.2 <= hue.min() and hue.max() <= 0.2 and hue.min() < -0.15 and hue.max() > 0.15
   assert len({p.order for p in ps}) == 24
+  with pytest.raises(ValueError, match="simclrv1"):
+    A.sample_jitter_params(rng, 0.8, 0.5, 0.3, 0.2, "v3")
 
 
-def _only(order=(0, 1, 2, 3), brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0):
-  return A.JitterParams(order, brightness, contrast, saturation, hue)
+def _only(order=(0, 1, 2, 3), brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0,
+          delta=0.0):
+  return A.JitterParams(order, brightness, contrast, saturation, hue, delta)
 
 
 def test_individual_jitter_ops():
   img = _smooth_image()
-  # Brightness multiplies (clipped at 1).
+  # Brightness multiplies (v2, clipped at 1) or adds (v1, clipped to [0, 1]).
   np.testing.assert_allclose(
       A.apply_color_jitter(img, _only(brightness=1.5)), np.minimum(img * 1.5, 1), atol=1e-6)
+  np.testing.assert_allclose(
+      A.apply_color_jitter(img, _only(delta=-0.3)), np.maximum(img - 0.3, 0), atol=1e-6)
   # Contrast keeps each channel's mean when nothing clips.
   low = A.apply_color_jitter(img, _only(contrast=0.5))
   np.testing.assert_allclose(low.mean((0, 1)), img.mean((0, 1)), atol=1e-5)
   assert low.std() < img.std() * 0.6
-  # Saturation 0 is grayscale.
+  # Saturation 0 leaves each pixel's HSV value, max(R, G, B), on all channels.
   np.testing.assert_allclose(
-      A.apply_color_jitter(img, _only(saturation=0.0)), A.to_grayscale(img), atol=1e-6)
+      A.apply_color_jitter(img, _only(saturation=0.0)),
+      np.repeat(img.max(-1, keepdims=True), 3, -1), atol=1e-6)
   # Hue: a third of a turn sends red to green to blue.
   red = np.zeros((2, 2, 3), np.float32)
   red[..., 0] = 1.0
@@ -326,28 +377,85 @@ def test_individual_jitter_ops():
   np.testing.assert_allclose(twice, img, atol=1e-4)
 
 
+def test_jitter_ops_match_tensorflow():
+  """Each colour op equals TensorFlow's adjust_* op that SimCLR calls (then clipped)."""
+  tf = pytest.importorskip("tensorflow")
+  img = _rng(8).random((24, 32, 3)).astype(np.float32)
+  cases = [
+      (_only(delta=0.3), lambda x: tf.image.adjust_brightness(x, 0.3)),
+      (_only(delta=-0.45), lambda x: tf.image.adjust_brightness(x, -0.45)),
+      (_only(brightness=1.4), lambda x: x * 1.4),
+      (_only(contrast=1.6), lambda x: tf.image.adjust_contrast(x, 1.6)),
+      (_only(contrast=0.3), lambda x: tf.image.adjust_contrast(x, 0.3)),
+      (_only(saturation=1.7), lambda x: tf.image.adjust_saturation(x, 1.7)),
+      (_only(saturation=0.4), lambda x: tf.image.adjust_saturation(x, 0.4)),
+      (_only(hue=0.17), lambda x: tf.image.adjust_hue(x, 0.17)),
+      (_only(hue=-0.2), lambda x: tf.image.adjust_hue(x, -0.2)),
+  ]
+  for params, tf_op in cases:
+    want = np.clip(tf_op(tf.constant(img)).numpy(), 0.0, 1.0)
+    np.testing.assert_allclose(A.apply_color_jitter(img, params), want, atol=2e-5,
+                               err_msg=str(params))
+  gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tf.constant(img))).numpy()
+  np.testing.assert_allclose(_gray(img), gray, atol=2e-3)
+
+
 def test_to_grayscale_equal_channels():
   for img in (_random_image(30, 40), _smooth_image()):
-    g = A.to_grayscale(img)
+    g = _gray(img)
     assert g.shape == img.shape and g.dtype == img.dtype
     np.testing.assert_array_equal(g[..., 0], g[..., 1])
     np.testing.assert_array_equal(g[..., 1], g[..., 2])
-  g = A.to_grayscale(np.float32([[[1.0, 0.0, 0.0]]]))
+  g = _gray(np.float32([[[1.0, 0.0, 0.0]]]))
   np.testing.assert_allclose(g[0, 0], [0.299] * 3, atol=1e-4)
+
+
+def test_blur_kernel_size_is_a_tenth_of_the_view():
+  assert A.blur_kernel_size(224) == 23
+  assert A.blur_kernel_size(64) == 7
+  assert A.blur_kernel_size(32) == 3
+  # The op really spreads a point over that many taps (zero padding around).
+  delta = np.zeros((224, 224, 3), np.float32)
+  delta[112, 112] = 1.0
+  support = np.nonzero(A.blur(delta, 2.0)[..., 0] > 0)
+  assert np.ptp(support[0]) + 1 == 23 and np.ptp(support[1]) + 1 == 23
+
+
+def _numpy_simclr_blur(img, sigma):
+  """SimCLR's blur computed independently: normalised Gaussian of height//10
+  (made odd) taps, two 1-D convolutions over a zero-padded image."""
+  radius = (img.shape[0] // 10) // 2
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  k = np.exp(-x**2 / (2 * sigma**2))
+  k /= k.sum()
+  out = np.zeros(img.shape, np.float64)
+  for c in range(img.shape[2]):
+    rows = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, img[..., c])
+    out[..., c] = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 0, rows)
+  return out
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_blur_equals_simclr_zero_padded_gaussian(sigma):
+  img = _random_image(64, 64).astype(np.float32) / 255
+  np.testing.assert_allclose(A.blur(img, sigma), _numpy_simclr_blur(img, sigma), atol=1e-5)
+  # Zero padding: a white image darkens at its corners.
+  white = np.ones((64, 64, 3), np.float32)
+  assert A.blur(white, 2.0)[0, 0, 0] < 0.5 and A.blur(white, 2.0)[32, 32, 0] == pytest.approx(1)
 
 
 def test_gaussian_blur_preserves_mean_and_range():
   rng = _rng(0)
   img = _random_image(64, 64).astype(np.float32) / 255
   for _ in range(5):
-    out = A.gaussian_blur(rng, img)
+    out = A.blur(img, rng.uniform(0.1, 2.0))
     assert out.shape == img.shape and out.dtype == np.float32
-    assert abs(out.mean() - img.mean()) < 0.01
+    assert abs(out[8:-8, 8:-8].mean() - img[8:-8, 8:-8].mean()) < 0.01
     assert out.min() >= 0.0 and out.max() <= 1.0
   strong = A.blur(img, 2.0)
   assert strong.std() < img.std() * 0.5
   np.testing.assert_allclose(A.blur(img, 0.1), img, atol=1e-3)  # tiny sigma ~ identity
-  u8 = A.gaussian_blur(rng, _random_image(64, 64))
+  u8 = A.blur(_random_image(64, 64), 1.0)
   assert u8.dtype == np.uint8
 
 
@@ -422,6 +530,39 @@ def test_views_align_image_and_map_end_to_end():
     # Compare in normalised view coordinates; tolerance ~ a map pixel.
     np.testing.assert_allclose([(iy + 0.5) / 64, (ix + 0.5) / 64], [(my + 0.5) / 16,
                                                                     (mx + 0.5) / 16], atol=1 / 16)
+
+
+def test_simclr_view_applies_each_op_with_its_probability():
+  """Empirical frequencies over many views: flip 1/2, colour jitter 0.8,
+  grayscale 0.2, blur 0.5 (SimCLR's), each seen in the output itself."""
+  n = 3000
+  colour = np.zeros((48, 48, 3), np.uint8)
+  colour[...] = (200, 90, 30)
+  ramp = np.tile(np.arange(48, dtype=np.float32), (48, 1))  # increases to the right
+  pattern = _random_image(48, 48)
+  rng = _rng(21)
+  flips = jitters = grays = blurs = 0
+  for _ in range(n):
+    # Jitter only: the constant colour changes.
+    v, m = A.simclr_view(rng, colour, ramp, out_size=16, p_gray=0.0, p_blur=0.0)
+    jitters += not np.allclose(v, colour[:16, :16] / 255, atol=1e-6)
+    flips += m[0, 0] > m[0, -1]
+    # Grayscale only: the three channels become equal.
+    v, _ = A.simclr_view(rng, colour, out_size=16, strength=0.0, p_blur=0.0)
+    grays += np.allclose(v[..., 0], v[..., 1])
+    # Blur only: compare with the same geometry without colour ops.
+    state = rng.bit_generator.state
+    v, _ = A.simclr_view(rng, pattern, out_size=16, strength=0.0, p_gray=0.0)
+    rng.bit_generator.state = state
+    plain, _ = A.simclr_view(rng, pattern, out_size=16, strength=0.0, p_gray=0.0, p_blur=0.0)
+    blurs += not np.allclose(v, plain, atol=1e-6)
+  sd = np.sqrt(0.25 / n)
+  assert abs(flips / n - 0.5) < 4 * sd
+  assert abs(jitters / n - 0.8) < 4 * sd
+  assert abs(grays / n - 0.2) < 4 * sd
+  # A sigma below ~0.2 px moves no float32 value (its neighbour weight is
+  # < 1e-5), so ~5% of blurs are invisible: expect 0.5 x ~0.95.
+  assert 0.44 < blurs / n < 0.5 + 4 * sd
 
 
 def test_determinism():

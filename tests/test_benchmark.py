@@ -43,17 +43,14 @@ def test_torch_reference_mirrors_the_model():
   """The PyTorch SimCLR network has exactly the Flax model's parameter count,
   and its NT-Xent equals the project's (runs where the bench extra is installed)."""
   torch = __import__("pytest").importorskip("torch")
-  import importlib.util
+  from attn_contrastive import config as config_lib
   from attn_contrastive import losses
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.train.state import count_params
   import torch_reference
   root = os.path.dirname(os.path.dirname(__file__))
-  spec = importlib.util.spec_from_file_location("_c", os.path.join(root, "configs", "contrastive.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   for arg in ("synthetic", "imagenet"):
-    c = module.get_config(arg)
+    c = config_lib.load_config_file(os.path.join(root, "configs", f"contrastive.py:{arg}"))
     model = simclr_from_config(c.model)
     s = c.data.image_size
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from attn_contrastive.models import conv as conv_mod
-from attn_contrastive.models.conv import conv_general_dilated_fn
+from attn_contrastive.ops import conv as conv_mod
+from attn_contrastive.ops.conv import conv_general_dilated_fn
 
 DN = ("NHWC", "HWIO", "NHWC")
 

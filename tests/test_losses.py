@@ -8,19 +8,21 @@ from attn_contrastive import losses
 
 
 def nt_xent_numpy(z1, z2, t):
-  """SimCLR's loss written out anchor by anchor."""
+  """SimCLR's loss written out anchor by anchor: the mean over the view-1
+  anchors plus the mean over the view-2 anchors (``loss_a + loss_b`` in the
+  reference implementation)."""
   z = np.concatenate([z1, z2]).astype(np.float64)
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   n2 = len(z)
   n = n2 // 2
-  total, correct = 0.0, 0
+  per_view, correct = [0.0, 0.0], 0
   for i in range(n2):
     pos = (i + n) % n2
     sims = np.array([z[i] @ z[k] / t for k in range(n2)])
     others = [k for k in range(n2) if k != i]
-    total += -sims[pos] + np.log(np.sum(np.exp(sims[others])))
+    per_view[i // n] += (-sims[pos] + np.log(np.sum(np.exp(sims[others])))) / n
     correct += others[int(np.argmax(sims[others]))] == pos
-  return total / n2, correct / n2
+  return per_view[0] + per_view[1], correct / n2
 
 
 @pytest.mark.parametrize("n,d,t", [(4, 8, 0.1), (7, 3, 0.5), (1, 5, 1.0)])
@@ -32,6 +34,12 @@ def test_nt_xent_matches_numpy(n, d, t):
   want_loss, want_acc = nt_xent_numpy(z1, z2, t)
   np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
   assert float(acc) == pytest.approx(want_acc)
+
+
+def test_nt_xent_of_identical_embeddings_is_twice_log_candidates():
+  # Every candidate equally similar: each direction's cross-entropy is log(2N - 1).
+  z = jnp.ones((5, 3), jnp.float32)
+  np.testing.assert_allclose(float(losses.nt_xent(z, z, 0.1)), 2 * np.log(9), rtol=1e-6)
 
 
 def test_nt_xent_is_scale_invariant_and_has_finite_grads():

@@ -11,9 +11,9 @@ import optax
 import pytest
 from jax import lax
 
-from attn_contrastive.models import conv as conv_mod
-from attn_contrastive.models import native
-from attn_contrastive.models.conv import conv_general_dilated_fn
+from attn_contrastive.ops import conv as conv_mod
+from attn_contrastive.ops import native
+from attn_contrastive.ops.conv import conv_general_dilated_fn
 
 DN = ("NHWC", "HWIO", "NHWC")
 pytestmark = pytest.mark.skipif(
@@ -138,8 +138,8 @@ def _run(code, **env):
 _CHECK = """
 import jax, jax.numpy as jnp
 from jax import lax
-from attn_contrastive.models import native
-from attn_contrastive.models.conv import conv_general_dilated_fn
+from attn_contrastive.ops import native
+from attn_contrastive.ops.conv import conv_general_dilated_fn
 x = jnp.ones((2, 8, 8, 16)); k = jnp.ones((3, 3, 16, 16)) / 9
 f = lambda conv: jax.grad(lambda k: jnp.sum(jnp.sin(conv(
     x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))))(k)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attn_contrastive.models import pool
+from attn_contrastive.ops import pool
 
 
 def _vjp(fn, x, g):

@@ -5,7 +5,6 @@ import os
 import cv2
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -14,10 +13,11 @@ from attn_contrastive import config as config_lib
 from attn_contrastive.data import augment, sources
 from attn_contrastive import main as main_lib
 from attn_contrastive.models.teacher import SaliencyTeacher, teacher_from_config
+from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.saliency import metrics
 from attn_contrastive.tasks import teacher
-from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState
 
 SIZE = 16
@@ -35,11 +35,9 @@ def tiny_config():
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.optim.update(dict(name="sgd", base_lr=1.6, nesterov=True, weight_decay=0.0,
                       warmup_epochs=0.0))
-  c.train.update(dict(num_steps=16, log_every=4, checkpoint_every=100, async_checkpoint=False,
-                      eval_batch_size=16))
-  c.eval = ml_collections.ConfigDict(dict(
-      max_examples=-1, num_images=2, center_bias_sigma=0.25, shuffle_pool=8,
-      shuffle_others=3, num_threads=1))
+  c.train.update(dict(num_steps=16, log_every=4, checkpoint_every=100, async_checkpoint=False))
+  c.eval.update(dict(batch_size=16, max_examples=-1, num_images=2, center_bias_sigma=0.25,
+                     shuffle_pool=8, shuffle_others=3, num_threads=1))
   return c
 
 
@@ -113,7 +111,7 @@ def test_model_outputs_normalised_log_density(stride, out):
 
 def test_non_square_input_gives_strided_output():
   model = SaliencyTeacher(depth=10, width=4, stem_kernel=3, stem_stride=2, stem_pool=True,
-                          decoder_width=8, output_stride=4, conv_impl="xla")
+                          decoder_width=8, output_stride=4)
   y = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0),
                                                     jnp.zeros((1, 24, 32, 3)),
                                                     train=False)[0])
@@ -185,7 +183,7 @@ def test_train_view_shapes_and_alignment():
 def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   # Record the initial parameters and every step's loss and gradient norm
   # (the loop itself keeps only the last metrics).
-  initial, losses, grad_norms, jit_step = [], [], [], loop.jit_train_step
+  initial, losses, grad_norms, jit_step = [], [], [], step_lib.jit_train_step
 
   def recording_jit_step(train_step, mesh):
     step_fn = jit_step(train_step, mesh)
@@ -200,7 +198,7 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
 
     return step
 
-  monkeypatch.setattr(loop, "jit_train_step", recording_jit_step)
+  monkeypatch.setattr(step_lib, "jit_train_step", recording_jit_step)
   config = tiny_config()
   state, _ = teacher.train_and_evaluate(config, str(tmp_path),
                                         train_source=_ToySaliencySource(),
@@ -220,7 +218,7 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["step"] == 16 and results["num_images"] == 20
   for who in ("teacher", "center_bias"):
-    assert set(results[who]) == set(teacher.METRIC_NAMES)
+    assert set(results[who]) == set(saliency_eval.METRIC_NAMES)
     assert all(np.isfinite(v) for v in results[who].values())
   assert results["center_bias"]["info_gain"] == pytest.approx(0.0, abs=1e-9)
   assert "eval/nss" in results and "loss" in results  # the loop's own keys survive
@@ -236,14 +234,15 @@ def test_evaluation_on_eight_devices_equals_one():
   source = _ToySaliencySource(n=20, seed=1)
   results = []
   for n_devices in (8, 1):
-    evaluator = teacher.Evaluator(model, config, source, mesh=mesh_lib.make_mesh(n_devices))
+    evaluator = teacher.make_evaluator(model, config, source,
+                                       mesh=mesh_lib.make_mesh(n_devices))
     flat = evaluator(state)
-    assert set(flat) == set(teacher.METRIC_NAMES) | {
-        f"center_bias/{k}" for k in teacher.METRIC_NAMES}
-    results.append(evaluator.latest)
+    assert set(flat) == set(saliency_eval.METRIC_NAMES) | {
+        f"center_bias/{k}" for k in saliency_eval.METRIC_NAMES}
+    results.append(evaluator.results)
   assert results[0]["num_images"] == 20
   for who in ("teacher", "center_bias"):
-    for k in teacher.METRIC_NAMES:
+    for k in saliency_eval.METRIC_NAMES:
       assert results[0][who][k] == pytest.approx(results[1][who][k], rel=1e-4, abs=1e-6)
 
 
@@ -276,15 +275,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                            ("salicon", "salicon", (240, 320))])
 def test_configs_load(arg, name, size):
   path = os.path.join(ROOT, "configs/teacher.py") + (f":{arg}" if arg else "")
-  c = main_lib._load_config_file(path)
+  c = config_lib.load_config_file(path)
   assert c.task == "teacher" and c.data.name == name
   assert teacher.input_hw(c) == size
-  assert c.input.global_batch_size % 8 == 0 and c.train.eval_batch_size % 8 == 0
+  assert c.input.global_batch_size % 8 == 0 and c.eval.batch_size % 8 == 0
   assert main_lib.TASKS["teacher"] == "attn_contrastive.tasks.teacher"
 
 
 def test_missing_salicon_names_the_prepare_command(tmp_path):
-  c = main_lib._load_config_file(os.path.join(ROOT, "configs/teacher.py:salicon"))
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs/teacher.py:salicon"))
   c.data.data_dir = str(tmp_path)
   with pytest.raises(sources.DatasetMissingError, match="attn_contrastive.data.prepare"):
     teacher.open_source(c, "train")

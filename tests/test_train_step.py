@@ -10,6 +10,7 @@ from attn_contrastive.models.resnet import ResNet
 from attn_contrastive.models.simclr import simclr_from_config
 from attn_contrastive.tasks import pretrain, supervised
 from attn_contrastive.train import loop, mesh as mesh_lib, optim
+from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import create_train_state
 
 SIZE = 16
@@ -36,7 +37,7 @@ def _step_on(n_devices, config, model, loss_fn, batch):
   tx = optim.make_optimizer(config.optim, schedule)
   state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
                              0, mesh_lib.replicated(mesh))
-  step = loop.jit_train_step(loop.make_train_step(loss_fn, schedule), mesh)
+  step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
   init_params = jax.device_get(state.params)
   for _ in range(2):
@@ -61,7 +62,7 @@ def test_eight_devices_equal_one(task):
              for k in ("view1", "view2")}
   else:
     model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                   num_classes=4, conv_impl="xla")
+                   num_classes=4)
     loss_fn = supervised.make_loss_fn(model, config)
     batch = {"image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, (16,), dtype=np.int32)}

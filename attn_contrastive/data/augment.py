@@ -40,13 +40,9 @@ __all__ = [
     "sample_crop_box",
     "center_crop_box",
     "crop_resize",
-    "hflip",
     "sample_jitter_params",
     "apply_color_jitter",
-    "color_jitter",
-    "to_grayscale",
     "blur",
-    "gaussian_blur",
     "simclr_view",
     "supervised_train_view",
     "eval_view",
@@ -109,54 +105,68 @@ def sample_crop_box(
     width: int,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-    attempts: int = 10,
-    snap: bool = True,
+    attempts: int = 100,
+    min_object_covered: float = 0.1,
 ) -> Box:
-  """Samples an Inception / SimCLR random-resized-crop box.
+  """Samples a random-resized-crop box the way SimCLR and Inception do.
 
-  The area is a uniform fraction of the image area and the aspect ratio
-  (width / height, in pixels, hence the image size) is log-uniform. Up to
-  ``attempts`` candidates are tried; the first that fits inside the image
-  wins, otherwise the largest centred box with an allowed aspect ratio is
-  used, as torchvision's ``RandomResizedCrop`` does.
+  SimCLR crops with TensorFlow's ``sample_distorted_bounding_box`` over the
+  whole image (area 0.08-1, aspect ratio 3/4-4/3, ``min_object_covered``
+  0.1, 100 attempts); this is that sampler, on whole pixels. Each attempt
+  draws an aspect ratio (width / height) uniformly from ``aspect_range``
+  and a height uniformly from the whole-pixel heights whose box fits the
+  image with an area in ``area_range``; the box must also cover
+  ``min_object_covered`` of the image (so the smallest SimCLR crop is 10%
+  of the image, not 8%). Its top-left corner is uniform over the positions
+  ``[0, side - box)``. When every attempt fails, the whole image is the box.
 
-  With ``snap`` (default) the box lies on whole image pixels, as in
-  torchvision; the image then takes the fast exact resize path, while a
-  map at another resolution uses the same normalised box. Without it the
-  box is continuous. The rng is consumed identically on every call (all
-  candidates are drawn at once), whatever the outcome.
+  The rng is consumed identically on every call (four uniforms per attempt
+  are drawn at once), whatever the outcome.
   """
   if height <= 0 or width <= 0:
     raise ValueError(f"image size must be positive, got {height}x{width}")
-  lo_area, hi_area = area_range
-  lo_log, hi_log = math.log(aspect_range[0]), math.log(aspect_range[1])
-  # Plain Python over ten candidates is several times faster than numpy.
-  for u_area, u_aspect, u_top, u_left in rng.random((attempts, 4)).tolist():
-    area = height * width * (lo_area + (hi_area - lo_area) * u_area)
-    aspect = math.exp(lo_log + (hi_log - lo_log) * u_aspect)
-    wk, hk = math.sqrt(area * aspect), math.sqrt(area / aspect)
-    if snap:
-      wk, hk = float(round(wk)), float(round(hk))
-    if 0 < wk <= width and 0 < hk <= height:
-      if snap:  # uniform over whole-pixel offsets, as randint(0, n - k + 1)
-        top = min(math.floor(u_top * (height - hk + 1)), height - hk)
-        left = min(math.floor(u_left * (width - wk + 1)), width - wk)
-      else:
-        top, left = u_top * (height - hk), u_left * (width - wk)
+  image_area = height * width
+  min_area, max_area = area_range[0] * image_area, area_range[1] * image_area
+  lo, hi = aspect_range
+  # Plain Python over the candidates is several times faster than numpy.
+  for u_aspect, u_height, u_top, u_left in rng.random((attempts, 4)).tolist():
+    hw = _inception_box_size(height, width, lo + (hi - lo) * u_aspect, min_area, max_area,
+                             u_height)
+    if hw is not None and hw[0] * hw[1] >= min_object_covered * image_area:
+      hk, wk = hw
+      top = int(u_top * (height - hk)) if hk < height else 0
+      left = int(u_left * (width - wk)) if wk < width else 0
       return _box_from_pixels(top, left, hk, wk, height, width)
-  # Fallback: centre crop, clamping the aspect ratio into range.
-  in_ratio = width / height
-  if in_ratio < aspect_range[0]:
-    wk, hk = float(width), width / aspect_range[0]
-  elif in_ratio > aspect_range[1]:
-    hk, wk = float(height), height * aspect_range[1]
-  else:
-    hk, wk = float(height), float(width)
-  top, left = (height - hk) / 2, (width - wk) / 2
-  if snap:
-    hk, wk = float(round(hk)), float(round(wk))
-    top, left = (height - hk) // 2, (width - wk) // 2
-  return _box_from_pixels(top, left, hk, wk, height, width)
+  return Box.full()
+
+
+def _inception_box_size(height: int, width: int, aspect: float, min_area: float,
+                        max_area: float, u: float) -> tuple[int, int] | None:
+  """(box height, box width) in whole pixels for one attempt, or None.
+
+  TensorFlow's ``GenerateRandomCrop``: heights between those of the
+  smallest and largest allowed areas (capped so that the width fits), one
+  picked by ``u``; the width is the rounded height times the aspect ratio;
+  a box that rounding left too small grows by a pixel, at most twice.
+  """
+  hk = round(math.sqrt(min_area / aspect))
+  max_h = round(math.sqrt(max_area / aspect))
+  if round(max_h * aspect) > width:
+    max_h = int((width + 0.5 - 1e-7) / aspect)
+    if round(max_h * aspect) > width:
+      max_h -= 1
+  max_h = min(max_h, height)
+  hk = min(hk, max_h)
+  if hk < max_h:
+    hk += int(u * (max_h - hk + 1))
+  wk = round(hk * aspect)
+  for _ in range(2):
+    if wk * hk < min_area:
+      hk += 1
+      wk = round(hk * aspect)
+  if not (min_area <= wk * hk <= max_area and 0 < wk <= width and 0 < hk <= height):
+    return None
+  return hk, wk
 
 
 def center_crop_box(height: int, width: int, crop_fraction: float = 0.875) -> Box:
@@ -240,7 +250,7 @@ def crop_resize(
   halve, so geometry is unchanged.
 
   ``flip=True`` mirrors the result horizontally (bit-identical to
-  ``hflip(crop_resize(array, box, out_size))``).
+  mirroring ``crop_resize(array, box, out_size)``).
 
   Args:
     array: HxW, HxWx1 or HxWxC; uint8 or any real dtype.
@@ -343,11 +353,6 @@ def _halve(region: np.ndarray) -> np.ndarray:
   return _area_resize(region, ((h + 1) // 2, (w + 1) // 2))
 
 
-def hflip(array: np.ndarray) -> np.ndarray:
-  """Mirrors an HxW or HxWxC array left-right (contiguous copy)."""
-  return np.ascontiguousarray(np.asarray(array)[:, ::-1])
-
-
 # ---------------------------------------------------------------------------
 # Colour ops (images only; never applied to attention maps).
 # ---------------------------------------------------------------------------
@@ -371,13 +376,17 @@ def _like_input(out: np.ndarray, image: np.ndarray) -> np.ndarray:
   return out
 
 
+JITTER_IMPLS = ("simclrv1", "simclrv2")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JitterParams:
   """One draw of colour-jitter parameters.
 
   ``order`` is a permutation of (0 brightness, 1 contrast, 2 saturation,
-  3 hue); the factors multiply brightness / contrast / saturation and
-  ``hue`` is a shift in fractions of the colour wheel.
+  3 hue). Brightness is a factor (``brightness``, SimCLR v2) or an added
+  offset (``brightness_delta``, SimCLR v1); contrast and saturation are
+  factors and ``hue`` is a shift in fractions of the colour wheel.
   """
 
   order: tuple[int, ...]
@@ -385,6 +394,7 @@ class JitterParams:
   contrast: float
   saturation: float
   hue: float
+  brightness_delta: float = 0.0
 
 
 def sample_jitter_params(
@@ -393,15 +403,21 @@ def sample_jitter_params(
     contrast: float,
     saturation: float,
     hue: float,
+    impl: str = "simclrv1",
 ) -> JitterParams:
   """Draws SimCLR colour-jitter parameters (always eight uniforms).
 
-  Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for brightness,
-  contrast and saturation (SimCLR v1 multiplicative brightness); the hue
-  shift is uniform in ``[-hue, hue]``, ``hue <= 0.5``.
+  Contrast and saturation factors are uniform in ``[max(0, 1 - s), 1 + s]``
+  and the hue shift in ``[-hue, hue]`` (``hue <= 0.5``). Brightness follows
+  ``impl``, SimCLR's two versions of it: ``simclrv1`` (the SimCLR paper,
+  TensorFlow's ``random_brightness``) adds an offset uniform in
+  ``[-brightness, brightness]``; ``simclrv2`` multiplies by a factor uniform
+  in ``[max(0, 1 - brightness), 1 + brightness]``.
   """
   if not 0.0 <= hue <= 0.5:
     raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+  if impl not in JITTER_IMPLS:
+    raise ValueError(f"colour-jitter impl {impl!r}: choose one of {JITTER_IMPLS}")
   u = rng.random(8).tolist()
   order = tuple(sorted(range(4), key=u.__getitem__))
 
@@ -409,12 +425,14 @@ def sample_jitter_params(
     lo = max(0.0, 1.0 - strength)
     return lo + (1.0 + strength - lo) * v
 
+  v1 = impl == "simclrv1"
   return JitterParams(
       order=order,
-      brightness=factor(brightness, u[4]),
+      brightness=1.0 if v1 else factor(brightness, u[4]),
       contrast=factor(contrast, u[5]),
       saturation=factor(saturation, u[6]),
       hue=hue * (2.0 * u[7] - 1.0),
+      brightness_delta=brightness * (2.0 * u[4] - 1.0) if v1 else 0.0,
   )
 
 
@@ -435,10 +453,15 @@ def _clip_(img: np.ndarray) -> None:
   cv2.threshold(img, 0.0, 0.0, cv2.THRESH_TOZERO, dst=img)
 
 
-def _brightness_(img: np.ndarray, factor: float) -> None:
-  """In place: scales all values by ``factor`` (>= 0), clipped to [0, 1]."""
-  img *= np.float32(factor)
-  _clip_upper_(img)
+def _brightness_(img: np.ndarray, factor: float, delta: float = 0.0) -> None:
+  """In place: ``x * factor + delta`` (factor >= 0), clipped to [0, 1]."""
+  if factor != 1.0:
+    img *= np.float32(factor)
+  if delta != 0.0:
+    img += np.float32(delta)
+    _clip_(img)
+  else:
+    _clip_upper_(img)
 
 
 def _contrast_(img: np.ndarray, factor: float) -> None:
@@ -454,25 +477,28 @@ def _contrast_(img: np.ndarray, factor: float) -> None:
   _clip_(img)
 
 
-# ITU-R 601 luma weights, as OpenCV's and TF's RGB -> grayscale.
-_LUMA_ROWS = np.tile(np.array([0.299, 0.587, 0.114], dtype=np.float32), (3, 1))
-_EYE3 = np.eye(3, dtype=np.float32)
-
-
 def _saturation_(img: np.ndarray, factor: float) -> None:
-  """In place: blends with the grayscale image (0 = gray, 1 = unchanged).
+  """In place: scales HSV saturation by ``factor``, clipped to 1.
 
-  The blend ``f * x + (1 - f) * luma(x)`` is one 3x3 colour matrix.
+  As TensorFlow's ``adjust_saturation``, which SimCLR uses (factor 0 gives
+  each pixel's value, max(R, G, B), on all channels).
   """
-  matrix = np.float32(factor) * _EYE3 + np.float32(1.0 - factor) * _LUMA_ROWS
-  cv2.transform(img, matrix, dst=img)
+  cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=img)  # S and V in [0, 1]
+  sat = img[..., 1]
+  sat *= np.float32(factor)
+  np.minimum(sat, np.float32(1.0), out=sat)
+  cv2.cvtColor(img, cv2.COLOR_HSV2RGB, dst=img)
   _clip_(img)
 
 
 def _hue_(img: np.ndarray, shift: float) -> None:
-  """In place: rotates hue by ``shift`` turns in HSV space (OpenCV wraps the angle)."""
+  """In place: rotates hue by ``shift`` turns in HSV space.
+
+  The shift is taken modulo one turn: OpenCV wraps hues past 360 degrees but
+  not negative ones.
+  """
   cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=img)  # H in degrees [0, 360)
-  img[..., 0] += np.float32(360.0 * shift)
+  img[..., 0] += np.float32(360.0 * (shift % 1.0))
   cv2.cvtColor(img, cv2.COLOR_HSV2RGB, dst=img)
   _clip_(img)
 
@@ -484,8 +510,8 @@ def _jitter_(img: np.ndarray, params: JitterParams) -> None:
   exact identity.
   """
   for op in params.order:
-    if op == 0 and params.brightness != 1.0:
-      _brightness_(img, params.brightness)
+    if op == 0 and (params.brightness != 1.0 or params.brightness_delta != 0.0):
+      _brightness_(img, params.brightness, params.brightness_delta)
     elif op == 1 and params.contrast != 1.0:
       _contrast_(img, params.contrast)
     elif op == 2 and params.saturation != 1.0:
@@ -495,27 +521,16 @@ def _jitter_(img: np.ndarray, params: JitterParams) -> None:
 
 
 def apply_color_jitter(image: np.ndarray, params: JitterParams) -> np.ndarray:
-  """Applies drawn jitter parameters to an RGB image; returns the input's dtype."""
+  """Applies drawn jitter parameters to an RGB image; returns the input's dtype.
+
+  The ops are TensorFlow's ``adjust_*`` ones that SimCLR uses, each result
+  clipped to [0, 1]: brightness adds (``simclrv1``) or multiplies
+  (``simclrv2``), contrast scales deviations from the per-channel mean,
+  saturation scales HSV saturation, hue rotates in HSV.
+  """
   img = _to_float_image(image)
   _jitter_(img, params)
   return _like_input(img, image)
-
-
-def color_jitter(
-    rng: np.random.Generator,
-    image: np.ndarray,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-) -> np.ndarray:
-  """SimCLR colour jitter: the four ops in random order, each clipped to range.
-
-  Brightness multiplies by a factor in [1 - b, 1 + b]; contrast scales
-  deviations from the per-channel mean; saturation blends with grayscale;
-  hue rotates in HSV. uint8 in -> uint8 out; float ([0, 1]) in -> float32.
-  """
-  return apply_color_jitter(image, sample_jitter_params(rng, brightness, contrast, saturation, hue))
 
 
 def _grayscale_(img: np.ndarray) -> None:
@@ -523,36 +538,32 @@ def _grayscale_(img: np.ndarray) -> None:
   cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=img)
 
 
-def to_grayscale(image: np.ndarray) -> np.ndarray:
-  """Converts an RGB image to grayscale, keeping three equal channels and the dtype."""
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f"to_grayscale expects an HxWx3 image, got shape {image.shape}")
-  out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
-  _grayscale_(out)  # OpenCV rounds uint8 luma itself
-  return out
+def blur_kernel_size(height: int, kernel_fraction: float = 0.1) -> int:
+  """SimCLR's Gaussian kernel size: 10% of the view's side, made odd.
 
-
-def _blur_kernel_size(height: int, kernel_fraction: float, sigma: float) -> int:
-  """Odd Gaussian kernel size.
-
-  SimCLR's radius is ``int(fraction * height) // 2``; taps beyond 4 sigma
-  carry < 1e-4 of the weight, so the radius is also capped there (2-3x
-  faster at 224 px for typical sigmas; the blur changes by < 1e-4).
+  The radius is ``int(fraction * height) // 2`` and the kernel has
+  ``2 * radius + 1`` taps: 23 at 224 px, 7 at 64 px.
   """
-  radius = max(1, min(int(kernel_fraction * height) // 2, math.ceil(4.0 * sigma)))
+  radius = max(1, int(kernel_fraction * height + 1e-9) // 2)
   return 2 * radius + 1
 
 
 def _blur_(img: np.ndarray, sigma: float, kernel_fraction: float = 0.1) -> None:
-  """In place: Gaussian blur with reflective borders (as SimCLR's implementation)."""
-  k = _blur_kernel_size(img.shape[0], kernel_fraction, sigma)
-  cv2.GaussianBlur(img, (k, k), sigmaX=float(sigma), sigmaY=float(sigma), dst=img,
-                   borderType=cv2.BORDER_REFLECT_101)
+  """In place: separable Gaussian blur with zero padding, as SimCLR's.
+
+  SimCLR convolves with ``padding='SAME'``, so the image fades towards black
+  within a radius of its border; the kernel is the normalised Gaussian over
+  all :func:`blur_kernel_size` taps.
+  """
+  radius = blur_kernel_size(img.shape[0], kernel_fraction) // 2
+  taps = np.exp(-np.arange(-radius, radius + 1, dtype=np.float64)**2 / (2.0 * sigma**2))
+  kernel = (taps / taps.sum()).astype(np.float32)
+  cv2.sepFilter2D(img, -1, kernel, kernel, dst=img, borderType=cv2.BORDER_CONSTANT)
 
 
 def blur(image: np.ndarray, sigma: float, kernel_fraction: float = 0.1) -> np.ndarray:
-  """Gaussian blur with a given sigma and a kernel ``kernel_fraction`` of the height.
+  """Gaussian blur with a given sigma and a kernel ``kernel_fraction`` of the height
+  (zero padding, as SimCLR's).
 
   Keeps shape; uint8 stays uint8, other dtypes become float32.
   """
@@ -560,17 +571,6 @@ def blur(image: np.ndarray, sigma: float, kernel_fraction: float = 0.1) -> np.nd
   out = image.astype(np.uint8 if image.dtype == np.uint8 else np.float32, copy=True)
   _blur_(out, sigma, kernel_fraction)
   return out
-
-
-def gaussian_blur(
-    rng: np.random.Generator,
-    image: np.ndarray,
-    sigma_range: tuple[float, float] = (0.1, 2.0),
-    kernel_fraction: float = 0.1,
-) -> np.ndarray:
-  """SimCLR Gaussian blur: sigma uniform in ``sigma_range`` (pixels of ``image``)."""
-  sigma = rng.uniform(*sigma_range)
-  return blur(image, sigma, kernel_fraction)
 
 
 # ---------------------------------------------------------------------------
@@ -680,13 +680,15 @@ def simclr_view(
     p_blur: float = 0.5,
     area_range: tuple[float, float] = (0.08, 1.0),
     map_size: int | Sequence[int] | None = None,
+    jitter_impl: str = "simclrv1",
 ) -> tuple[np.ndarray, np.ndarray | None]:
   """One SimCLR view: crop + flip, colour jitter, grayscale, blur.
 
   Colour jitter (p_jitter) uses brightness / contrast / saturation
-  ``0.8 * strength`` and hue ``0.2 * strength``; grayscale with p_gray;
-  Gaussian blur with p_blur (sigma in [0.1, 2] pixels of the view, kernel
-  10% of the view's height). The map gets only the crop and flip.
+  ``0.8 * strength`` and hue ``0.2 * strength``, brightness as ``jitter_impl``
+  (see :func:`sample_jitter_params`); grayscale with p_gray; Gaussian blur
+  with p_blur (sigma in [0.1, 2] pixels of the view, kernel 10% of the
+  view's height, zero padding). The map gets only the crop and flip.
 
   Random draws, in order and always all of them: crop box, flip, jitter
   coin, jitter parameters, grayscale coin, blur coin, blur sigma. So the
@@ -702,7 +704,7 @@ def simclr_view(
   flip = bool(rng.random() < 0.5)
   do_jitter = bool(rng.random() < p_jitter)
   s = 0.8 * strength
-  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5))
+  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5), jitter_impl)
   do_gray = bool(rng.random() < p_gray)
   do_blur = bool(rng.random() < p_blur)
   sigma = float(rng.uniform(0.1, 2.0))

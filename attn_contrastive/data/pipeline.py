@@ -17,7 +17,6 @@ same stream.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import grain
@@ -54,7 +53,8 @@ class ContrastiveViews:
           rng, example["image"], attn_map, out_size=self.image_size,
           strength=self.aug.strength, p_jitter=self.aug.p_jitter,
           p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
-          area_range=(self.aug.area_min, 1.0), map_size=self.map_size)
+          area_range=(self.aug.area_min, 1.0), map_size=self.map_size,
+          jitter_impl=self.aug.jitter_impl)
       out[name] = to_uint8(view)
       if map_view is not None:
         out[f"map{i}"] = map_view
@@ -147,24 +147,3 @@ def train_iterator(source, transform: Callable[[Example, np.random.Generator], E
   if num_workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it_ds)
-
-
-def eval_batches(source, transform: Callable[[Example], Example], *,
-                 global_batch: int, num_threads: int = 2):
-  """One pass over ``source`` in global batches, padded with ``mask == 0``.
-
-  The split is padded up to a multiple of the global batch so that every
-  process yields the same number of equally shaped batches.
-  """
-  n = len(source)
-  padded = math.ceil(n / global_batch) * global_batch
-
-  def load(i: int) -> Example:
-    ex = transform(source[i if i < n else 0])
-    ex["mask"] = np.float32(i < n)
-    return ex
-
-  ds = grain.MapDataset.range(padded).map(load)
-  ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))

@@ -7,20 +7,19 @@ paper sit on intermediate stages. Parameter counts match torchvision exactly
 carry no bias, padding is symmetric ``k // 2`` as in PyTorch, and the stride
 of a bottleneck sits on its 3×3 convolution.
 
-Every convolution goes through :func:`attn_contrastive.models.conv.conv_general_dilated_fn`,
-which on the CPU backend swaps in a fast weight gradient and elsewhere is
-XLA's own convolution.
+The convolution module and the stem's max pooling are arguments (``conv``,
+``max_pool``; flax's ``nn.Conv`` and ``nn.max_pool`` by default), as in
+flax's ImageNet example, so the same network runs with other kernels;
+:func:`resnet_from_config` picks them from the config's ``conv_impl``.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-
-from attn_contrastive.models import conv as conv_lib
-from attn_contrastive.models import pool as pool_lib
 
 ModuleDef = Any
 
@@ -94,9 +93,11 @@ class ResNet(nn.Module):
       (3, 1, True) suits 64-px images, (3, 1, False) 32-px ones.
     num_classes: adds a linear classifier on the pooled feature when set.
     dtype: computation dtype (bfloat16 on accelerators); parameters stay fp32.
-    conv_impl: 'auto', 'xla' or 'cpu_matmul': the CPU gradients of
-      convolutions and max pooling (see ``models.conv``, ``models.pool``).
     bn_momentum: BatchNorm running-average momentum.
+    conv: the convolution module, ``nn.Conv`` or a partial of it (e.g. with
+      another ``conv_general_dilated``); called with ``use_bias=False`` and
+      ``dtype``.
+    max_pool: the stem's max pooling, with ``nn.max_pool``'s signature.
   """
   depth: int = 50
   width: int = 64
@@ -105,8 +106,9 @@ class ResNet(nn.Module):
   stem_pool: bool = True
   num_classes: int | None = None
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
   bn_momentum: float = 0.9
+  conv: ModuleDef = nn.Conv
+  max_pool: Callable[..., jnp.ndarray] = nn.max_pool
 
   @property
   def block_cls(self):
@@ -121,9 +123,7 @@ class ResNet(nn.Module):
     """Returns ``{'conv2'..'conv5': stage maps, 'pooled': [B, D], 'logits'?}``."""
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth {self.depth} is not one of {sorted(STAGE_SIZES)}")
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        conv_general_dilated=conv_lib.conv_general_dilated_fn(self.conv_impl))
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype)
@@ -131,7 +131,7 @@ class ResNet(nn.Module):
     x = conv(self.width, (k, k), (s, s), padding=_pad(k), name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     if self.stem_pool:
-      x = pool_lib.max_pool(x, 3, 2, ((1, 1), (1, 1)), self.conv_impl)
+      x = self.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     out = {}
     for i, (n_blocks, stride) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_STRIDES)):
       for j in range(n_blocks):
@@ -146,8 +146,16 @@ class ResNet(nn.Module):
 
 
 def resnet_from_config(cfg, num_classes: int | None = None) -> ResNet:
-  """Builds a :class:`ResNet` from a ``config.model`` ConfigDict."""
+  """Builds a :class:`ResNet` from a ``config.model`` ConfigDict.
+
+  ``cfg.conv_impl`` ('auto', 'xla' or 'cpu_matmul') selects the convolution
+  and max pooling (:func:`attn_contrastive.ops.layers.conv_and_max_pool`):
+  'auto' hands the network faster CPU gradients on the CPU backend.
+  """
+  # Imported here: the network above knows nothing of the kernels it is handed.
+  from attn_contrastive.ops import layers  # pylint: disable=g-import-not-at-top
+  conv, max_pool = layers.conv_and_max_pool(cfg.conv_impl)
   return ResNet(depth=cfg.depth, width=cfg.width, stem_kernel=cfg.stem_kernel,
                 stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool,
                 num_classes=num_classes, dtype=jnp.dtype(cfg.dtype),
-                conv_impl=cfg.conv_impl, bn_momentum=cfg.bn_momentum)
+                bn_momentum=cfg.bn_momentum, conv=conv, max_pool=max_pool)

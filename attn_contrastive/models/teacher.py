@@ -20,21 +20,21 @@ Architecture (U-Net / FPN-like):
   (``log_softmax`` over H×W).
 
 The model is fully convolutional: any input size works, and the output is
-``(H // output_stride, W // output_stride)``. Every convolution goes through
-the project's convolution factory
-(:func:`attn_contrastive.models.conv.conv_general_dilated_fn`).
+``(H // output_stride, W // output_stride)``. Like the encoder, it takes
+its convolution module and max pooling as arguments (flax's by default);
+:func:`teacher_from_config` picks them from the config's ``conv_impl``.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_contrastive.models import conv as conv_lib
-from attn_contrastive.models.resnet import STAGE_NAMES, ResNet
+from attn_contrastive.models.resnet import STAGE_NAMES, ModuleDef, ResNet
 
 
 def log_density(logits: jnp.ndarray) -> jnp.ndarray:
@@ -63,12 +63,14 @@ class SaliencyTeacher(nn.Module):
   """ResNet encoder + top-down decoder with skips → per-pixel log-density.
 
   Attributes:
-    depth, width, stem_kernel, stem_stride, stem_pool, bn_momentum, conv_impl:
+    depth, width, stem_kernel, stem_stride, stem_pool, bn_momentum:
       the encoder (see :class:`~attn_contrastive.models.resnet.ResNet`).
     decoder_width: channels of every decoder feature map.
     output_stride: input pixels per output pixel (e.g. 2 for a 32×32 map of
       a 64×64 image, 4 for 60×80 of 240×320).
     dtype: computation dtype; the logits and log-density are float32.
+    conv, max_pool: the convolution module and max pooling of the encoder and
+      decoder (see :class:`~attn_contrastive.models.resnet.ResNet`).
   """
   depth: int = 18
   width: int = 64
@@ -78,8 +80,9 @@ class SaliencyTeacher(nn.Module):
   decoder_width: int = 64
   output_stride: int = 4
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
   bn_momentum: float = 0.9
+  conv: ModuleDef = nn.Conv
+  max_pool: Callable[..., jnp.ndarray] = nn.max_pool
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = True) -> dict[str, jnp.ndarray]:
@@ -87,11 +90,9 @@ class SaliencyTeacher(nn.Module):
     target = output_shape(x.shape[1], x.shape[2], self.output_stride)
     feats = ResNet(depth=self.depth, width=self.width, stem_kernel=self.stem_kernel,
                    stem_stride=self.stem_stride, stem_pool=self.stem_pool,
-                   dtype=self.dtype, conv_impl=self.conv_impl,
-                   bn_momentum=self.bn_momentum, name="encoder")(x, train=train)
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        conv_general_dilated=conv_lib.conv_general_dilated_fn(self.conv_impl))
+                   dtype=self.dtype, bn_momentum=self.bn_momentum, conv=self.conv,
+                   max_pool=self.max_pool, name="encoder")(x, train=train)
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
 
@@ -110,17 +111,24 @@ class SaliencyTeacher(nn.Module):
       y = conv_bn_relu(y, 3, f"fuse_{stage}")
     if tuple(y.shape[1:3]) != target:
       y = conv_bn_relu(_resize(y, target), 3, "refine")
-    logits = nn.Conv(1, (1, 1), use_bias=True, dtype=jnp.float32,
-                     kernel_init=nn.initializers.normal(0.01),
-                     conv_general_dilated=conv_lib.conv_general_dilated_fn(self.conv_impl),
-                     name="head")(y.astype(jnp.float32))[..., 0]
+    logits = self.conv(1, (1, 1), use_bias=True, dtype=jnp.float32,
+                       kernel_init=nn.initializers.normal(0.01),
+                       name="head")(y.astype(jnp.float32))[..., 0]
     return {"logits": logits, "log_density": log_density(logits)}
 
 
 def teacher_from_config(cfg) -> SaliencyTeacher:
-  """Builds a :class:`SaliencyTeacher` from a ``config.model`` ConfigDict."""
+  """Builds a :class:`SaliencyTeacher` from a ``config.model`` ConfigDict.
+
+  ``cfg.conv_impl`` selects the convolution and max pooling, as in
+  :func:`~attn_contrastive.models.resnet.resnet_from_config`.
+  """
+  # Imported here: the network above knows nothing of the kernels it is handed.
+  from attn_contrastive.ops import layers  # pylint: disable=g-import-not-at-top
+  conv, max_pool = layers.conv_and_max_pool(cfg.conv_impl)
   return SaliencyTeacher(
       depth=cfg.depth, width=cfg.width, stem_kernel=cfg.stem_kernel,
       stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool,
       decoder_width=cfg.decoder_width, output_stride=cfg.output_stride,
-      dtype=jnp.dtype(cfg.dtype), conv_impl=cfg.conv_impl, bn_momentum=cfg.bn_momentum)
+      dtype=jnp.dtype(cfg.dtype), bn_momentum=cfg.bn_momentum, conv=conv,
+      max_pool=max_pool)

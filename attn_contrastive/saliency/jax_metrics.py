@@ -1,11 +1,11 @@
-"""Batched, differentiable saliency metrics in JAX.
+"""Batched, differentiable saliency metrics in JAX, and map resizing on device.
 
-For training losses and on-device evaluation. Every function takes maps of
+For training losses and on-device evaluation. Every metric takes maps of
 shape ``[B, H, W]`` (a trailing channel axis of size 1, ``[B, H, W, 1]``, is
 dropped) and returns one value per image, shape ``[B]``. Prediction and
-target must have the same shape (no resizing here; see
-:mod:`attn_contrastive.saliency.metrics` for the resizing NumPy versions,
-which these agree with up to float32 round-off).
+target must have the same shape: the metrics do not resize; a caller brings
+maps to one resolution with :func:`resize_maps`. They agree with the NumPy
+versions of :mod:`attn_contrastive.saliency.metrics` up to float32 round-off.
 
 Conventions, chosen so the functions are safe under ``jit`` and ``grad``
 (no exceptions on data, no NaN gradients):
@@ -14,11 +14,10 @@ Conventions, chosen so the functions are safe under ``jit`` and ``grad``
   absolute value, float32 round-off) has z-score 0, so NSS and CC of a
   constant prediction are 0 with zero gradient, as in the NumPy versions.
 * NSS with a target of total weight 0 (no fixations) returns 0.
-* KLD: the ground truth is normalised to sum 1 when its sum is positive
-  (an all-zero ground truth gives 0); a prediction is normalised the same
-  way, as MIT ``KLdiv.m``. Inputs are assumed non-negative (not checked
-  under ``jit``). Prefer :func:`kld_from_logits` for losses: it works on
-  log-probabilities from ``log_softmax`` over the pixels and has no ``eps``.
+* KLD (:func:`kld_from_logits`): the ground truth is normalised to sum 1
+  when its sum is positive (an all-zero ground truth gives 0) and assumed
+  non-negative (not checked under ``jit``); the prediction is the
+  ``log_softmax`` of logits over the pixels, so no ``eps`` is needed.
 """
 
 from __future__ import annotations
@@ -26,9 +25,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
-
-#: MATLAB's ``eps`` as written in the MIT benchmark code.
-EPS = 2.2204e-16
 
 #: Relative standard deviation under which a map counts as constant.
 _CONSTANT_RTOL = 1e-5
@@ -108,27 +104,31 @@ def nss_from_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
   return nss(probs, target)
 
 
-def kld(pred: jax.Array, gt: jax.Array, eps: float = EPS) -> jax.Array:
-  """KL(Q || P) per image as MIT ``KLdiv.m``, ``[B]`` (natural log).
-
-  Both maps are normalised to sum 1 and the score is
-  ``sum(Q * log(eps + Q / (P + eps)))``; ground truth ``Q`` against
-  prediction ``P``.
-  """
-  p, q = _flatten_pair(pred, gt, "pred", "gt")
-  p, q = _normalise_sum(p), _normalise_sum(q)
-  return jnp.sum(q * jnp.log(eps + q / (p + eps)), axis=-1)
-
-
 def kld_from_logits(logits: jax.Array, gt: jax.Array) -> jax.Array:
   """KL(Q || softmax(logits)) per image, ``[B]`` (natural log).
 
   The predicted density is ``softmax`` over all pixels of an image, taken
   in log space with ``log_softmax`` for stability; ``Q`` is ``gt``
-  normalised to sum 1. Terms with ``Q = 0`` contribute 0. Equals
-  :func:`kld` of ``softmax(logits)`` up to the MIT ``eps``.
+  normalised to sum 1. Terms with ``Q = 0`` contribute 0. Equals the MIT
+  ``KLdiv.m`` of ``softmax(logits)`` (:func:`attn_contrastive.saliency.metrics.kld`)
+  up to its ``eps``.
   """
   z, q = _flatten_pair(logits, gt, "logits", "gt")
   log_p = jax.nn.log_softmax(_float(z), axis=-1)
   q = _normalise_sum(q)
   return jnp.sum(xlogy(q, q) - q * log_p, axis=-1)
+
+
+def resize_maps(maps: jax.Array, shape_hw: tuple[int, int]) -> jax.Array:
+  """``[B, H, W]`` maps → float32 ``[B, h, w]`` (linear, antialiased when shrinking).
+
+  The device-side resize of attention and saliency maps (loss targets, head
+  densities, teacher labels): it runs inside the jitted step or prediction.
+  Host-side scoring resizes one float64 map at a time with
+  :func:`attn_contrastive.saliency.metrics.resize_to` instead, as the MIT
+  benchmark does; the two agree on upsampling (bilinear, edges clamped).
+  """
+  maps = jnp.asarray(maps).astype(jnp.float32)
+  if maps.shape[1:] == tuple(shape_hw):
+    return maps
+  return jax.image.resize(maps, (maps.shape[0], *shape_hw), method="linear")

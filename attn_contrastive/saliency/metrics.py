@@ -109,27 +109,23 @@ def _require_non_fixated(fix: np.ndarray) -> None:
     raise ValueError("fixation map fixates every pixel; AUC needs non-fixated pixels")
 
 
-def resize_to(saliency_map: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-  """Resizes a 2-D map to ``shape = (H, W)`` with bilinear interpolation.
+def resize_to(saliency_map: np.ndarray, shape: Sequence[int],
+              name: str = "saliency_map") -> np.ndarray:
+  """Checks a 2-D map and resizes it to ``shape = (H, W)`` with bilinear interpolation.
 
-  This is the resizing applied to a prediction whose size differs from the
-  ground truth's (the MIT code resizes with MATLAB ``imresize``). A map that
-  already has the target shape is returned unchanged (as float64).
+  The host-side resize of saliency maps: a prediction whose size differs
+  from the ground truth's is resized to it before scoring (the MIT code
+  resizes with MATLAB ``imresize``), one float64 map at a time. Maps inside
+  jitted code are resized with
+  :func:`attn_contrastive.saliency.jax_metrics.resize_maps` instead; the
+  two agree on upsampling. A map that already has the target shape is
+  returned unchanged (as float64).
   """
-  arr = _as_map(saliency_map, "saliency_map")
+  arr = _as_map(saliency_map, name)
   height, width = int(shape[0]), int(shape[1])
   if arr.shape == (height, width):
     return arr
   return cv2.resize(arr, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _prepare_prediction(saliency_map: np.ndarray, shape: tuple[int, int],
-                        name: str = "saliency_map") -> np.ndarray:
-  """Validates a prediction and resizes it to the ground truth's shape."""
-  arr = _as_map(saliency_map, name)
-  if arr.shape != tuple(shape):
-    arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-  return arr
 
 
 def _is_constant(x: np.ndarray) -> bool:
@@ -177,7 +173,7 @@ def nss(saliency_map: np.ndarray, fixation_map: np.ndarray) -> float:
   """
   fix = _as_fixation_map(fixation_map)
   _require_fixations(fix)
-  pred = _prepare_prediction(saliency_map, fix.shape)
+  pred = resize_to(saliency_map, fix.shape)
   if _is_constant(pred):
     return 0.0
   return float(_zscore(pred)[fix].mean())
@@ -189,7 +185,7 @@ def cc(saliency_map: np.ndarray, gt_map: np.ndarray) -> float:
   Returns 0.0 when either map is constant (the correlation is undefined).
   """
   gt = _as_map(gt_map, "gt_map")
-  pred = _prepare_prediction(saliency_map, gt.shape)
+  pred = resize_to(saliency_map, gt.shape)
   if _is_constant(pred) or _is_constant(gt):
     return 0.0
   return float(np.mean(_zscore(pred) * _zscore(gt)))
@@ -205,7 +201,7 @@ def kld(saliency_map: np.ndarray, gt_map: np.ndarray) -> float:
   ``P``, so predicting zero where ``Q`` has mass is punished heavily.
   """
   gt = _as_map(gt_map, "gt_map")
-  pred = _prepare_prediction(saliency_map, gt.shape)
+  pred = resize_to(saliency_map, gt.shape)
   if np.any(pred < 0):
     raise ValueError("saliency_map has negative values; KLD needs a non-negative map")
   if np.any(gt < 0):
@@ -227,7 +223,7 @@ def sim(saliency_map: np.ndarray, gt_map: np.ndarray) -> float:
   map is taken as the uniform density.
   """
   gt = _as_map(gt_map, "gt_map")
-  pred = _prepare_prediction(saliency_map, gt.shape)
+  pred = resize_to(saliency_map, gt.shape)
   return float(np.minimum(_minmax_density(pred), _minmax_density(gt)).sum())
 
 
@@ -243,14 +239,26 @@ def info_gain(saliency_map: np.ndarray, fixation_map: np.ndarray,
   """
   fix = _as_fixation_map(fixation_map)
   _require_fixations(fix)
-  pred = _minmax_density(_prepare_prediction(saliency_map, fix.shape))
-  base = _minmax_density(_prepare_prediction(baseline_map, fix.shape, "baseline_map"))
+  pred = _minmax_density(resize_to(saliency_map, fix.shape))
+  base = _minmax_density(resize_to(baseline_map, fix.shape, "baseline_map"))
   return float(np.mean(np.log2(EPS + pred[fix]) - np.log2(EPS + base[fix])))
 
 
 # --------------------------------------------------------------------------
 # AUC family
 # --------------------------------------------------------------------------
+
+
+def _auc_inputs(saliency_map: np.ndarray,
+                fixation_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(binary fixation map, prediction at its size) for AUC-Judd and AUC-Borji.
+
+  Refuses a fixation map without fixations or without non-fixated pixels.
+  """
+  fix = _as_fixation_map(fixation_map)
+  _require_fixations(fix)
+  _require_non_fixated(fix)
+  return fix, resize_to(saliency_map, fix.shape)
 
 
 def auc_judd(saliency_map: np.ndarray, fixation_map: np.ndarray, jitter: bool = True,
@@ -265,10 +273,7 @@ def auc_judd(saliency_map: np.ndarray, fixation_map: np.ndarray, jitter: bool = 
   rule. MIT adds its jitter before normalising; adding it after makes the
   result independent of the map's scale. A constant map scores 0.5.
   """
-  fix = _as_fixation_map(fixation_map)
-  _require_fixations(fix)
-  _require_non_fixated(fix)
-  pred = _prepare_prediction(saliency_map, fix.shape)
+  fix, pred = _auc_inputs(saliency_map, fixation_map)
   if _is_constant(pred):
     return 0.5
   values = _minmax(pred)
@@ -321,10 +326,7 @@ def auc_borji(saliency_map: np.ndarray, fixation_map: np.ndarray, n_splits: int 
   scores 0.5.
   """
   _check_split_args(n_splits, step)
-  fix = _as_fixation_map(fixation_map)
-  _require_fixations(fix)
-  _require_non_fixated(fix)
-  pred = _prepare_prediction(saliency_map, fix.shape)
+  fix, pred = _auc_inputs(saliency_map, fixation_map)
   if _is_constant(pred):
     return 0.5
   flat = _minmax(pred).ravel()
@@ -353,7 +355,7 @@ def auc_shuffled(saliency_map: np.ndarray, fixation_map: np.ndarray, other_fixat
         f"other_fixation_map shape {other.shape} differs from fixation_map shape {fix.shape}")
   _require_fixations(fix)
   _require_fixations(other, "other fixation map")
-  pred = _prepare_prediction(saliency_map, fix.shape)
+  pred = resize_to(saliency_map, fix.shape)
   if _is_constant(pred):
     return 0.5
   flat = _minmax(pred).ravel()

@@ -33,12 +33,14 @@ import numpy as np
 from absl import logging
 
 from attn_contrastive.data import sources
+from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.attention import spatial_softmax
+from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import pretrain, supervised
-from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import step as step_lib
 
 MAP_KINDS = ("auto", "heads", "activations")
 
@@ -74,7 +76,7 @@ def mean_density(maps: list[jnp.ndarray]) -> jnp.ndarray:
   w = max(m.shape[2] for m in maps)
   out = 0.0
   for m in maps:
-    m = jax.image.resize(m, (m.shape[0], h, w), method="linear")
+    m = jax_metrics.resize_maps(m, (h, w))
     out = out + m / jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True), 1e-12)
   return out / len(maps)
 
@@ -112,38 +114,25 @@ def resolve_maps(config, run) -> tuple[str, tuple[str, ...]]:
   return kind, tuple(config.alignment.stages)
 
 
-class AlignmentEvaluator(teacher_task.Evaluator):
-  """The teacher's evaluator with the model's attention density as the prediction."""
-  name = "model"
-
-  def __init__(self, model, config, source, kind: str, stages: tuple[str, ...],
-               workdir: str | None = None, mesh=None):
-    self.kind, self.stages = kind, stages
-    super().__init__(model, config, source, workdir, mesh)
-
-  def _make_predict(self):
-    dtype = jnp.dtype(self.config.model.dtype)
-    model, stages, kind = self.model, self.stages, self.kind
-
-    def predict(state, images):
-      x = loop.normalize_images(images, dtype)
-      out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                        train=False)
-      return model_density(out, stages, kind)
-
-    return jax.jit(predict, out_shardings=mesh_lib.data_sharding(self.mesh))
+def input_hw(config, run) -> tuple[int, int]:
+  """The model's input: ``data.image_size`` × ``data.image_width``; 0 = the run's, square."""
+  h = int(config.data.image_size or run.data.image_size)
+  return h, int(config.data.image_width or h)
 
 
-def eval_config(config, run) -> ml_collections.ConfigDict:
-  """What the evaluator reads: the run's model, this config's data and eval."""
-  c = ml_collections.ConfigDict()
-  c.model = run.model
-  c.data = ml_collections.ConfigDict(dict(
-      image_size=config.data.image_size or run.data.image_size,
-      image_width=config.data.image_width))
-  c.train = ml_collections.ConfigDict(dict(eval_batch_size=config.eval.batch_size))
-  c.eval = config.eval
-  return c
+def make_evaluator(model, config, run, source, kind: str, stages: tuple[str, ...],
+                   workdir: str | None = None, mesh=None) -> saliency_eval.SaliencyEvaluator:
+  """The run's attention density (``kind`` of ``stages``) scored as the teacher's is."""
+  dtype = jnp.dtype(run.model.dtype)
+
+  def predict(state, images):
+    x = step_lib.normalize_images(images, dtype)
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                      train=False)
+    return model_density(out, stages, kind)
+
+  return saliency_eval.SaliencyEvaluator(predict, source, config.eval, input_hw(config, run),
+                                         name="model", mesh=mesh, workdir=workdir)
 
 
 def train_and_evaluate(config, workdir: str, *, source=None, mesh=None) -> dict[str, Any]:
@@ -157,12 +146,11 @@ def train_and_evaluate(config, workdir: str, *, source=None, mesh=None) -> dict[
     source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
                                 config.data.auto_prepare)
   mesh = mesh or mesh_lib.make_mesh()
-  evaluator = AlignmentEvaluator(model, eval_config(config, run), source, kind, stages,
-                                 workdir, mesh)
+  evaluator = make_evaluator(model, config, run, source, kind, stages, workdir, mesh)
   state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
                                    np.int32(0)), mesh_lib.replicated(mesh))
   evaluator(state)
-  result = dict(evaluator.latest, checkpoint=config.checkpoint, maps=kind,
+  result = dict(evaluator.results, checkpoint=config.checkpoint, maps=kind,
                 stages=list(stages), dataset=f"{config.data.name}/{config.data.split}")
   result.pop("step")
   loop.write_results(workdir, {"alignment": result})

@@ -23,7 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import sources
+from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.teacher import teacher_from_config
+from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
@@ -72,10 +74,8 @@ def make_predict(model, variables, map_size: int, mesh: Mesh):
   sharding = NamedSharding(mesh, P("data"))
 
   def predict(images):
-    x = loop.normalize_images(images, dtype)
-    density = jnp.exp(model.apply(variables, x, train=False)["log_density"])
-    density = jax.image.resize(density, (density.shape[0], map_size, map_size), "linear")
-    density = jnp.maximum(density, 0.0)
+    density = teacher_task.predict_density(model, variables, images, dtype)
+    density = jnp.maximum(jax_metrics.resize_maps(density, (map_size, map_size)), 0.0)
     peak = jnp.max(density, axis=(1, 2), keepdims=True)
     return jnp.round(255.0 * density / jnp.maximum(peak, 1e-30)).astype(jnp.uint8)
 
@@ -88,7 +88,7 @@ def _label_shard(source, start: int, stop: int, predict, image_hw, batch: int,
   maps, keys = [], []
   for lo in range(start, stop, batch):
     records = [source[i] for i in range(lo, min(lo + batch, stop))]
-    images = np.stack([teacher_task.eval_image(r["image"], image_hw) for r in records])
+    images = np.stack([saliency_eval.whole_image(r["image"], image_hw) for r in records])
     n = len(images)
     pad = (-n) % num_devices
     if pad:
@@ -149,6 +149,5 @@ def train_and_evaluate(config, workdir: str, *, teacher=None, source=None,
     logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
                  stop - start, rate)
   rate = images / max(time.perf_counter() - t0, 1e-9)
-  if jax.process_index() == 0:
-    loop.write_results(workdir, {"shards_written": written, "images_per_s": rate})
+  loop.write_results(workdir, {"shards_written": written, "images_per_s": rate})
   return {"shards_written": written, "images_per_s": rate}

@@ -24,40 +24,67 @@ def build_model(config):
   return simclr_from_config(config.model, config.get("attention"))
 
 
-def make_loss_fn(model, config):
-  """NT-Xent on both views (+ L_attn), all images through the network as one batch.
+COTRAIN_BN = ("separate", "joint")
 
-  Concatenating the views makes BatchNorm see all 2N images at once, as in
-  SimCLR's global BatchNorm. With teacher maps (``map1``/``map2``) the heads
-  learn on the views themselves; in the co-train row the batch also holds N
-  human-attention images (``human_image``/``human_map``), which join the same
-  forward pass and train the heads, while NT-Xent uses the 2N views only.
+
+def make_loss_fn(model, config):
+  """NT-Xent on both views (+ L_attn) in one differentiable function.
+
+  The 2N views go through the network as one batch, so BatchNorm sees all of
+  them at once, as in SimCLR's global BatchNorm. With teacher maps
+  (``map1``/``map2``) the heads learn on the views themselves. In the
+  co-train row the batch also holds N human-attention images
+  (``human_image``/``human_map``) that train the heads; NT-Xent and the
+  projection head use the views only. ``attention.cotrain_bn`` says how the
+  human images meet the encoder's BatchNorm: ``separate`` (default) runs
+  them in a forward pass of their own, so the views' batch statistics, and
+  the running statistics that linear evaluation uses, come from the
+  pretraining data alone; ``joint`` runs views and human images as one batch
+  (cheaper by one pass over the parameters, statistics mixed).
   """
   dtype = jnp.dtype(config.model.dtype)
+  attn = config.get("attention")
+  cotrain_bn = attn.get("cotrain_bn", "separate") if attn is not None else "separate"
+  if cotrain_bn not in COTRAIN_BN:
+    raise ValueError(f"attention.cotrain_bn={cotrain_bn!r}: choose one of {COTRAIN_BN}")
+
+  def forward(params, batch_stats, images, **rows):
+    x = step_lib.normalize_images(images, dtype)
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"], **rows)
+    return out, updates["batch_stats"]
+
+  def cotrain_forward(params, batch_stats, views, human):
+    """(outputs with the views' embedding, head logits on the human images, stats)."""
+    n2 = views.shape[0]
+    if cotrain_bn == "joint":
+      out, stats = forward(params, batch_stats, jnp.concatenate([views, human]),
+                           project=slice(0, n2), attend=slice(n2, None))
+      return out, out["attention_logits"], stats
+    out, stats = forward(params, batch_stats, views, attend=None)
+    human_out, human_stats = forward(params, batch_stats, human, project=None)
+    # Running statistics: the encoder's and projection head's from the views,
+    # the attention heads' from the human images they learn on.
+    return out, human_out["attention_logits"], dict(stats, attention=human_stats["attention"])
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng  # augmentation is drawn on the host
-    images = [batch["view1"], batch["view2"]]
+    views = jnp.concatenate([batch["view1"], batch["view2"]])
     if "human_image" in batch:
-      images.append(batch["human_image"])
-    x = step_lib.normalize_images(jnp.concatenate(images), dtype)
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                               train=True, mutable=["batch_stats"])
-    n2 = 2 * batch["view1"].shape[0]
-    z1, z2 = jnp.split(out["embedding"][:n2], 2)
+      out, logits, stats = cotrain_forward(params, batch_stats, views, batch["human_image"])
+      maps = batch["human_map"]
+    else:
+      out, stats = forward(params, batch_stats, views)
+      logits = out.get("attention_logits")
+      maps = jnp.concatenate([batch["map1"], batch["map2"]]) if logits is not None else None
+    z1, z2 = jnp.split(out["embedding"], 2)
     loss, acc = losses.nt_xent(z1, z2, config.loss.temperature, return_accuracy=True)
     metrics = {"contrastive_accuracy": acc}
-    if "attention_logits" in out:
-      if "human_image" in batch:
-        logits = {s: l[n2:] for s, l in out["attention_logits"].items()}
-        maps = batch["human_map"]
-      else:
-        logits = out["attention_logits"]
-        maps = jnp.concatenate([batch["map1"], batch["map2"]])
-      attn, attn_metrics = losses.attention_loss_on_maps(logits, maps, config.attention)
-      metrics.update(attn_metrics, nt_xent=loss, attn_loss=attn)
-      loss = loss + attn
-    return loss, (updates["batch_stats"], metrics)
+    if logits is not None:
+      attn_loss, attn_metrics = losses.attention_loss_on_maps(logits, maps, config.attention)
+      metrics.update(attn_metrics, nt_xent=loss, attn_loss=attn_loss)
+      loss = loss + attn_loss
+    return loss, (stats, metrics)
 
   return loss_fn
 
@@ -95,5 +122,6 @@ def build_task(config) -> loop.TaskSpec:
 
 
 def train_and_evaluate(config, workdir: str, **kwargs):
+  """Trains through the shared loop (no evaluation yet: linear evaluation is to come)."""
   from attn_contrastive.train import loop
   return loop.run(config, workdir, build_task(config), **kwargs)

@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attn_contrastive import losses
+from attn_contrastive.evaluators.classification import ClassificationEvaluator
 from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
 from attn_contrastive.models.resnet import resnet_from_config
-from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ def build_model(config):
 
 
 def make_loss_fn(model, config):
+  """The loop's ``loss_fn``: cross-entropy (+ L_attn on the crop's map with heads)."""
   dtype = jnp.dtype(config.model.dtype)
 
   def loss_fn(params, batch_stats, batch, rng):
@@ -53,32 +53,20 @@ def make_loss_fn(model, config):
   return loss_fn
 
 
-def make_evaluator(model, config, mesh=None):
-  """Top-1 accuracy and loss over the whole evaluation split."""
+def make_evaluator(model, config, mesh=None) -> ClassificationEvaluator:
+  """Top-1 accuracy and loss of the classifier over ``data.eval_split``."""
   from attn_contrastive.data import pipeline, sources  # the data stack: see build_task
-  mesh = mesh or mesh_lib.make_mesh()
   source = sources.open_split(config.data.name, config.data.eval_split,
                               config.data.data_dir, config.data.auto_prepare)
   transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
   dtype = jnp.dtype(config.model.dtype)
 
-  @jax.jit
-  def eval_step(state, batch):
-    x = step_lib.normalize_images(batch["image"], dtype)
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         x, train=False)["logits"]
-    correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
-    nll = jax.vmap(losses.cross_entropy)(logits[:, None], batch["label"][:, None])
-    return jnp.sum(correct), jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+  def predict(state, images):
+    x = step_lib.normalize_images(images, dtype)
+    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                       train=False)["logits"]
 
-  def evaluate(state) -> dict[str, float]:
-    totals = np.zeros(3)
-    for local in pipeline.eval_batches(source, transform,
-                                       global_batch=config.train.eval_batch_size):
-      totals += np.array(jax.device_get(eval_step(state, mesh_lib.to_global(local, mesh))))
-    return {"accuracy": totals[0] / totals[2], "loss": totals[1] / totals[2]}
-
-  return evaluate
+  return ClassificationEvaluator(predict, source, transform, config.eval, mesh=mesh)
 
 
 def build_task(config) -> loop.TaskSpec:
@@ -108,5 +96,6 @@ def build_task(config) -> loop.TaskSpec:
 
 
 def train_and_evaluate(config, workdir: str, **kwargs):
+  """Trains through the shared loop; ``results.json`` gets the validation top-1."""
   from attn_contrastive.train import loop
   return loop.run(config, workdir, build_task(config), **kwargs)

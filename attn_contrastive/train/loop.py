@@ -21,23 +21,28 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from attn_contrastive.data import pipeline
+from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import optim
+from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState, count_params, create_train_state
-# Re-exported: tasks and tests reach the step through the loop module too.
-from attn_contrastive.train.step import (  # noqa: F401
-    IMAGENET_MEAN, IMAGENET_STD, LossFn, jit_train_step, make_train_step, normalize_images)
+
 
 @dataclasses.dataclass
 class TaskSpec:
-  """What a task gives the loop."""
+  """What a task gives the loop.
+
+  ``evaluate`` (optional) follows :mod:`attn_contrastive.evaluators.common`:
+  its flat scalars are logged as ``eval/<key>``, and its ``results`` of the
+  final evaluation are added to ``results.json``.
+  """
   model: Any
-  loss_fn: LossFn
+  loss_fn: step_lib.LossFn
   train_source: Any
   train_transform: Callable
   sample_input: jax.ShapeDtypeStruct
-  evaluate: Callable[[TrainState], dict[str, float]] | None = None
+  evaluate: eval_lib.Evaluator | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,10 +72,9 @@ def _restore(config, state, data_iter, ckpt) -> TrainState:
     state, _ = ckpt.restore(state, data_iter)
   elif config.init_checkpoint:
     variables = ckpt_lib.load_variables(config.init_checkpoint)
-    state = state.replace(
-        params=jax.device_put(variables["params"], jax.tree.map(lambda x: x.sharding, state.params)),
-        batch_stats=jax.device_put(variables["batch_stats"],
-                                   jax.tree.map(lambda x: x.sharding, state.batch_stats)))
+    state = state.replace(**{
+        k: jax.device_put(variables[k], jax.tree.map(lambda x: x.sharding, getattr(state, k)))
+        for k in ("params", "batch_stats")})
     logging.info("Initialised from %s", config.init_checkpoint)
   return state
 
@@ -119,7 +123,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
                                async_save=config.train.async_checkpoint)
   state = _restore(config, state, data_iter, ckpt)
   first_step = int(state.step) + 1
-  step_fn = jit_train_step(make_train_step(task.loss_fn, schedule), mesh)
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, schedule), mesh)
   step_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), mesh_lib.replicated(mesh))
 
   writer = metric_writers.create_default_writer(
@@ -154,11 +158,13 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
     if stop_at is not None and step >= stop_at:
       break
   ckpt.close()
+  results = {}
   if task.evaluate and (stop_at is None or int(state.step) == last_step):
     eval_metrics = task.evaluate(state)
     writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in eval_metrics.items()})
     last.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+    results = task.evaluate.results
   writer.flush()
   if stop_at is None:
-    write_results(workdir, {"step": int(state.step), **last})
+    write_results(workdir, {"step": int(state.step), **last, **results})
   return state, last

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -49,3 +50,8 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
+  """This host's rows of a batch-sharded global array (the inverse of :func:`to_global`)."""
+  return np.asarray(multihost_utils.global_array_to_host_local_array(array, mesh, P(DATA_AXIS)))

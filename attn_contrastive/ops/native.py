@@ -1,12 +1,13 @@
 """The CPU weight-gradient kernel (``conv_wgrad.cc``): built on first use.
 
 ``conv.py`` computes most convolution gradients with XLA; for layers with
-few channels XLA:CPU's weight gradient is 2-4x slower than PyTorch's, and a
-small C++ kernel (see the comment at the top of ``conv_wgrad.cc``) closes
-that gap. It is an XLA FFI custom call, compiled here the first time it is
-needed, with the C++ compiler of the machine (``$CXX``, else ``c++``/``g++``)
-and ``-march=native``, into a cache directory keyed by the source, the
-jaxlib version and the CPU, then loaded and registered with JAX.
+few channels XLA:CPU's weight gradient is several times slower than
+PyTorch's, and a small C++ kernel (see the comment at the top of
+``conv_wgrad.cc``) closes that gap (timings in ``benchmarks/README.md``).
+It is an XLA FFI custom call, compiled here the first time it is needed,
+with the C++ compiler of the machine (``$CXX``, else ``c++``/``g++``) and
+``-march=native``, into a cache directory keyed by the source, the jaxlib
+version and the CPU, then loaded and registered with JAX.
 
 It is an optimisation only: when the machine cannot build it (not x86-64
 with AVX2 and FMA, no compiler, the build fails) a warning says why, once,

@@ -1,14 +1,14 @@
 // Convolution weight gradient on x86-64 CPUs (AVX2 + FMA), as an XLA FFI
-// custom call. Built and loaded by attn_contrastive/models/native.py.
+// custom call. Built and loaded by attn_contrastive/ops/native.py.
 //
 // Why by hand: XLA:CPU has no fast kernel for the weight gradient of a
 // convolution over few channels. Its own (a convolution with the batch as
 // the contraction) and the im2col + matmul formulation of conv.py both
-// stream the patches through memory; for a 3x3 16->16 layer on 512 16x16
-// images they take 23-37 ms against ~10 ms for PyTorch's oneDNN kernel,
-// which jaxlib contains but does not use for convolutions here. This kernel
-// never materialises patches: for each block of output pixels it keeps a
-// 4x16 tile of dW in registers and adds the rank-1 products
+// stream the patches through memory and are several times slower there than
+// PyTorch's oneDNN kernel (see benchmarks/README.md), which jaxlib contains
+// but does not use for convolutions here. This kernel never materialises
+// patches: for each block of output pixels it keeps a 4x16 tile of dW in
+// registers and adds the rank-1 products
 // x[pixel + tap, c0:c0+4] * g[pixel, o0:o0+16] of the whole block.
 //
 //   dw[i, j, c, o] = sum_{n, p, q} x[n, p*sh + i, q*sw + j, c] * g[n, p, q, o]

@@ -5,8 +5,9 @@ Why this module exists
 JAX differentiates ``lax.reduce_window`` max pooling through a variadic
 reduce-window that carries four int32 index arrays beside the values, then a
 scatter. On XLA:CPU that backward pass (index iotas, the variadic window, the
-scatter) cost 100-150 ms of the synthetic SimCLR step's ~1 s, for one
-512×32×32×16 pooling layer, more than the whole layer's BatchNorm.
+scatter) was a sizeable part of the synthetic SimCLR step for its one
+pooling layer, more than that layer's BatchNorm (timings in
+``benchmarks/README.md``).
 
 How
 ---
@@ -25,26 +26,28 @@ XLA's select-and-scatter and PyTorch). For a ``K×K`` window with stride
    ``where(sel == i*K + j, g, 0)``. The ``S×S`` sub-grids are interleaved by a
    stack and reshape.
 
-Measured on the layer above (2-core x86-64, jax 0.10.2): forward + backward
-41 ms against 115 ms for ``jax.vjp`` of ``flax.linen.max_pool``. Values are
-identical wherever windows do not overlap on a selected input; where two
-windows select the same input its gradients are summed in another order
-(float rounding only).
+On that layer, forward + backward take a fraction of the time of
+``jax.vjp`` of ``flax.linen.max_pool``. Values are identical wherever windows
+do not overlap on a selected input; where two windows select the same input
+its gradients are summed in another order (float rounding only).
 
-``impl`` follows the convolution switch (``models.conv``): ``'auto'`` uses
+``impl`` follows the convolution switch (``ops.conv``): ``'auto'`` uses
 this gradient on the CPU backend and ``flax.linen.max_pool`` (XLA's own)
 elsewhere; ``'xla'`` is always flax's; ``'cpu_matmul'`` always this one.
+:func:`max_pool_fn` returns a drop-in replacement for ``flax.linen.max_pool``
+(what the networks are handed); :func:`max_pool` is the square-window call.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attn_contrastive.models import conv as conv_lib
+from attn_contrastive.ops import conv as conv_lib
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -117,7 +120,7 @@ def _max_pool_cpu_fwd(x, window, stride, pads, x_shape):
   # The int8 offsets are the only residual (a quarter of y's bytes), and
   # they must be materialised: left as a loop fusion, XLA fuses them into
   # the backward scatter and recomputes all K*K comparisons for every term
-  # (60-85 ms instead of ~20 ms for the synthetic model's stem pool). XLA:CPU
+  # (several times slower; see benchmarks/README.md). XLA:CPU
   # drops optimization barriers before fusion, so the offsets are computed
   # inside a conditional, whose result is always a buffer; its predicate is
   # true for every input (y == y or y != y) but opaque to the compiler.
@@ -151,3 +154,31 @@ def max_pool(x: jax.Array, window: int, stride: int, pads: Pads,
   if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
     return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
   return _max_pool_cpu(x, int(window), int(stride), pads, tuple(x.shape))
+
+
+def max_pool_fn(impl: str = "auto") -> Callable[..., jax.Array]:
+  """Returns a drop-in replacement for ``flax.linen.max_pool`` for ``impl``.
+
+  ``'xla'`` is ``flax.linen.max_pool`` itself; otherwise square windows and
+  strides with explicit padding over NHWC batches go through
+  :func:`max_pool` (the CPU gradient where ``impl`` selects it) and every
+  other call to ``flax.linen.max_pool`` unchanged.
+
+  Raises:
+    ValueError: for an unknown ``impl``.
+  """
+  impl = conv_lib.resolve_impl(impl, "pooling")
+  if impl == "xla":
+    return nn.max_pool
+
+  def pool(inputs: jax.Array, window_shape: Sequence[int],
+           strides: Sequence[int] | None = None,
+           padding: str | Sequence[tuple[int, int]] = "VALID") -> jax.Array:
+    strides = tuple(strides) if strides is not None else (1,) * len(window_shape)
+    square = (inputs.ndim == 4 and len(window_shape) == len(strides) == 2
+              and window_shape[0] == window_shape[1] and strides[0] == strides[1])
+    if not square or isinstance(padding, str):
+      return nn.max_pool(inputs, window_shape, strides, padding)
+    return max_pool(inputs, window_shape[0], strides[0], padding, impl)
+
+  return pool

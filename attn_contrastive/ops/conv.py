@@ -3,38 +3,20 @@
 Why this module exists
 ----------------------
 XLA:CPU computes the *weight* gradient of a convolution with a generic
-convolution kernel that is several times slower than the forward pass, so
-training a ResNet on CPU is dominated by weight gradients. It also has a
-pathological case: when the input is smaller than the kernel (a 3x3
-convolution over the 2x2 maps of a ResNet's last stage on 64-px images) its
-forward pass and input gradient take about a second instead of ~15 ms.
+convolution kernel that is several times slower than the forward pass (and
+than the same arithmetic as matmuls), so training a ResNet on CPU is
+dominated by weight gradients. It also has a pathological case: when the
+input is smaller than the kernel (a 3x3 convolution over the 2x2 maps of a
+ResNet's last stage on 64-px images) its forward pass and input gradient are
+many times slower than the same arithmetic as a matmul. Timings per layer
+shape (``benchmarks/conv_grad.py``) and per training step are in
+``benchmarks/README.md``.
 
-Measured with ``benchmarks/conv_grad.py`` on a 2-core AMD EPYC (x86-64) VM
-shared with other jobs (median of 7 alternating runs, ms; jax 0.10.2):
-
-  shape (NHWC), k/s      channels       forward        input grad     weight grad
-                                        XLA / ours     XLA / ours     XLA / ours
-  32x64x64x3,   7/2      3->64 (stem)     14 / 13        30 / 29       135 / 15
-  256x32x32x16, 3/1      16->16           23 / 23        24 / 23       443 / 101
-  32x32x32x64,  3/1      64->64           63 / 65        59 / 61       624 / 79
-  32x16x16x128, 3/1      128->128         45 / 45        52 / 51       107 / 56
-  32x4x4x512,   3/1      512->512         64 / 63        67 / 68        61 / 52
-  32x32x32x64,  3/2      64->128          44 / 40        44 / 44        75 / 42
-  32x16x16x128, 1/1      128->128        4.6 / 4.7      4.7 / 4.0       44 / 9.7
-  32x32x32x64,  1/2      64->128         2.4 / 2.5      3.9 / 2.9       20 / 6.4
-  32x2x2x512,   3/1      512->512       1076 / 14      1473 / 17        20 / 17
-
-A whole ResNet-18 training step (64-px images, batch 32, 7x7 stem) went from
-4-12 s with XLA's convolutions to 1.0-1.7 s with ``impl='auto'``; the timings
-vary with the machine's load.
-
-The table was measured with XLA:CPU's YNNPACK convolutions (jaxlib 0.10's
-default). ``attn_contrastive.host`` now switches convolutions to Eigen's
-threaded kernels, under which XLA's own 3x3 weight gradient is faster than
-this one in isolation on some shapes (512x8x8x32: 11 vs 23 ms) but the whole
-synthetic SimCLR step was still faster with this path (812 vs 838 ms and
-859 vs 1,012 ms, alternating), so ``'auto'`` keeps it; 1x1 kernels and
-inputs smaller than the kernel gain most.
+Under Eigen's threaded convolutions (which ``attn_contrastive.host`` selects
+instead of YNNPACK's), XLA's own 3x3 weight gradient is faster than this one
+in isolation on some shapes, but the whole synthetic SimCLR step was still
+faster with this path, so ``'auto'`` keeps it; 1x1 kernels and inputs
+smaller than the kernel gain most.
 
 How
 ---
@@ -50,24 +32,24 @@ each measured against the alternatives in the benchmark:
 
 * Patches are built channel-major, ``(kh*kw*C, M)``, so the matmul contracts
   the minor axis of its left operand; contracting the major axis of an
-  ``(M, K)`` patch matrix (the obvious NHWC layout) was up to 2x slower.
+  ``(M, K)`` patch matrix (the obvious NHWC layout) was slower.
 * Once tiled, ``kh*kw`` separate per-offset matmuls, one matmul per kernel
   row, and a batched ``dot_general`` over offsets were no faster than one
   matmul per tile (the batched form was slower), so one matmul it is.
 * Materialising the patches for the whole batch is memory-bound and was
-  1.3-6x slower, so the batch is cut into tiles of about
-  ``_TILE_BYTES`` of patches (whole images, or bands of output rows of large
-  images) processed by a ``lax.scan`` that accumulates the result in fp32.
-  Tile sizes of 1-4 MiB performed alike.
+  slower, so the batch is cut into tiles of about ``_TILE_BYTES`` of patches
+  (whole images, or bands of output rows of large images) processed by a
+  ``lax.scan`` that accumulates the result in fp32. Tile sizes of 1-4 MiB
+  performed alike.
 * 3x3 patches are cut with ``kh*kw`` strided slices; larger kernels with
   ``kw`` column slices then ``kh`` row slices of those, which compiles a 7x7
-  stem's gradient in ~1.3 s instead of ~4.3 s at the same speed.
+  stem's gradient several times faster and runs it at the same speed.
 * 1x1 kernels need no patches: a single matmul (after subsampling for
   stride > 1).
 * Layers with few channels (``C*O <= _NATIVE_MAX_CO``) on a single CPU
   device use a C++ kernel instead (``conv_wgrad.cc``, built on first use by
-  ``native.py``), 2-4x faster there than any XLA formulation; without a
-  compiler or AVX2 the matmul path above is used.
+  ``native.py``), faster there than any XLA formulation; without a compiler
+  or AVX2 the matmul path above is used.
 
 The forward pass is XLA's convolution and the input gradient of a stride-1
 convolution XLA's transposed convolution: both are fast on CPU (an im2col
@@ -75,22 +57,18 @@ matmul forward and a matmul + col2im input gradient were no faster
 overall), except in these cases:
 
 * 1x1 kernels: the input gradient is one matmul and a strided zero-pad
-  (1.2-1.3x faster).
+  (faster).
 * Strided kernels: XLA's transposed convolution dilates the gradient with
   zeros and runs a stride-1 convolution over it; the col2im input gradient
   (matmul, then each kernel offset's slab added at its strided positions)
-  was faster on every stride-2 ResNet shape measured (Eigen convolutions,
-  ms, XLA / col2im): 512x16x16x16->32 14 / 12, 128x32x32x64->128 159 / 110,
-  128x16x16x128->256 77 / 61, and on 4x4 inputs 512x4x4x64->128 41 / 3.8,
-  128x4x4x256->512 486 / 11 (same at 8x8: 5.9 / 6.9). In a whole SimCLR
-  step: -5% (synthetic model), -24% (ResNet-18 width 64, 64 px).
+  was faster on most stride-2 ResNet shapes measured, by far on 4x4 inputs,
+  and shortened the whole SimCLR step.
 * Strided convolutions over few channels (a 7x7 stride-2 stem over RGB):
   space-to-depth turns them into stride-1 convolutions over ``s*s`` times
-  the channels (:func:`_space_to_depth`), forward and both gradients; a
-  7x7 stem's forward (512x64x64x3->16) went from 152 to 90 ms, the whole SimCLR step
-  -3% (synthetic) and -12% (ResNet-18 width 64).
+  the channels (:func:`_space_to_depth`), forward and both gradients, which
+  XLA:CPU runs faster than the strided convolution over few channels.
 * Inputs smaller than the kernel: the forward pass is im2col + matmul and
-  the input gradient matmul + col2im (~80x faster).
+  the input gradient matmul + col2im.
 
 Public API
 ----------
@@ -112,13 +90,13 @@ falls back to ``lax.conv_general_dilated`` unchanged.
 
 Caveats: it is a ``jax.custom_vjp``, so forward-mode differentiation
 (``jax.jvp``, ``jax.jacfwd``) of the custom path is not supported (use
-``impl='xla'``); compiling a program with it takes longer (a ResNet-18
-training step: 18-29 s instead of 10-16 s on the machine above); gradients agree
-with XLA's to ~1e-6 relative to their magnitude, not bit for bit. When the
-batch is sharded over several devices (data parallelism under ``jit``), the
-tiles are sized per device (``jax.device_count()``) so each device keeps to
-its own images; for a batch that is not a multiple of the device count, or
-with row bands, the partitioner may gather the batch instead (still correct).
+``impl='xla'``); compiling a program with it takes longer (see
+``benchmarks/README.md``); gradients agree with XLA's to ~1e-6 relative to
+their magnitude, not bit for bit. When the batch is sharded over several
+devices (data parallelism under ``jit``), the tiles are sized per device
+(``jax.device_count()``) so each device keeps to its own images; for a batch
+that is not a multiple of the device count, or with row bands, the
+partitioner may gather the batch instead (still correct).
 """
 
 from __future__ import annotations
@@ -133,7 +111,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attn_contrastive.models import native
+from attn_contrastive.ops import native
 
 __all__ = ["conv_general_dilated_fn", "conv_general_dilated_cpu_matmul", "resolve_impl", "IMPLS"]
 
@@ -142,9 +120,9 @@ IMPLS: tuple[str, ...] = ("auto", "xla", "cpu_matmul")
 # NHWC / HWIO / NHWC, as canonicalised by lax.conv_dimension_numbers.
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
-# Bytes of im2col patches per tile (per device) of the weight-gradient scan.
-# Measured: 1-4 MiB performed alike; whole-batch patches were 1.3-6x slower,
-# tiles of a few hundred output pixels or fewer were markedly slower.
+# Bytes of im2col patches per tile (per device) of the weight-gradient scan:
+# 1-4 MiB performed alike; whole-batch patches and tiles of a few hundred
+# output pixels or fewer were slower (benchmarks/README.md).
 _TILE_BYTES = 2 * 1024 * 1024
 # Images whose patches exceed this many tiles are cut into bands of rows.
 _BAND_FACTOR = 4
@@ -155,20 +133,16 @@ _SCAN_UNROLL = 1
 # Bytes of im2col patches per block of the matmul forward / col2im paths.
 _FWD_BLOCK_BYTES = 8 * 1024 * 1024
 # How im2col tiles are built: 'flat' (kh*kw slices), 'two_stage' (kw + kh
-# slices) or 'auto' (flat up to 3x3: ~10% faster at runtime; two-stage above:
-# a 7x7 stem's gradient compiles in ~1.3 s instead of ~4.3 s).
+# slices) or 'auto' (flat up to 3x3, where it runs faster; two-stage above,
+# where it compiles a 7x7 stem's gradient several times faster).
 _PATCH_MODE = "auto"
 # Strided convolutions whose input has at most this many channels times
 # stride*stride run as a stride-1 convolution after space-to-depth.
 _S2D_MAX_CHANNELS = 16
 # Weight gradients of layers with at most this many input x output channels
-# use the C++ kernel (native.py) on a single CPU device. Measured per layer
-# (ms, im2col path / kernel): 512 images, 3x3 16->16 at 16x16 24 / 11,
-# 32->32 at 8x8 25 / 12, 64->64 at 4x4 19 / 12, 128->128 at 2x2 15 / 16;
-# 128 images, 64->64 at 16x16 54 / 39, 128->128 at 8x8 53 / 51, 256->256 at
-# 4x4 50 / 62; the space-to-depth stem (4x4, 12->16 at 33x33) 199 / 53.
-# Whole synthetic SimCLR step: -13% with 1024; 4096 was the same as 1024
-# there and on ResNet-18 width 64 (within noise).
+# use the C++ kernel (native.py) on a single CPU device: the kernel beats the
+# im2col path on layers with few channels and loses on wide ones; 4096
+# performed like 1024 on whole steps (per-layer timings in benchmarks/README.md).
 _NATIVE_MAX_CO = 4096
 
 
@@ -229,7 +203,7 @@ def _patches_cm(xt: jax.Array, kh: int, kw: int, sh: int, sw: int, ho: int,
   ``M = n*ho*wo`` runs over (image, row, column) like a reshaped NHWC
   gradient, so the weight gradient is the plain ``(K, M) @ (M, O)`` product
   (the contraction on the minor axis of the left operand is the fastest
-  layout for XLA:CPU's matmul: up to 2x faster than ``(M, K)^T @ (M, O)``).
+  layout for XLA:CPU's matmul: faster than ``(M, K)^T @ (M, O)``).
   """
   c, n = xt.shape[0], xt.shape[1]
   mode = _PATCH_MODE
@@ -380,7 +354,7 @@ def _native_weight_grad(x: jax.Array, g: jax.Array,
   """dL/dw by the C++ kernel (``native.py``), or None where it does not apply.
 
   Used for layers with few channels (``C*O <= _NATIVE_MAX_CO``), where it
-  beats the im2col path 2-4x, on a single CPU device: the custom call has
+  beats the im2col path, on a single CPU device: the custom call has
   no sharding rule, so with the batch split over several devices the
   partitioner would gather it (the im2col path keeps each device's images).
   """
@@ -399,8 +373,8 @@ def _small_input(x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
 
   XLA:CPU's convolution (forward and input gradient) is pathologically slow
   there, e.g. a 3x3 convolution over 2x2 feature maps (the last stage of a
-  ResNet on 64-px images): 32x2x2x512 -> 512 took 520-590 ms against 9 ms as
-  im2col + matmul. Those maps are tiny, so im2col costs nothing.
+  ResNet on 64-px images), many times slower than im2col + matmul (see
+  benchmarks/README.md). Those maps are tiny, so im2col costs nothing.
   """
   return x_shape[1] < w_shape[0] or x_shape[2] < w_shape[1]
 
@@ -496,7 +470,7 @@ def _input_grad(g: jax.Array, w: jax.Array, x_shape: tuple[int, ...],
   """dL/dx for ``y = conv(x, w)``."""
   kh, kw = w.shape[0], w.shape[1]
   # Strided: XLA's transposed convolution dilates the gradient and is slow
-  # (up to 40x on 4x4 inputs); col2im scatters the strided slabs directly.
+  # (most on small inputs); col2im scatters the strided slabs directly.
   strided = max(spec.strides) > 1
   if (kh == kw == 1) or strided or _small_input(x_shape, w.shape):
     return _input_grad_col2im(g, w, x_shape, x_dtype, spec)
@@ -728,7 +702,7 @@ def conv_general_dilated_fn(impl: str = "auto") -> Callable[..., jax.Array]:
 def resolve_impl(impl: str, what: str = "conv") -> str:
   """``impl`` checked, with ``'auto'`` replaced by ``ATTN_CONTRASTIVE_CONV_IMPL`` if set.
 
-  Shared by the convolution and max-pooling switches (``models.pool``).
+  Shared by the convolution and max-pooling switches (``ops.pool``).
   """
   if impl == "auto":
     impl = os.environ.get("ATTN_CONTRASTIVE_CONV_IMPL", "auto") or "auto"

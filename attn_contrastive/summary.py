@@ -1,0 +1,136 @@
+"""What a run leaves on the terminal: the project's own log lines, then a summary.
+
+Libraries log a great deal at INFO (orbax on every checkpoint, JAX and
+TensorFlow on start-up). :func:`log_to_workdir` keeps every INFO line in
+``<workdir>/log.txt`` and lets through to the terminal only the project's
+own (with the loop's metric lines, which clu's writer emits for it) and
+warnings from anyone. :func:`summary` is the run's last word: what ran, a
+few key numbers of ``results.json``, where the outputs are, and the command
+of the chain's next stage (teacher → label → attention-guided training →
+alignment).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from typing import Any
+
+from absl import logging as absl_logging
+
+LOG_FILE = "log.txt"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# clu's LoggingWriter writes the loop's metric lines ("[step] loss=...") for it.
+_METRIC_WRITER = os.path.join("clu", "metric_writers", "logging_writer.py")
+
+#: The next stage of the chain: (config file beside this run's, its argument
+#: for ImageNet-scale data, the flag that takes this workdir, the suggested
+#: workdir beside this one; ``{name}`` is this workdir's name).
+NEXT_STAGE = {
+    "teacher": ("label.py", "imagenet", "teacher_checkpoint", "maps_train"),
+    "label": ("contrastive_attn_teacher.py", "imagenet", "attention.maps_dir", "simclr_attn"),
+    "pretrain": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
+    "supervised": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
+}
+
+#: The numbers of ``results.json`` (nested keys joined by "/") each task shows.
+KEY_METRICS = {
+    "pretrain": ("loss", "contrastive_accuracy", "attn_loss"),
+    "supervised": ("eval/accuracy", "eval/loss", "loss"),
+    "teacher": ("teacher/nss", "teacher/cc", "teacher/kld", "center_bias/nss",
+                "center_bias/cc"),
+    "label": ("shards_written", "images_per_s"),
+    "alignment": ("alignment/model/nss", "alignment/model/cc", "alignment/model/kld",
+                  "alignment/center_bias/nss", "alignment/center_bias/cc"),
+}
+
+
+class _ProjectInfo(logging.Filter):
+  """Passes warnings and errors, and INFO lines only from the project itself."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING or record.name.startswith("attn_contrastive"):
+      return True
+    path = os.path.abspath(record.pathname)
+    return (path.startswith(_PACKAGE_DIR + os.sep)
+            or (path.endswith(_METRIC_WRITER) and record.funcName == "write_scalars"))
+
+
+def log_to_workdir(workdir: str, process_index: int = 0) -> str | None:
+  """Every INFO line to ``<workdir>/log.txt``; only the project's to the terminal.
+
+  Process ``p > 0`` writes ``log.<p>.txt``. Returns the file's path, or
+  ``None`` for a remote workdir (``gs://…``), where the terminal keeps
+  everything.
+  """
+  if "://" in workdir:
+    return None
+  name = LOG_FILE if process_index == 0 else f"log.{process_index}.txt"
+  path = os.path.join(workdir, name)
+  handler = logging.FileHandler(path)
+  handler.setFormatter(absl_logging.PythonFormatter())
+  handler.setLevel(logging.INFO)
+  logging.getLogger().addHandler(handler)
+  absl_logging.get_absl_handler().addFilter(_ProjectInfo())
+  return path
+
+
+def _flatten(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for k, v in results.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      flat[f"{prefix}{k}"] = v
+  return flat
+
+
+def _outputs(workdir: str) -> list[tuple[str, str]]:
+  """(what, where) for each output the run left in ``workdir``."""
+  found = [("workdir", workdir)]
+  checks = [("checkpoints", "checkpoints"), ("results", "results.json"),
+            ("attention maps", "metadata.json"), ("config", "config.json"), ("log", LOG_FILE)]
+  for what, name in checks:
+    if os.path.exists(os.path.join(workdir, name)):
+      found.append((what, os.path.join(workdir, name)))
+  if glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    found.append(("tensorboard", f"tensorboard --logdir {workdir}"))
+  return found
+
+
+def next_command(task: str, config_file: str, workdir: str, data_name: str) -> str | None:
+  """The command of the chain's next stage, given this run's workdir (None: none yet)."""
+  if task not in NEXT_STAGE:
+    return None
+  file, real_arg, flag, next_workdir = NEXT_STAGE[task]
+  path = os.path.join(os.path.dirname(config_file.partition(":")[0]), file)
+  arg = "" if data_name.startswith("salient_objects") else f":{real_arg}"
+  parent, name = os.path.split(workdir.rstrip("/"))
+  next_workdir = os.path.join(parent, next_workdir.format(name=name))
+  return (f"python -m attn_contrastive.main --config={path}{arg} "
+          f"--workdir={next_workdir} --config.{flag}={workdir}")
+
+
+def summary(task: str, config_file: str, workdir: str, data_name: str,
+            minutes: float) -> str:
+  """The closing lines of a run, from its workdir (``results.json`` and what else is there)."""
+  workdir = os.path.abspath(workdir) if "://" not in workdir else workdir
+  results_path = os.path.join(workdir, "results.json")
+  results = {}
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = _flatten(json.load(f))
+  ran = f"{task} ({config_file})"
+  if "step" in results:
+    ran += f", {results['step']} steps"
+  lines = ["", f"=== {task} finished ===", f"ran:      {ran} in {minutes:.1f} min"]
+  numbers = [f"{k} {v:.4g}" for k in KEY_METRICS.get(task, ())
+             if isinstance(v := results.get(k), (int, float))]
+  lines.append(f"metrics:  {', '.join(numbers) or '(none in results.json)'}")
+  for i, (what, where) in enumerate(_outputs(workdir)):
+    lines.append(f"{'outputs:' if i == 0 else '':10}{what + ':':16}{where}")
+  command = next_command(task, config_file, workdir, data_name)
+  lines.append(f"next:     {command or '(the last stage of the chain so far)'}")
+  return "\n".join(lines)

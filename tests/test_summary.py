@@ -1,0 +1,84 @@
+"""The end of a run: library INFO lines in log.txt only, and the closing summary."""
+import json
+import logging
+import os
+
+import pytest
+from absl import logging as absl_logging
+
+from attn_contrastive import summary
+
+
+def _teacher_workdir(tmp_path):
+  results = {"step": 3, "num_images": 20, "loss": 0.9,
+             "teacher": {"nss": 1.25, "cc": 0.5, "kld": 0.75},
+             "center_bias": {"nss": 1.125, "cc": 0.625}}
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / summary.LOG_FILE).write_text("")
+  (tmp_path / "events.out.tfevents.1.host").write_text("")
+  return str(tmp_path)
+
+
+def test_summary_names_workdir_metrics_outputs_and_next_command(tmp_path):
+  workdir = _teacher_workdir(tmp_path)
+  text = summary.summary("teacher", "configs/teacher.py", workdir,
+                         "salient_objects/human_attention", 0.5)
+  assert "teacher (configs/teacher.py), 3 steps" in text
+  for number in ("teacher/nss 1.25", "teacher/cc 0.5", "center_bias/nss 1.125"):
+    assert number in text
+  for path in (workdir, os.path.join(workdir, "checkpoints"),
+               os.path.join(workdir, "results.json"), os.path.join(workdir, "log.txt"),
+               f"tensorboard --logdir {workdir}"):
+    assert path in text
+  assert text.rstrip().endswith(
+      "python -m attn_contrastive.main --config=configs/label.py "
+      f"--workdir={os.path.join(os.path.dirname(workdir), 'maps_train')} "
+      f"--config.teacher_checkpoint={workdir}")
+
+
+@pytest.mark.parametrize("task,data,config,flag", [
+    ("label", "imagenet2012", "/r/configs/contrastive_attn_teacher.py:imagenet",
+     "attention.maps_dir"),
+    ("pretrain", "salient_objects/classification", "/r/configs/alignment.py ", "checkpoint"),
+    ("supervised", "imagenet2012", "/r/configs/alignment.py:salicon ", "checkpoint"),
+])
+def test_next_command_follows_the_chain(task, data, config, flag):
+  command = summary.next_command(task, "/r/configs/x.py:arg", "/w/run", data)
+  assert f"--config={config}" in command + " " and command.endswith(f"--config.{flag}=/w/run")
+  if task != "label":
+    assert "--workdir=/w/align_run " in command
+
+
+def test_alignment_is_the_last_stage(tmp_path):
+  assert summary.next_command("alignment", "configs/alignment.py", "/w", "salicon") is None
+  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
+  assert "next:" in text and "(none in results.json)" in text
+
+
+def test_library_info_goes_to_the_log_file_only(tmp_path):
+  root, absl_handler = logging.getLogger(), absl_logging.get_absl_handler()
+  handlers, filters = list(root.handlers), list(absl_handler.filters)
+  try:
+    path = summary.log_to_workdir(str(tmp_path))
+    assert path == os.path.join(str(tmp_path), "log.txt")
+
+    def record(pathname, level=logging.INFO, msg="msg", func=None):
+      return logging.LogRecord("absl", level, pathname, 1, msg, None, None, func)
+
+    library = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    project = os.path.join(os.path.dirname(summary.__file__), "train", "loop.py")
+    assert not absl_handler.filter(record(library))
+    assert absl_handler.filter(record(library, logging.WARNING))
+    assert absl_handler.filter(record(project))
+    writer = "/venv/site-packages/clu/metric_writers/logging_writer.py"
+    assert absl_handler.filter(record(writer, func="write_scalars"))  # the loop's metrics
+    assert not absl_handler.filter(record(writer, func="write_hparams"))
+    root.handle(record(library, msg="saved checkpoint 3"))
+    with open(path) as f:
+      assert "saved checkpoint 3" in f.read()
+  finally:
+    for h in set(root.handlers) - set(handlers):
+      root.removeHandler(h)
+      h.close()
+    absl_handler.filters[:] = filters
