@@ -32,6 +32,8 @@ TASKS = {
     "teacher": "attn_contrastive.tasks.teacher",
     "label": "attn_contrastive.tasks.label",
     "alignment": "attn_contrastive.tasks.alignment",
+    "linear_eval": "attn_contrastive.tasks.linear_eval",
+    "retrieval": "attn_contrastive.tasks.retrieval",
 }
 
 

@@ -7,7 +7,7 @@ own (with the loop's metric lines, which clu's writer emits for it) and
 warnings from anyone. :func:`summary` is the run's last word: what ran, a
 few key numbers of ``results.json``, where the outputs are, and the command
 of the chain's next stage (teacher → label → attention-guided training →
-alignment).
+alignment; linear evaluation → retrieval).
 """
 from __future__ import annotations
 
@@ -27,12 +27,16 @@ _METRIC_WRITER = os.path.join("clu", "metric_writers", "logging_writer.py")
 
 #: The next stage of the chain: (config file beside this run's, its argument
 #: for ImageNet-scale data, the flag that takes this workdir, the suggested
-#: workdir beside this one; ``{name}`` is this workdir's name).
+#: workdir beside this one; ``{name}`` is this workdir's name). An evaluation
+#: of another run (its ``results.json`` names a ``source_workdir``) hands on
+#: that run's workdir instead, and ``{name}`` is its name.
 NEXT_STAGE = {
     "teacher": ("label.py", "imagenet", "teacher_checkpoint", "maps_train"),
     "label": ("contrastive_attn_teacher.py", "imagenet", "attention.maps_dir", "simclr_attn"),
-    "pretrain": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
+    "pretrain": ("linear_eval.py", "imagenet", "checkpoint", "linear_{name}"),
     "supervised": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
+    "linear_eval": ("retrieval.py", "imagenet", "checkpoint", "retrieval_{name}"),
+    "retrieval": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
 }
 
 #: The numbers of ``results.json`` (nested keys joined by "/") each task shows.
@@ -44,6 +48,10 @@ KEY_METRICS = {
     "label": ("shards_written", "images_per_s"),
     "alignment": ("alignment/model/nss", "alignment/model/cc", "alignment/model/kld",
                   "alignment/center_bias/nss", "alignment/center_bias/cc"),
+    "linear_eval": ("linear/top1", "linear/top5", "linear_cached/top1", "linear_cached/top5",
+                    "linear_cached/l2", "supervised/top1", "supervised/top5"),
+    "retrieval": ("retrieval/map", "retrieval/precision@1", "retrieval/r_precision",
+                  "knn/top1", "knn/top5"),
 }
 
 
@@ -91,7 +99,8 @@ def _outputs(workdir: str) -> list[tuple[str, str]]:
   """(what, where) for each output the run left in ``workdir``."""
   found = [("workdir", workdir)]
   checks = [("checkpoints", "checkpoints"), ("results", "results.json"),
-            ("attention maps", "metadata.json"), ("config", "config.json"), ("log", LOG_FILE)]
+            ("attention maps", "metadata.json"), ("config", "config.json"),
+            ("linear probe", "linear"), ("features", "features"), ("log", LOG_FILE)]
   for what, name in checks:
     if os.path.exists(os.path.join(workdir, name)):
       found.append((what, os.path.join(workdir, name)))
@@ -100,17 +109,24 @@ def _outputs(workdir: str) -> list[tuple[str, str]]:
   return found
 
 
-def next_command(task: str, config_file: str, workdir: str, data_name: str) -> str | None:
-  """The command of the chain's next stage, given this run's workdir (None: none yet)."""
+def next_command(task: str, config_file: str, workdir: str, data_name: str,
+                 source_workdir: str | None = None) -> str | None:
+  """The command of the chain's next stage (None: none yet).
+
+  The next stage reads this run's workdir, or ``source_workdir``, the run
+  that this one evaluated.
+  """
   if task not in NEXT_STAGE:
     return None
   file, real_arg, flag, next_workdir = NEXT_STAGE[task]
   path = os.path.join(os.path.dirname(config_file.partition(":")[0]), file)
   arg = "" if data_name.startswith("salient_objects") else f":{real_arg}"
-  parent, name = os.path.split(workdir.rstrip("/"))
+  handed_on = source_workdir or workdir
+  parent = os.path.dirname(workdir.rstrip("/"))
+  name = os.path.basename(handed_on.rstrip("/"))
   next_workdir = os.path.join(parent, next_workdir.format(name=name))
   return (f"python -m attn_contrastive.main --config={path}{arg} "
-          f"--workdir={next_workdir} --config.{flag}={workdir}")
+          f"--workdir={next_workdir} --config.{flag}={handed_on}")
 
 
 def summary(task: str, config_file: str, workdir: str, data_name: str,
@@ -131,6 +147,7 @@ def summary(task: str, config_file: str, workdir: str, data_name: str,
   lines.append(f"metrics:  {', '.join(numbers) or '(none in results.json)'}")
   for i, (what, where) in enumerate(_outputs(workdir)):
     lines.append(f"{'outputs:' if i == 0 else '':10}{what + ':':16}{where}")
-  command = next_command(task, config_file, workdir, data_name)
+  command = next_command(task, config_file, workdir, data_name,
+                         results.get("source_workdir"))
   lines.append(f"next:     {command or '(the last stage of the chain so far)'}")
   return "\n".join(lines)

@@ -40,14 +40,15 @@ def test_summary_names_workdir_metrics_outputs_and_next_command(tmp_path):
 @pytest.mark.parametrize("task,data,config,flag", [
     ("label", "imagenet2012", "/r/configs/contrastive_attn_teacher.py:imagenet",
      "attention.maps_dir"),
-    ("pretrain", "salient_objects/classification", "/r/configs/alignment.py ", "checkpoint"),
+    ("pretrain", "salient_objects/classification", "/r/configs/linear_eval.py ", "checkpoint"),
     ("supervised", "imagenet2012", "/r/configs/alignment.py:salicon ", "checkpoint"),
 ])
 def test_next_command_follows_the_chain(task, data, config, flag):
   command = summary.next_command(task, "/r/configs/x.py:arg", "/w/run", data)
   assert f"--config={config}" in command + " " and command.endswith(f"--config.{flag}=/w/run")
-  if task != "label":
-    assert "--workdir=/w/align_run " in command
+  prefix = {"pretrain": "linear", "supervised": "align"}.get(task)
+  if prefix:
+    assert f"--workdir=/w/{prefix}_run " in command
 
 
 def test_alignment_is_the_last_stage(tmp_path):

@@ -1,4 +1,4 @@
-"""Classification: top-1 accuracy and cross-entropy of a classifier over a split."""
+"""Classification: top-1 and top-5 accuracy and cross-entropy of a classifier over a split."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -16,12 +16,21 @@ from attn_contrastive.train import mesh as mesh_lib
 PredictFn = Callable[[Any, jax.Array], jax.Array]
 
 
+def top_k_correct(logits: jax.Array, labels: jax.Array, k: int = 5
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Per example, 1.0 where the label is the top class and where it is among the top ``k``."""
+  _, top = jax.lax.top_k(logits, min(k, logits.shape[-1]))
+  hits = top == labels[:, None]
+  return hits[:, 0].astype(jnp.float32), jnp.any(hits, -1).astype(jnp.float32)
+
+
 class ClassificationEvaluator:
-  """Top-1 accuracy and mean cross-entropy over the evaluation split.
+  """Top-1 and top-5 accuracy and mean cross-entropy over the evaluation split.
 
   ``transform(record)`` makes an example with ``image`` and ``label``;
   ``predict`` runs jitted over each global batch, and the per-batch sums are
-  reduced on device. Returns ``{"accuracy", "loss"}``; :attr:`results` stays
+  reduced on device. Returns ``{"accuracy", "top5", "loss"}`` (``accuracy``
+  is top-1; with fewer than 5 classes top-5 is 1); :attr:`results` stays
   empty (the flat scalars are the whole result).
   """
 
@@ -36,15 +45,15 @@ class ClassificationEvaluator:
 
     def eval_step(state, batch):
       logits = predict(state, batch["image"])
-      correct = (jnp.argmax(logits, -1) == batch["label"]) * batch["mask"]
+      top1, top5 = top_k_correct(logits, batch["label"])
       nll = jax.vmap(losses.cross_entropy)(logits[:, None], batch["label"][:, None])
-      return jnp.sum(correct), jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+      return tuple(jnp.sum(x * batch["mask"]) for x in (top1, top5, nll, 1.0))
 
     self._eval_step = jax.jit(eval_step)
 
   def __call__(self, state) -> dict[str, float]:
-    """Top-1 accuracy and loss over the split's first ``num_examples`` examples."""
-    totals = np.zeros(3)
+    """Top-1, top-5 and loss over the split's first ``num_examples`` examples."""
+    totals = np.zeros(4)
     load = lambda i: self.transform(self.source[i])  # noqa: E731
     threads = max(int(self.eval_cfg.num_threads), 1)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
@@ -54,4 +63,5 @@ class ClassificationEvaluator:
         batch["mask"] = mask.astype(np.float32)
         sums = self._eval_step(state, mesh_lib.to_global(batch, self.mesh))
         totals += np.array(jax.device_get(sums))
-    return {"accuracy": float(totals[0] / totals[2]), "loss": float(totals[1] / totals[2])}
+    top1, top5, loss = totals[:3] / totals[3]
+    return {"accuracy": float(top1), "top5": float(top5), "loss": float(loss)}

@@ -73,6 +73,11 @@ def split_batches(load: Callable[[int], Example], num_examples: int, global_batc
     yield examples, mask
 
 
+def gather_from_processes(x: np.ndarray) -> np.ndarray:
+  """Every process's ``x`` stacked on a new leading axis (just ``x`` on one process)."""
+  return np.asarray(multihost_utils.process_allgather(x))
+
+
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
   """The sum of a host array over all processes (the same shape as ``x``)."""
   gathered = np.asarray(multihost_utils.process_allgather(x))

@@ -141,11 +141,11 @@ def train_and_evaluate(config, workdir: str, *, source=None, mesh=None) -> dict[
   run = load_run_config(config.checkpoint)
   kind, stages = resolve_maps(config, run)
   model = build_model(run)
-  variables = ckpt_lib.load_variables(config.checkpoint)
+  mesh = mesh or mesh_lib.make_mesh()
+  variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
   if source is None:
     source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
                                 config.data.auto_prepare)
-  mesh = mesh or mesh_lib.make_mesh()
   evaluator = make_evaluator(model, config, run, source, kind, stages, workdir, mesh)
   state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
                                    np.int32(0)), mesh_lib.replicated(mesh))

@@ -14,6 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 def _write_replicated_arrays_from_one_replica() -> None:
@@ -75,21 +76,50 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_variables(path: str) -> dict[str, Any]:
-  """Reads ``params`` and ``batch_stats`` from another run's checkpoint.
+def latest_step_dir(path: str) -> str:
+  """The folder of the latest checkpoint under a workdir or its ``checkpoints`` folder.
 
-  ``path`` is a workdir, its ``checkpoints`` folder, or one step's folder.
+  A step's folder (one holding ``state``) is returned as it is; its name is
+  the step.
   """
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  step = None
   if not os.path.isdir(os.path.join(path, "state")):
     with ocp.CheckpointManager(path) as mngr:
       step = mngr.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no checkpoint found under {path}: point "
-                              "init_checkpoint at a workdir that holds one")
+      raise FileNotFoundError(f"no checkpoint found under {path}: point the config at a "
+                              "workdir that holds one")
     path = os.path.join(path, str(step))
-  restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  return path
+
+
+def load_variables(path: str, *, target: Any | None = None,
+                   sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
+  """Reads ``params`` and ``batch_stats`` from another run's checkpoint.
+
+  ``path`` is a workdir, its ``checkpoints`` folder, or one step's folder.
+  The variables are restored into a target, so that the devices and
+  processes that wrote the checkpoint do not matter: ``target`` (a tree
+  ``{"params", "batch_stats"}`` of arrays or ``jax.ShapeDtypeStruct`` with
+  shardings, e.g. a fresh state's) gives the structure and shardings;
+  otherwise the checkpoint's own shapes and dtypes are placed in
+  ``sharding`` (e.g. ``mesh_lib.replicated(mesh)``), or on the host as NumPy
+  arrays without one. The optimiser state is not read.
+  """
+  state_dir = epath.Path(latest_step_dir(path)) / "state"
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    if target is None:
+      saved = handler.metadata(state_dir).tree
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            {k: saved[k] for k in ("params", "batch_stats") if k in saved})
+    else:
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(target))
+    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  finally:
+    handler.close()
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}

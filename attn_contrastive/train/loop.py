@@ -35,7 +35,11 @@ class TaskSpec:
 
   ``evaluate`` (optional) follows :mod:`attn_contrastive.evaluators.common`:
   its flat scalars are logged as ``eval/<key>``, and its ``results`` of the
-  final evaluation are added to ``results.json``.
+  final evaluation are added to ``results.json``. ``frozen`` (optional): a
+  tree of arrays that ``loss_fn`` reads as its fifth argument but never
+  updates (a pretrained encoder under linear evaluation); it is replicated
+  over the mesh, passed to every step without being donated, and kept out of
+  the train state and its checkpoints.
   """
   model: Any
   loss_fn: step_lib.LossFn
@@ -43,6 +47,7 @@ class TaskSpec:
   train_transform: Callable
   sample_input: jax.ShapeDtypeStruct
   evaluate: eval_lib.Evaluator | None = None
+  frozen: Any = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,10 +76,9 @@ def _restore(config, state, data_iter, ckpt) -> TrainState:
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state, data_iter)
   elif config.init_checkpoint:
-    variables = ckpt_lib.load_variables(config.init_checkpoint)
-    state = state.replace(**{
-        k: jax.device_put(variables[k], jax.tree.map(lambda x: x.sharding, getattr(state, k)))
-        for k in ("params", "batch_stats")})
+    variables = ckpt_lib.load_variables(
+        config.init_checkpoint, target={"params": state.params, "batch_stats": state.batch_stats})
+    state = state.replace(**variables)
     logging.info("Initialised from %s", config.init_checkpoint)
   return state
 
@@ -123,7 +127,12 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
                                async_save=config.train.async_checkpoint)
   state = _restore(config, state, data_iter, ckpt)
   first_step = int(state.step) + 1
-  step_fn = step_lib.jit_train_step(step_lib.make_train_step(task.loss_fn, schedule), mesh)
+  train_step = step_lib.make_train_step(task.loss_fn, schedule)
+  if task.frozen is None:
+    step_fn, frozen = step_lib.jit_train_step(train_step, mesh), ()
+  else:
+    step_fn = step_lib.jit_train_step(train_step, mesh, with_frozen=True)
+    frozen = (jax.device_put(task.frozen, mesh_lib.replicated(mesh)),)
   step_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), mesh_lib.replicated(mesh))
 
   writer = metric_writers.create_default_writer(
@@ -139,7 +148,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   for step in range(first_step, last_step + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       global_batch = mesh_lib.to_global(next(data_iter), mesh)
-      state, metrics = step_fn(state, global_batch, step_rng)
+      state, metrics = step_fn(state, global_batch, step_rng, *frozen)
     for hook in hooks:
       hook(step)
     if step % config.train.log_every == 0 or step == last_step:

@@ -17,7 +17,7 @@ import optax
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import TrainState
 
-# (params, batch_stats, batch, rng) -> (loss, (new_batch_stats, metrics))
+# (params, batch_stats, batch, rng[, frozen]) -> (loss, (new_batch_stats, metrics))
 LossFn = Callable[..., tuple[jnp.ndarray, tuple[Any, dict[str, jnp.ndarray]]]]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -30,13 +30,20 @@ def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
 
 
 def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
-  """The step: gradients of ``loss_fn``, optimiser update, metrics."""
+  """The step: gradients of ``loss_fn``, optimiser update, metrics.
 
-  def train_step(state: TrainState, batch, rng):
+  ``train_step(state, batch, rng, frozen=None)``: ``frozen`` (a task's fixed
+  inputs, e.g. a pretrained encoder's variables under linear evaluation) is
+  handed to ``loss_fn`` as a fifth argument when given; it is read, never
+  differentiated or updated, and stays out of the train state.
+  """
+
+  def train_step(state: TrainState, batch, rng, frozen=None):
     rng = jax.random.fold_in(rng, state.step)
+    extra = () if frozen is None else (frozen,)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats,
-                                                  batch, rng)
+                                                  batch, rng, *extra)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
     metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
                    grad_norm=optax.tree.norm(grads),
@@ -46,8 +53,15 @@ def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
   return train_step
 
 
-def jit_train_step(train_step, mesh) -> Callable:
-  """``jax.jit`` with the state donated and replicated, the batch sharded."""
+def jit_train_step(train_step, mesh, *, with_frozen: bool = False) -> Callable:
+  """``jax.jit`` with the state donated and replicated, the batch sharded.
+
+  ``with_frozen``: the step takes a fourth argument, the frozen inputs,
+  replicated and not donated (they are the caller's to keep), and passed as
+  an argument rather than closed over, so a ResNet-50 is not baked into the
+  program as constants.
+  """
   rep, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  return jax.jit(train_step, donate_argnums=(0,), in_shardings=(rep, data, rep),
+  in_shardings = (rep, data, rep) + ((rep,) if with_frozen else ())
+  return jax.jit(train_step, donate_argnums=(0,), in_shardings=in_shardings,
                  out_shardings=(rep, rep))

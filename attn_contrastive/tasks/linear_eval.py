@@ -1,0 +1,267 @@
+"""Linear evaluation of a pretraining (or supervised) run: the paper's top-1.
+
+The encoder of the run at ``config.checkpoint`` is rebuilt from its
+``config.json`` and its latest checkpoint is restored into this run's mesh
+(replicated), whatever number of devices and processes wrote it. The
+encoder stays frozen: BatchNorm runs in inference mode on its running
+statistics, and its variables are a frozen input of every step, never
+differentiated, updated or checkpointed. Protocols (``config.protocols``):
+
+* ``linear`` (SimCLR's, the paper's): a zero-initialised linear classifier
+  on the pooled feature, trained through the shared loop on random-resized
+  crops and flips of the training split (SGD, Nesterov momentum, cosine
+  decay, no weight decay) in ``<workdir>/linear/`` (its checkpoints, so a
+  killed run resumes; its own ``results.json``), scored on centre crops of
+  the validation split.
+* ``linear_cached``: the pooled features of centre crops of both splits,
+  extracted once into ``<workdir>/features/<split>/`` (resumable), and an
+  L2-regularised softmax regression fitted on them, its strength chosen on
+  the last ``linear_cached.holdout_fraction`` of the training split
+  (:mod:`attn_contrastive.evaluators.softmax_regression`). Minutes where
+  ``linear`` takes hours, with centre crops instead of augmentation.
+
+A supervised run's own classifier is scored too (``supervised/top1``,
+``supervised/top5``). ``results.json`` follows
+:mod:`attn_contrastive.evaluators.results`: ``<protocol>/top1``, ``/top5``,
+``linear_cached/l2`` (and its grid), ``<protocol>/wall_time_s``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from attn_contrastive import losses
+from attn_contrastive.evaluators import classification, features, results
+from attn_contrastive.evaluators import softmax_regression
+from attn_contrastive.models.attention import WithAttention
+from attn_contrastive.models.resnet import ResNet
+from attn_contrastive.models.simclr import SimCLR
+from attn_contrastive.tasks import alignment
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import loop
+from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import step as step_lib
+
+PROTOCOLS = ("linear", "linear_cached")
+
+
+class LinearHead(nn.Module):
+  """A linear classifier, zero-initialised as in SimCLR's linear evaluation."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # the loop's state creation passes it
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
+
+
+@flax.struct.dataclass
+class ProbeState:
+  """What the linear protocol's evaluator reads: the head's and the encoder's variables."""
+  head: Any
+  encoder: Any
+
+
+def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dict[str, Any]]:
+  """The ResNet encoder of a pretrain or supervised model, and its part of ``variables``.
+
+  SimCLR's ``encoder``; a supervised ResNet without its classifier; the
+  network inside :class:`WithAttention`. The variables are the same arrays,
+  not copies.
+  """
+  def part(name):
+    return {k: v[name] for k, v in variables.items() if name in v}
+
+  if isinstance(model, SimCLR):
+    return model.encoder, part("encoder")
+  if isinstance(model, WithAttention):
+    return encoder_of(model.network, part("network"))
+  if isinstance(model, ResNet):
+    trunk = {k: {n: x for n, x in v.items() if n != "classifier"} for k, v in variables.items()}
+    return model.clone(num_classes=None), trunk
+  raise TypeError(f"no ResNet encoder in {type(model).__name__}")
+
+
+def make_embed(encoder: ResNet, dtype) -> features.EmbedFn:
+  """``(encoder variables, uint8 images) -> pooled features``, BatchNorm in inference mode."""
+
+  def embed(variables, images):
+    x = step_lib.normalize_images(images, dtype)
+    return encoder.apply(variables, x, train=False)["pooled"]
+
+  return embed
+
+
+class _Probe:
+  """The loop's evaluator of the linear protocol: the head with the frozen encoder."""
+
+  def __init__(self, evaluator: classification.ClassificationEvaluator, frozen):
+    self.evaluator, self.frozen, self.results = evaluator, frozen, {}
+
+  def __call__(self, state) -> dict[str, float]:
+    return self.evaluator(ProbeState(head=state.params, encoder=self.frozen))
+
+
+def linear_task(config, embed, frozen, splits, num_classes: int, image_size: int,
+                mesh) -> loop.TaskSpec:
+  """The ``linear`` protocol as a loop task: the head trains, the encoder is ``frozen``."""
+  from attn_contrastive.data import pipeline  # the data stack, only when a run is built
+  head = LinearHead(num_classes)
+
+  def loss_fn(params, batch_stats, batch, rng, frozen):
+    del rng
+    feats = jax.lax.stop_gradient(embed(frozen, batch["image"]))
+    logits = head.apply({"params": params}, feats)
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return losses.cross_entropy(logits, batch["label"]), (batch_stats, {"train_accuracy": acc})
+
+  def predict(state: ProbeState, images):
+    return head.apply({"params": state.head}, embed(state.encoder, images))
+
+  evaluator = classification.ClassificationEvaluator(
+      predict, splits[config.data.eval_split],
+      pipeline.EvalView(image_size, config.aug.eval_crop_fraction), config.eval, mesh=mesh)
+  dim = jax.eval_shape(embed, frozen, jax.ShapeDtypeStruct((1, image_size, image_size, 3),
+                                                           jnp.uint8)).shape[-1]
+  return loop.TaskSpec(
+      model=head, loss_fn=loss_fn, train_source=splits[config.data.train_split],
+      train_transform=pipeline.SupervisedView(image_size, config.aug),
+      sample_input=jax.ShapeDtypeStruct((1, dim), jnp.float32),
+      evaluate=_Probe(evaluator, frozen), frozen=frozen)
+
+
+def _check_feature_cache(cache_root: str, source: dict[str, Any]) -> None:
+  """Refuses cached features of another checkpoint or view; records this one's."""
+  path = os.path.join(cache_root, "source.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached != source:
+      raise ValueError(f"{cache_root} holds features of {cached}, not {source}; delete it "
+                       "or choose another workdir")
+  elif jax.process_index() == 0:
+    os.makedirs(cache_root, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(source, f, indent=2)
+
+
+def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: int,
+                      image_size: int, source: dict[str, Any], mesh) -> dict[str, Any]:
+  """The ``linear_cached`` protocol: cached centre-crop features, softmax regression."""
+  from attn_contrastive.data import pipeline
+  cache_root = os.path.join(workdir, "features")
+  _check_feature_cache(cache_root, dict(source, image_size=image_size,
+                                        crop_fraction=config.aug.eval_crop_fraction))
+  transform = pipeline.EvalView(image_size, config.aug.eval_crop_fraction)
+  t0 = time.perf_counter()
+  (train_x, train_y), (val_x, val_y) = (
+      features.extract(embed, frozen, splits[split], transform, config.eval, mesh=mesh,
+                       cache_dir=os.path.join(cache_root, split),
+                       shard_size=config.linear_cached.shard_size)
+      for split in (config.data.train_split, config.data.eval_split))
+  logging.info("Features of %d + %d examples (D = %d) in %.1f s, cached in %s",
+               len(train_x), len(val_x), train_x.shape[1], time.perf_counter() - t0, cache_root)
+  t0 = time.perf_counter()
+  lc = config.linear_cached
+  fit = softmax_regression.fit_and_evaluate(
+      train_x, train_y, val_x, val_y, num_classes, l2_grid=tuple(lc.l2_grid),
+      holdout_fraction=lc.holdout_fraction, max_iters=lc.max_iters, tol=lc.tol, mesh=mesh)
+  logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
+               tuple(lc.l2_grid), time.perf_counter() - t0)
+  return fit
+
+
+def evaluate_supervised(config, model, variables, dtype, split, image_size: int,
+                        mesh) -> dict[str, float]:
+  """A supervised run's own classifier on centre crops of ``split``."""
+  from attn_contrastive.data import pipeline
+
+  def predict(state, images):
+    x = step_lib.normalize_images(images, dtype)
+    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                       train=False)["logits"]
+
+  evaluator = classification.ClassificationEvaluator(
+      predict, split, pipeline.EvalView(image_size, config.aug.eval_crop_fraction),
+      config.eval, mesh=mesh)
+  return evaluator(alignment.EvalState(variables["params"], variables["batch_stats"], 0))
+
+
+def _open_splits(config) -> dict[str, Any]:
+  from attn_contrastive.data import sources
+  return {s: sources.open_split(config.data.name, s, config.data.data_dir,
+                                config.data.auto_prepare)
+          for s in (config.data.train_split, config.data.eval_split)}
+
+
+def _num_classes(config) -> int:
+  if config.data.num_classes > 0:
+    return int(config.data.num_classes)
+  from attn_contrastive.data import sources
+  return int(sources.get_builder(config.data.name, config.data.data_dir)
+             .info.features["label"].num_classes)
+
+
+def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = None,
+                       dataset_version: str | None = None, mesh=None) -> dict[str, Any]:
+  """Runs ``config.protocols`` on the run at ``config.checkpoint``; writes ``results.json``.
+
+  ``splits`` (``{split name: source}``) and ``dataset_version`` replace the
+  tfds dataset (tests). Returns the results' dict.
+  """
+  start = time.perf_counter()
+  unknown = set(config.protocols) - set(PROTOCOLS)
+  if unknown:
+    raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
+  os.makedirs(workdir, exist_ok=True)
+  loop.write_config(workdir, config)
+  run = alignment.load_run_config(config.checkpoint)
+  model = alignment.build_model(run)
+  mesh = mesh or mesh_lib.make_mesh()
+  variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
+  step_dir = ckpt_lib.latest_step_dir(config.checkpoint)
+  encoder, frozen = encoder_of(model, variables)
+  dtype = jnp.dtype(run.model.dtype)
+  embed = make_embed(encoder, dtype)
+  image_size = int(config.data.image_size or run.data.image_size)
+  splits = splits or _open_splits(config)
+  num_classes = _num_classes(config)
+  source = {"checkpoint": os.path.abspath(config.checkpoint),
+            "step": int(os.path.basename(step_dir))}
+  metrics = {}
+  if run.task == "supervised":
+    t0 = time.perf_counter()
+    scores = evaluate_supervised(config, model, variables, dtype,
+                                 splits[config.data.eval_split], image_size, mesh)
+    metrics.update({"supervised/top1": scores["accuracy"], "supervised/top5": scores["top5"],
+                    "supervised/wall_time_s": time.perf_counter() - t0})
+  if "linear" in config.protocols:
+    t0 = time.perf_counter()
+    task = linear_task(config, embed, frozen, splits, num_classes, image_size, mesh)
+    _, last = loop.run(config, os.path.join(workdir, "linear"), task, mesh=mesh)
+    metrics.update({"linear/top1": last["eval/accuracy"], "linear/top5": last["eval/top5"],
+                    "linear/wall_time_s": time.perf_counter() - t0})
+  if "linear_cached" in config.protocols:
+    t0 = time.perf_counter()
+    fit = run_linear_cached(config, workdir, embed, frozen, splits, num_classes, image_size,
+                            source, mesh)
+    metrics.update({f"linear_cached/{k}": fit[k] for k in ("top1", "top5", "l2", "grid")})
+    metrics["linear_cached/wall_time_s"] = time.perf_counter() - t0
+  for name in ("supervised", *config.protocols):
+    if f"{name}/top1" in metrics:
+      logging.info("%s: top-1 %.4f, top-5 %.4f (%.1f s)", name, metrics[f"{name}/top1"],
+                   metrics[f"{name}/top5"], metrics[f"{name}/wall_time_s"])
+  dataset = results.dataset_entry(
+      config.data.name, [config.data.train_split, config.data.eval_split],
+      data_dir=config.data.data_dir, version=dataset_version)
+  return results.write(workdir, task=config.task, source_workdir=config.checkpoint,
+                       source_step=source["step"], source_config=run, dataset=dataset,
+                       metrics=metrics, wall_time_s=time.perf_counter() - start)

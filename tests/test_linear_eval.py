@@ -1,0 +1,226 @@
+"""Linear evaluation: a frozen encoder, a portable restore, the cached probe, results.json."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_contrastive import config as config_lib
+from attn_contrastive import summary
+from attn_contrastive.data import pipeline
+from attn_contrastive.evaluators import features, results, softmax_regression
+from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
+from attn_contrastive.models.resnet import resnet_from_config
+from attn_contrastive.models.simclr import simclr_from_config
+from attn_contrastive.tasks import linear_eval, pretrain
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import loop
+from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train.state import init_key
+
+SIZE = 16
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class _Colours:
+  """24-px images whose colour is the class (4 classes), with pixel noise."""
+
+  def __init__(self, n, seed):
+    rng = np.random.default_rng(seed)
+    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
+    self.labels = rng.integers(0, 4, n)
+    noise = rng.integers(-30, 30, (n, 24, 24, 3))
+    self.images = np.clip(palette[self.labels][:, None, None] + noise, 0, 255).astype(np.uint8)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _tiny_pretrain_config():
+  c = config_lib.base_config()
+  c.data.image_size = SIZE
+  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
+                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
+  c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
+  c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
+  return c
+
+
+@pytest.fixture(scope="module")
+def simclr_run(tmp_path_factory):
+  """A 2-step SimCLR run written on 8 devices: (workdir, its config)."""
+  config = _tiny_pretrain_config()
+  model = simclr_from_config(config.model)
+  task = loop.TaskSpec(
+      model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=_Colours(32, 0),
+      train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
+      sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
+  workdir = str(tmp_path_factory.mktemp("simclr"))
+  loop.run(config, workdir, task, mesh=mesh_lib.make_mesh(8))
+  return workdir, config
+
+
+def _linear_config(checkpoint):
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "linear_eval.py"))
+  c.checkpoint = checkpoint
+  c.data.num_classes = 4
+  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
+  c.train.update(dict(num_steps=3, log_every=1, checkpoint_every=2, async_checkpoint=False))
+  c.eval.update(dict(batch_size=16, num_threads=1))
+  c.linear_cached.update(dict(l2_grid=(1e-4, 1e-2), max_iters=50, shard_size=32))
+  return c
+
+
+def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run, tmp_path,
+                                                                     monkeypatch):
+  run_dir, _ = simclr_run
+  seen, real_run = {}, loop.run
+
+  def recording_run(config, workdir, task, **kwargs):
+    seen["before"] = jax.device_get(task.frozen)
+    state, last = real_run(config, workdir, task, **kwargs)
+    seen["after"], seen["head"] = jax.device_get((task.frozen, state.params))
+    return state, last
+
+  monkeypatch.setattr(loop, "run", recording_run)
+  workdir = str(tmp_path / "eval")
+  out = linear_eval.train_and_evaluate(
+      _linear_config(run_dir), workdir, splits={"train": _Colours(48, 1),
+                                                "validation": _Colours(20, 2)},
+      dataset_version="test", mesh=mesh_lib.make_mesh(1))
+  # The encoder's parameters and BatchNorm statistics: the checkpoint's, bit for bit,
+  # before and after the head's training; the head moved.
+  on_disk = ckpt_lib.load_variables(run_dir)
+  on_disk = {k: v["encoder"] for k, v in on_disk.items()}
+  assert set(seen["before"]) == {"params", "batch_stats"}
+  for before, after, disk in zip(*(jax.tree.leaves(t) for t in
+                                   (seen["before"], seen["after"], on_disk))):
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(before, disk)
+  assert np.abs(seen["head"]["head"]["kernel"]).max() > 0
+  # The probe's own checkpoints hold the head only, in <workdir>/linear.
+  assert set(ckpt_lib.load_variables(os.path.join(workdir, "linear"))["params"]) == {"head"}
+  assert sorted(os.listdir(os.path.join(workdir, "features", "train"))) == [
+      "00000.npz", "00001.npz"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(out))
+  metrics = {f"{p}/{m}" for p in ("linear", "linear_cached") for m in ("top1", "top5")}
+  assert set(results.OUTLINE) | metrics | {"linear_cached/l2"} <= set(written)
+  assert written["task"] == "linear_eval" and written["source_step"] == 2
+  assert written["source_workdir"] == os.path.abspath(run_dir)
+  assert written["source_config"]["model"]["width"] == 4
+  assert written["dataset"] == {"name": "salient_objects/classification",
+                                "splits": ["train", "validation"], "version": "test"}
+  assert all(0 <= written[k] <= 1 for k in metrics)
+  assert written["linear_cached/l2"] in (1e-4, 1e-2)
+
+
+def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):
+  run_dir, config = simclr_run
+  model = simclr_from_config(config.model)
+  embed = linear_eval.make_embed(model.encoder, jnp.float32)
+  src = _Colours(24, 3)
+  feats = {}
+  for n in (1, 8):
+    mesh = mesh_lib.make_mesh(n)
+    variables = ckpt_lib.load_variables(run_dir, sharding=mesh_lib.replicated(mesh))
+    assert all(x.sharding.mesh.size == n for x in jax.tree.leaves(variables))
+    _, frozen = linear_eval.encoder_of(model, variables)
+    eval_cfg = config_lib.base_config().eval
+    eval_cfg.update(dict(batch_size=8, num_threads=1))
+    feats[n], _ = features.extract(embed, frozen, src, pipeline.EvalView(SIZE), eval_cfg,
+                                   mesh=mesh)
+  np.testing.assert_allclose(feats[1], feats[8], rtol=1e-5, atol=1e-6)
+  assert feats[1].std(0).max() > 0
+
+
+def test_cached_probe_separates_separable_features_with_a_small_l2():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(6, 16)) * 4
+
+  def split(n):
+    y = rng.integers(0, 6, n)
+    return 3.0 + 0.1 * (centres[y] + rng.normal(size=(n, 16))), y  # off-centre, small scale
+
+  (tx, ty), (vx, vy) = split(603), split(205)
+  fit = softmax_regression.fit_and_evaluate(
+      tx, ty, vx, vy, 6, l2_grid=(1e-6, 1e-4, 1e-2, 1.0), max_iters=200,
+      mesh=mesh_lib.make_mesh(8))
+  assert fit["top1"] >= 0.98 and fit["top5"] == 1.0
+  assert fit["l2"] <= 1e-4, fit["grid"]
+  assert fit["grid"][-1]["heldout_loss"] > fit["grid"][0]["heldout_loss"]
+
+
+@pytest.mark.parametrize("kind", ["resnet", "attention"])
+def test_encoder_of_a_supervised_model_is_its_trunk(kind):
+  config = _tiny_pretrain_config()
+  model = resnet_from_config(config.model, num_classes=3)
+  if kind == "attention":
+    config.attention.update(dict(stages=("conv4",), width=4))
+    model = WithAttention(model, attention_heads_from_config(config.attention, config.model))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
+  variables = jax.jit(lambda rng: model.init(rng, x, train=False))(init_key(0))
+  encoder, part = linear_eval.encoder_of(model, variables)
+  assert isinstance(encoder, nn.Module) and "classifier" not in part["params"]
+  pooled = jax.jit(lambda m, v: m.apply(v, x, train=False)["pooled"], static_argnums=0)
+  np.testing.assert_array_equal(pooled(encoder, part), pooled(model, variables))
+
+
+def test_summary_hands_the_evaluated_run_to_retrieval(tmp_path):
+  (tmp_path / "results.json").write_text(json.dumps(
+      {"task": "linear_eval", "source_workdir": "/runs/simclr", "linear/top1": 0.5}))
+  text = summary.summary("linear_eval", "configs/linear_eval.py", str(tmp_path),
+                         "salient_objects/classification", 1.0)
+  assert "linear/top1 0.5" in text
+  assert text.rstrip().endswith(
+      f"--config=configs/retrieval.py --workdir={tmp_path.parent}/retrieval_simclr "
+      "--config.checkpoint=/runs/simclr")
+
+
+def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
+  """The retrieval task's mAP, P@1 and kNN top-1 of a real (tiny) run's
+  pooled features equal a NumPy brute force on the same features; its
+  results.json has the evaluation outline."""
+  from attn_contrastive.evaluators import results as results_lib
+  from attn_contrastive.tasks import retrieval
+  workdir, _ = simclr_run
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "retrieval.py"))
+  c.checkpoint = workdir
+  c.retrieval.update(dict(knn_k=5, chunk=8, shard_size=16))
+  c.eval.update(dict(batch_size=16, num_threads=1))
+  splits = {"train": _Colours(32, 3), "validation": _Colours(12, 4)}
+  out = retrieval.train_and_evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
+                                     mesh=mesh_lib.make_mesh(8))
+  assert set(results_lib.OUTLINE) <= set(out) and out["task"] == "retrieval"
+  assert len(out["retrieval/pr_curve"]) == 11
+  # Brute force over the cached features.
+  feats = {}
+  for s in ("train", "validation"):
+    with np.load(os.path.join(str(tmp_path), "features", f"pooled_{s}", "00000.npz")) as f:
+      x = np.concatenate([f["features"]] + ([] if s == "validation" else [np.load(
+          os.path.join(str(tmp_path), "features", "pooled_train", "00001.npz"))["features"]]))
+    feats[s] = x / np.linalg.norm(x, axis=1, keepdims=True)
+  q, g = feats["validation"], feats["train"]
+  qy, gy = splits["validation"].labels, splits["train"].labels
+  sims = q @ g.T
+  aps, p1, knn = [], [], []
+  for i in range(len(q)):
+    order = np.argsort(-sims[i], kind="stable")
+    rel = gy[order] == qy[i]
+    hits = np.cumsum(rel)
+    aps.append(np.sum(hits[rel] / (np.flatnonzero(rel) + 1)) / rel.sum())
+    p1.append(rel[0])
+    top = order[:5]
+    votes = np.bincount(gy[top], weights=np.exp(sims[i, top] / 0.07), minlength=4)
+    knn.append(np.argmax(votes) == qy[i])
+  assert out["retrieval/map"] == pytest.approx(np.mean(aps), abs=1e-5)
+  assert out["retrieval/precision@1"] == pytest.approx(np.mean(p1), abs=1e-6)
+  assert out["knn/top1"] == pytest.approx(np.mean(knn), abs=1e-6)
