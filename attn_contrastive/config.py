@@ -87,12 +87,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
       momentum=0.9, nesterov=False, trust_coefficient=1e-3, warmup_epochs=2.0))
+  # `online_probe` (SimCLR runs with labelled data): a linear classifier on the
+  # frozen pooled features, trained in the same step (SimCLR's
+  # lineareval_while_pretraining); it does not change the encoder's training.
   c.train = ml_collections.ConfigDict(dict(
       num_epochs=10.0, num_steps=-1, log_every=10, checkpoint_every=200,
-      keep_checkpoints=3, async_checkpoint=True, eval_every=-1, profile=False))
+      keep_checkpoints=3, async_checkpoint=True, eval_every=-1, profile=False,
+      online_probe=False))
   # Every evaluator (see attn_contrastive.evaluators.common): the global batch,
   # the first `max_examples` of the split (-1: all) and the host threads.
-  c.eval = ml_collections.ConfigDict(dict(batch_size=500, max_examples=-1, num_threads=2))
+  # The pretraining monitor (evaluators/knn.py): a weighted kNN classifier,
+  # `knn_k` neighbours voting exp(cosine / `knn_temperature`), whose bank is
+  # the first `knn_bank_size` training images (-1: all); with attention heads,
+  # their KLD and CC on the first `attention_examples` validation images, and
+  # `attention_images` image | target | head strips in TensorBoard.
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=500, max_examples=-1, num_threads=2, knn_k=200, knn_temperature=0.07,
+      knn_bank_size=-1, attention_examples=64, attention_images=4))
   # Attention heads trained towards teacher maps (L_attn); off by default.
   # `map_size`: side of the per-view map made on the host (the largest head's
   # resolution); it is resized on device to each head. `fixation_quantile` < 0
@@ -105,11 +116,14 @@ def base_config() -> ml_collections.ConfigDict:
   # "joint" (one batch of views and human images). α and β weigh the
   # per-image KLD and NSS, averaged over the batch, against NT-Xent at
   # SimCLR's scale (the sum of both views' mean cross-entropies).
+  # `eval_maps_dir` (optional, teacher rows): the label task's maps of
+  # `data.eval_split`, the targets of the heads' monitor during pretraining
+  # (the co-train row uses `human_data`'s "validation" split instead).
   c.attention = ml_collections.ConfigDict(dict(
       enabled=False, stages=("conv3", "conv4"), width=64, alpha=1.0, beta=0.1,
       fixation_quantile=-1.0, map_size=16, maps_dir="", labels="teacher",
       human_data="salient_objects/human_attention", human_split="train",
-      cotrain_bn="separate"))
+      cotrain_bn="separate", eval_maps_dir=""))
   return c
 
 

@@ -41,7 +41,8 @@ NEXT_STAGE = {
 
 #: The numbers of ``results.json`` (nested keys joined by "/") each task shows.
 KEY_METRICS = {
-    "pretrain": ("loss", "contrastive_accuracy", "attn_loss"),
+    "pretrain": ("nt_xent", "contrastive_accuracy", "attn_loss", "online_probe/top1",
+                 "knn/top1"),
     "supervised": ("eval/accuracy", "eval/loss", "loss"),
     "teacher": ("teacher/nss", "teacher/cc", "teacher/kld", "center_bias/nss",
                 "center_bias/cc"),

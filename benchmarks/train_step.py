@@ -10,6 +10,9 @@ one JSON object: ``images_per_s``, ``views_per_s`` (2× images for
 contrastive tasks), ``step_ms``, ``devices``, the step's FLOPs and, with
 ``--peak_tflops``, the model FLOPs utilisation. ``--compare_attention`` times
 the step without and with attention heads in one process and reports the ratio.
+``--compare_probe=R`` times the SimCLR step without and with the online
+linear probe (``train.online_probe``) alternately for R rounds in one
+process and reports the median ratio and every round's.
 """
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ _COMPARE = flags.DEFINE_bool(
     "compare_attention", False,
     "Time the config with attention heads off, then on; the last "
     "line adds plain_step_ms and attention_step_ratio.")
+_PROBE_ROUNDS = flags.DEFINE_integer(
+    "compare_probe", 0,
+    "If > 0, rounds of timing the step without and with the online probe, alternately "
+    "(--steps each); the last line adds plain_step_ms and probe_step_ratio.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device, in TFLOP/s, for MFU.")
 
 
@@ -62,7 +69,9 @@ def make_batch(config) -> dict[str, np.ndarray]:
   attn = config.get("attention")
   m = attn.map_size if attn is not None and attn.enabled else 0
   if config.task == "pretrain":
-    batch = {"view1": images(), "view2": images()}
+    # Labels ride with every batch, as the pipeline sends them (the online probe's).
+    batch = {"view1": images(), "view2": images(),
+             "label": rng.integers(0, max(config.data.num_classes, 1), (b,), dtype=np.int32)}
     if m and attn.labels == "human":  # co-train: one human-attention image per example
       batch.update(human_image=images(), human_map=rng.random((b, m, m), dtype=np.float32))
     elif m:  # teacher maps ride with each view
@@ -220,11 +229,42 @@ def compare_attention(config, steps: int, warmup: int, peak_tflops: float = 0.0)
   return out
 
 
+def compare_probe(config, rounds: int, steps: int, warmup: int, peak_tflops: float = 0.0
+                  ) -> dict:
+  """The SimCLR step with the online probe against the same step without, alternating.
+
+  Both steps are compiled in one process; each round times ``steps`` steps
+  of each, in ABBA order (the first of a round alternates), so that drifts
+  of a shared machine's speed fall on both alike.
+  """
+  runners = {}
+  for name, on in (("plain", False), ("probe", True)):
+    cfg = config.copy_and_resolve_references()
+    cfg.train.online_probe = on
+    runners[name] = StepRunner(cfg)
+    runners[name].run(warmup)
+  times = {name: [] for name in runners}
+  for i in range(rounds):
+    for name in (("plain", "probe") if i % 2 == 0 else ("probe", "plain")):
+      times[name].append(runners[name].run(steps))
+  ratios = [p / b for p, b in zip(times["probe"], times["plain"])]
+  out = runners["probe"].report(float(np.median(times["probe"])), peak_tflops)
+  out.update(plain_step_ms=1e3 * float(np.median(times["plain"])),
+             probe_step_ratio=float(np.median(ratios)),
+             probe_step_ratios=[round(r, 4) for r in ratios],
+             probe_flop_ratio=runners["probe"].flops / max(runners["plain"].flops, 1e-30))
+  return out
+
+
 def main(argv):
   del argv
   config = main_lib._CONFIG.value
-  run = compare_attention if _COMPARE.value else benchmark
-  print(json.dumps(run(config, _STEPS.value, _WARMUP.value, _PEAK.value)))
+  if _PROBE_ROUNDS.value > 0:
+    out = compare_probe(config, _PROBE_ROUNDS.value, _STEPS.value, _WARMUP.value, _PEAK.value)
+  else:
+    run = compare_attention if _COMPARE.value else benchmark
+    out = run(config, _STEPS.value, _WARMUP.value, _PEAK.value)
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":

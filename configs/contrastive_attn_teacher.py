@@ -22,6 +22,20 @@ Synthetic data (default; a 2-core laptop):
   validation split (``configs/alignment.py``), against 1.503 / 1.583 and
   0.739 / 0.775 for the plain SimCLR encoder's activation attention.
 
+Monitor: the Contrastive row's (online probe, kNN and probe top-1 every
+  ``train.eval_every`` steps; see ``configs/contrastive.py`` for its cost)
+  and, with ``attention.eval_maps_dir`` set to teacher maps of the
+  validation split, the heads' KLD and CC against them on its first
+  ``eval.attention_examples`` (64) images (``eval/attention/{kld,cc}/<stage>``,
+  ``attention/…`` in results.json) with image | teacher map | head maps
+  strips in TensorBoard (``eval/attention_maps``); one jitted forward of 64
+  images, well under a second per evaluation here. Make the maps with
+    python -m attn_contrastive.main --config=configs/label.py \
+        --workdir=/tmp/maps_val --config.teacher_checkpoint=/tmp/teacher \
+        --config.data.split=validation
+  and add ``--config.attention.eval_maps_dir=/tmp/maps_val``; without it
+  the heads are not monitored (their alignment is the alignment task's).
+
 ImageNet (a TPU v3-32 / v4-32 or 8×A100/H100 host group):
   python -m attn_contrastive.main --config=configs/label.py:imagenet \
       --workdir=gs://BUCKET/maps_train --config.teacher_checkpoint=gs://BUCKET/teacher

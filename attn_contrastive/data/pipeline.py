@@ -39,7 +39,9 @@ class ContrastiveViews:
 
   With ``map_size`` set, the example's ``attention_map`` follows each view's
   crop and flip into ``map1`` / ``map2`` (float32, ``map_size`` square); the
-  random draws, and so the views, are the same with or without maps.
+  random draws, and so the views, are the same with or without maps. An
+  example's ``label``, if it has one, rides along (int32) for the online
+  linear probe.
   """
   image_size: int
   aug: Any  # config.aug
@@ -58,6 +60,8 @@ class ContrastiveViews:
       out[name] = to_uint8(view)
       if map_view is not None:
         out[f"map{i}"] = map_view
+    if "label" in example:
+      out["label"] = np.int32(example["label"])
     return out
 
 
@@ -69,6 +73,7 @@ class CoTrainViews:
   ``human_source`` (``image`` + grey ``saliency_map``) and gives a
   random-resized crop and flip of it as ``human_image`` with the map cropped
   and flipped the same way as ``human_map`` (float32, ``map_size`` square).
+  The example's own ``label`` rides along as in :class:`ContrastiveViews`.
   """
   image_size: int
   aug: Any  # config.aug

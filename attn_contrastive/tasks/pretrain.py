@@ -3,25 +3,53 @@
 With ``config.attention.enabled`` the model also has attention heads, each
 view carries its teacher map (``map1``/``map2``, cropped and flipped with the
 view on the host), and the loss is NT-Xent + L_attn in the same jitted step.
+
+With ``config.train.online_probe`` (and labelled data) a linear classifier
+learns on the frozen pooled features of the views in the same step, from
+the labels that ride with the batch (SimCLR's
+``lineareval_while_pretraining``); its cross-entropy is added to the loss
+but reaches only the probe. Every ``train.eval_every`` steps and at the end,
+the monitor reports the probe's validation top-1 and a kNN classifier's
+(:mod:`attn_contrastive.evaluators.knn`), and for a run with attention heads
+their KLD and CC against validation maps
+(:mod:`attn_contrastive.evaluators.attention_heads`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
 from attn_contrastive import losses
-from attn_contrastive.models.simclr import simclr_from_config
+from attn_contrastive.models.simclr import PROBE, SimCLR, simclr_from_config
 from attn_contrastive.train import step as step_lib
 
 if TYPE_CHECKING:
+  from attn_contrastive.evaluators import attention_heads, knn
   from attn_contrastive.train import loop
 
 
-def build_model(config):
-  """SimCLR network; with attention heads if ``config.attention`` enables them."""
-  return simclr_from_config(config.model, config.get("attention"))
+def probe_classes(config) -> int:
+  """Classes of the online linear probe: ``data.num_classes`` if it is on, else 0."""
+  if not config.train.get("online_probe", False):
+    return 0
+  return max(int(config.data.get("num_classes", 0) or 0), 0)
+
+
+def build_model(config) -> SimCLR:
+  """SimCLR network; attention heads if ``config.attention`` enables them, and the
+  online probe if ``config.train.online_probe`` is on."""
+  return simclr_from_config(config.model, config.get("attention"), probe_classes(config))
+
+
+def probe_loss(logits: jnp.ndarray, labels: jnp.ndarray
+               ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """The online probe's cross-entropy over both views' logits ``[2N, C]``."""
+  labels = jnp.concatenate([labels, labels])
+  loss = losses.cross_entropy(logits, labels)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return loss, {"probe_loss": loss, "probe_accuracy": accuracy}
 
 
 COTRAIN_BN = ("separate", "joint")
@@ -41,6 +69,11 @@ def make_loss_fn(model, config):
   the running statistics that linear evaluation uses, come from the
   pretraining data alone; ``joint`` runs views and human images as one batch
   (cheaper by one pass over the parameters, statistics mixed).
+
+  A model with the online probe also needs ``label``: the probe's
+  cross-entropy (both views) is added to the loss, behind a
+  ``stop_gradient``, so the encoder's and heads' gradients are those of the
+  run without it. ``loss`` is then the sum, ``nt_xent`` the contrastive part.
   """
   dtype = jnp.dtype(config.model.dtype)
   attn = config.get("attention")
@@ -84,13 +117,123 @@ def make_loss_fn(model, config):
       attn_loss, attn_metrics = losses.attention_loss_on_maps(logits, maps, config.attention)
       metrics.update(attn_metrics, nt_xent=loss, attn_loss=attn_loss)
       loss = loss + attn_loss
+    if "probe_logits" in out:
+      if "label" not in batch:
+        raise ValueError("the online probe needs labelled data (a 'label' in the batch); "
+                         "set --config.train.online_probe=False")
+      probe, probe_metrics = probe_loss(out["probe_logits"], batch["label"])
+      metrics.update(probe_metrics, nt_xent=metrics.get("nt_xent", loss))
+      loss = loss + probe
     return loss, (stats, metrics)
 
   return loss_fn
 
 
-def build_task(config) -> loop.TaskSpec:
-  """Model, loss and data of a SimCLR run (teacher maps or co-train if attention is on)."""
+class Monitor:
+  """Several evaluators as one: their flat scalars and their results, merged."""
+
+  def __init__(self, *evaluators):
+    self.evaluators = evaluators
+    self.results: dict[str, Any] = {}
+
+  def __call__(self, state) -> dict[str, float]:
+    flat, results = {}, {}
+    for evaluate in self.evaluators:
+      flat.update(evaluate(state))
+      results.update(evaluate.results)
+    self.results = results
+    return flat
+
+
+def _predict_outputs(model, config):
+  """``(state, uint8 images, **rows) -> model outputs`` in evaluation mode."""
+  dtype = jnp.dtype(config.model.dtype)
+
+  def outputs(state, images, **rows):
+    x = step_lib.normalize_images(images, dtype)
+    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                       train=False, **rows)
+
+  return outputs
+
+
+def make_knn_evaluator(model, config, bank_source, query_source,
+                       mesh=None) -> knn.KnnEvaluator:
+  """The kNN monitor on pooled features, with the online probe's top-1 if there is one."""
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.evaluators import knn
+  outputs = _predict_outputs(model, config)
+
+  def embed(state, images):
+    return outputs(state, images, project=None, attend=None)["pooled"]
+
+  classifiers = {}
+  if model.probe is not None:
+    classifiers["online_probe"] = lambda state, feats: model.probe.apply(
+        {"params": state.params[PROBE], "batch_stats": state.batch_stats[PROBE]}, feats,
+        train=False)
+  transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
+  return knn.KnnEvaluator(embed, bank_source, query_source, transform, config.eval,
+                          num_classes=config.data.num_classes, classifiers=classifiers,
+                          mesh=mesh)
+
+
+def attention_targets(config) -> tuple[Any, str, str] | None:
+  """(source, its map key, a name) of the heads' monitor; None without targets.
+
+  The co-train row: ``attention.human_data``'s validation split (human maps).
+  A teacher row: the image split ``data.eval_split`` joined to the label
+  task's maps of it in ``attention.eval_maps_dir``, if one is given.
+  """
+  from attn_contrastive.data import sources
+  attn = config.attention
+  if attn.labels == "human":
+    return (sources.open_split(attn.human_data, "validation", config.data.data_dir,
+                               config.data.auto_prepare), "saliency_map",
+            f"{attn.human_data}/validation")
+  if not attn.get("eval_maps_dir"):
+    return None
+  from attn_contrastive.data import attention_maps
+  images = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
+                              config.data.auto_prepare)
+  source = attention_maps.with_attention_maps(images, attn.eval_maps_dir,
+                                              dataset=config.data.name,
+                                              split=config.data.eval_split)
+  return source, "attention_map", attn.eval_maps_dir
+
+
+def make_attention_monitor(model, config, source, map_key: str, name: str,
+                           workdir: str | None = None,
+                           mesh=None) -> attention_heads.AttentionHeadsMonitor:
+  """The attention heads' KLD and CC on the first ``eval.attention_examples`` images."""
+  from attn_contrastive.evaluators import attention_heads
+  outputs = _predict_outputs(model, config)
+  size = config.data.image_size
+  images, targets = attention_heads.fixed_batch(source, config.eval.attention_examples,
+                                                (size, size), map_key)
+  return attention_heads.AttentionHeadsMonitor(
+      lambda state, x: outputs(state, x, project=None)["attention_logits"], images, targets,
+      config.eval, targets_name=name, mesh=mesh, workdir=workdir)
+
+
+def make_evaluator(model, config, train_images, workdir: str | None = None,
+                   mesh=None) -> Monitor | None:
+  """The monitor of a run: kNN (+ probe) on labelled data, the heads if they have targets."""
+  from attn_contrastive.data import sources
+  parts = []
+  if int(config.data.get("num_classes", 0) or 0) > 0:
+    val = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
+                             config.data.auto_prepare)
+    parts.append(make_knn_evaluator(model, config, train_images, val, mesh))
+  attn = config.get("attention")
+  if attn is not None and attn.enabled and (targets := attention_targets(config)):
+    parts.append(make_attention_monitor(model, config, *targets, workdir=workdir, mesh=mesh))
+  return Monitor(*parts) if parts else None
+
+
+def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
+  """Model, loss, data and monitor of a SimCLR run (teacher maps or co-train if
+  attention is on); ``workdir`` receives the monitor's TensorBoard images."""
   # The data stack (grain, tfds, clu) is imported only when a run is built, so
   # the model and loss load where only jax/flax/optax are installed.
   from attn_contrastive.data import pipeline, sources
@@ -99,6 +242,7 @@ def build_task(config) -> loop.TaskSpec:
   model = build_model(config)
   source = sources.open_split(config.data.name, config.data.train_split,
                               config.data.data_dir, config.data.auto_prepare)
+  images = source
   size = config.data.image_size
   transform = pipeline.ContrastiveViews(size, config.aug)
   if attn is not None and attn.enabled:
@@ -118,10 +262,12 @@ def build_task(config) -> loop.TaskSpec:
   return loop.TaskSpec(
       model=model, loss_fn=make_loss_fn(model, config), train_source=source,
       train_transform=transform,
-      sample_input=jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+      sample_input=jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+      evaluate=make_evaluator(model, config, images, workdir))
 
 
 def train_and_evaluate(config, workdir: str, **kwargs):
-  """Trains through the shared loop (no evaluation yet: linear evaluation is to come)."""
+  """Trains through the shared loop; ``results.json`` gets the monitor's last values
+  (``online_probe/top1``, ``knn/top1``, with heads ``attention/…``)."""
   from attn_contrastive.train import loop
-  return loop.run(config, workdir, build_task(config), **kwargs)
+  return loop.run(config, workdir, build_task(config, workdir), **kwargs)

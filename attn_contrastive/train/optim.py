@@ -2,17 +2,28 @@
 
 LARS (SimCLR) and SGD with Nesterov momentum (supervised, linear eval) come
 from optax; biases and BatchNorm parameters (every 1-D leaf) are masked out
-of weight decay and of LARS's trust ratio, as in SimCLR.
+of weight decay and of LARS's trust ratio, as in SimCLR. So is the online
+linear probe (``models/simclr.py``), as SimCLR excludes its supervised head:
+it learns by plain momentum SGD at the schedule's rate. (SimCLR adds
+``weight_decay × ½|W|²`` of that head's kernel to its loss instead; at 1e-6
+it is left out here.)
 """
 from __future__ import annotations
 
 import jax
 import optax
 
+from attn_contrastive.models.simclr import PROBE
+
+
+def _in_probe(path) -> bool:
+  return any(getattr(k, "key", None) == PROBE for k in path)
+
 
 def decay_mask(params):
-  """True for weight matrices and conv kernels, False for biases and BN."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for weight matrices and conv kernels, False for biases, BN and the probe."""
+  return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim > 1 and not _in_probe(path),
+                                          params)
 
 
 def peak_learning_rate(optim_cfg, global_batch: int) -> float:
