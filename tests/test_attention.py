@@ -89,23 +89,11 @@ def _tiny_attn_config():
 
 
 def _fused_steps(n_devices, config, batch):
+  from helpers import run_steps
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
-  from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib
-  from attn_contrastive.train.state import create_train_state
   model = simclr_from_config(config.model, config.attention)
-  mesh = mesh_lib.make_mesh(n_devices)
-  schedule = optim.make_schedule(config.optim, 16, 4, 1)
-  tx = optim.make_optimizer(config.optim, schedule)
-  state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32),
-                             0, mesh_lib.replicated(mesh))
-  init = jax.device_get(state.params)
-  step = step_lib.jit_train_step(
-      step_lib.make_train_step(pretrain.make_loss_fn(model, config), schedule), mesh)
-  rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
-  for _ in range(2):
-    state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
-  return init, *jax.device_get((state.params, state.batch_stats, metrics))
+  return run_steps(n_devices, config, model, pretrain.make_loss_fn(model, config), batch)
 
 
 def test_fused_attention_step_eight_devices_equal_one():

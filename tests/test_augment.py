@@ -86,7 +86,6 @@ def test_sample_crop_box_statistics(hw):
   rng = _rng(1)
   boxes = [A.sample_crop_box(rng, h, w) for _ in range(2000)]
   areas = np.array([b.area for b in boxes])
-  aspects = np.array([(b.width * w) / (b.height * h) for b in boxes])
   coords = np.array([[b.y0, b.x0, b.y1, b.x1] for b in boxes])
   assert coords.min() >= 0.0 and coords.max() <= 1.0
   assert np.all(coords[:, 2] > coords[:, 0]) and np.all(coords[:, 3] > coords[:, 1])

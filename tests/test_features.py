@@ -1,7 +1,6 @@
 """Feature extraction over a split: order, labels, shards and resume."""
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

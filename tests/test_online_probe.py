@@ -20,22 +20,13 @@ from attn_contrastive.models.attention import spatial_softmax
 from attn_contrastive.saliency import jax_metrics, metrics as np_metrics
 from attn_contrastive.tasks import pretrain
 from attn_contrastive.train import loop, mesh as mesh_lib, optim
-from attn_contrastive.train import step as step_lib
-from attn_contrastive.train.state import create_train_state
 
-SIZE = 16
+from helpers import SIZE, run_steps, tiny_config
 
 
 def _tiny_config(online_probe=True):
-  c = config_lib.base_config()
-  c.data.image_size = SIZE
-  c.data.num_classes = 4
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
-  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
-  c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
-  c.train.update(dict(num_steps=3, log_every=1, checkpoint_every=100, async_checkpoint=False,
-                      online_probe=online_probe))
+  c = tiny_config()
+  c.train.update(dict(num_steps=3, checkpoint_every=100, online_probe=online_probe))
   c.eval.update(dict(batch_size=16, num_threads=1, knn_k=5, attention_examples=8,
                      attention_images=2))
   return c
@@ -43,20 +34,10 @@ def _tiny_config(online_probe=True):
 
 def _two_steps(config, batch):
   model = pretrain.build_model(config)
-  mesh = mesh_lib.make_mesh(1)
   # The schedule of the 3-step run below (64 examples, batch 16), so that its
   # step is this program again (one compilation, with the persistent cache).
-  schedule = optim.make_schedule(config.optim, 16, 3, 4)
-  state = create_train_state(model, optim.make_optimizer(config.optim, schedule),
-                             jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32), 0,
-                             mesh_lib.replicated(mesh))
-  init = jax.device_get(state.params)
-  step = step_lib.jit_train_step(
-      step_lib.make_train_step(pretrain.make_loss_fn(model, config), schedule), mesh)
-  rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
-  for _ in range(2):
-    state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
-  return init, *jax.device_get((state.params, state.batch_stats, metrics))
+  return run_steps(1, config, model, pretrain.make_loss_fn(model, config), batch,
+                   schedule_args=(16, 3, 4))
 
 
 def test_probe_leaves_the_encoder_and_heads_unchanged():

@@ -4,45 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attn_contrastive import config as config_lib
 from attn_contrastive.data import pipeline
 from attn_contrastive.models.resnet import ResNet
 from attn_contrastive.models.simclr import simclr_from_config
 from attn_contrastive.tasks import pretrain, supervised
-from attn_contrastive.train import loop, mesh as mesh_lib, optim
-from attn_contrastive.train import step as step_lib
-from attn_contrastive.train.state import create_train_state
+from attn_contrastive.train import loop
 
-SIZE = 16
-
-
-def tiny_config(task="pretrain"):
-  c = config_lib.base_config()
-  c.task = task
-  c.data.image_size = SIZE
-  c.data.num_classes = 4
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
-  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
-  c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
-  c.train.update(dict(num_steps=4, log_every=1, checkpoint_every=2, async_checkpoint=False))
-  if task == "supervised":
-    c.optim.update(dict(name="sgd", nesterov=True, weight_decay=1e-4))
-  return c
-
-
-def _step_on(n_devices, config, model, loss_fn, batch):
-  mesh = mesh_lib.make_mesh(n_devices)
-  schedule = optim.make_schedule(config.optim, 16, 4, 1)
-  tx = optim.make_optimizer(config.optim, schedule)
-  state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
-                             0, mesh_lib.replicated(mesh))
-  step = step_lib.jit_train_step(step_lib.make_train_step(loss_fn, schedule), mesh)
-  rng = jax.device_put(jax.random.PRNGKey(1), mesh_lib.replicated(mesh))
-  init_params = jax.device_get(state.params)
-  for _ in range(2):
-    state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
-  return init_params, *jax.device_get((state.params, state.batch_stats, metrics))
+from helpers import SIZE, run_steps, tiny_config  # noqa: F401  (tiny_config: other tests)
 
 
 def _assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
@@ -66,8 +34,8 @@ def test_eight_devices_equal_one(task):
     loss_fn = supervised.make_loss_fn(model, config)
     batch = {"image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, (16,), dtype=np.int32)}
-  _, p8, s8, m8 = _step_on(8, config, model, loss_fn, batch)
-  p0, p1, s1, m1 = _step_on(1, config, model, loss_fn, batch)
+  _, p8, s8, m8 = run_steps(8, config, model, loss_fn, batch)
+  p0, p1, s1, m1 = run_steps(1, config, model, loss_fn, batch)
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   _assert_trees_close(p8, p1)
   _assert_trees_close(s8, s1)
