@@ -16,6 +16,7 @@ at D = 2048 in float32 is 10.5 GB).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from typing import Any, Callable
 
@@ -97,6 +98,25 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
       parts_f.append(f)
       parts_l.append(lab)
   return np.concatenate(parts_f), np.concatenate(parts_l)
+
+
+def check_cache_source(cache_root: str, source: dict[str, Any]) -> None:
+  """Refuses a features folder made from another checkpoint or view; records this one's.
+
+  ``source`` names what the features are of (checkpoint, step, embedding,
+  view); it is kept in ``<cache_root>/source.json`` by the first run.
+  """
+  path = os.path.join(cache_root, "source.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached != source:
+      raise ValueError(f"{cache_root} holds features of {cached}, not {source}; delete it "
+                       "or choose another workdir")
+  elif jax.process_index() == 0:
+    os.makedirs(cache_root, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(source, f, indent=2)
 
 
 def _save_atomic(path: str, **arrays: np.ndarray) -> None:

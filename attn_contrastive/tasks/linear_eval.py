@@ -27,7 +27,6 @@ A supervised run's own classifier is scored too (``supervised/top1``,
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -138,28 +137,13 @@ def linear_task(config, embed, frozen, splits, num_classes: int, image_size: int
       evaluate=_Probe(evaluator, frozen), frozen=frozen)
 
 
-def _check_feature_cache(cache_root: str, source: dict[str, Any]) -> None:
-  """Refuses cached features of another checkpoint or view; records this one's."""
-  path = os.path.join(cache_root, "source.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if cached != source:
-      raise ValueError(f"{cache_root} holds features of {cached}, not {source}; delete it "
-                       "or choose another workdir")
-  elif jax.process_index() == 0:
-    os.makedirs(cache_root, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(source, f, indent=2)
-
-
 def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: int,
                       image_size: int, source: dict[str, Any], mesh) -> dict[str, Any]:
   """The ``linear_cached`` protocol: cached centre-crop features, softmax regression."""
   from attn_contrastive.data import pipeline
   cache_root = os.path.join(workdir, "features")
-  _check_feature_cache(cache_root, dict(source, image_size=image_size,
-                                        crop_fraction=config.aug.eval_crop_fraction))
+  features.check_cache_source(cache_root, dict(source, image_size=image_size,
+                                              crop_fraction=config.aug.eval_crop_fraction))
   transform = pipeline.EvalView(image_size, config.aug.eval_crop_fraction)
   t0 = time.perf_counter()
   (train_x, train_y), (val_x, val_y) = (

@@ -19,7 +19,6 @@ head output, pretraining runs only). Both splits' embeddings are cached in
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -74,21 +73,6 @@ def _embeddings(config, workdir, embed, variables, split_name, source, image_siz
                           mesh=mesh, cache_dir=cache, shard_size=config.retrieval.shard_size)
 
 
-def _check_cache(workdir: str, source: dict[str, Any]) -> None:
-  """Refuses a features folder made from another checkpoint or embedding."""
-  path = os.path.join(workdir, "features", "source.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if cached != source:
-      raise ValueError(f"{os.path.dirname(path)} holds features of {cached}, not {source}; "
-                       "delete it or choose another workdir")
-  elif jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(source, f, indent=2)
-
-
 def score(config, query, gallery, mesh, same_split: bool,
           num_classes: int) -> dict[str, Any]:
   """The ``retrieval/...`` (and ``knn/...``) metrics of query vs gallery embeddings."""
@@ -129,9 +113,10 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
     from attn_contrastive.data import sources
     splits = {s: sources.open_split(config.data.name, s, config.data.data_dir,
                                     config.data.auto_prepare) for s in names}
-  _check_cache(workdir, {"checkpoint": os.path.abspath(config.checkpoint), "step": step,
-                         "embedding": rc.embedding, "image_size": image_size,
-                         "crop_fraction": config.eval.crop_fraction})
+  features.check_cache_source(os.path.join(workdir, "features"), {
+      "checkpoint": os.path.abspath(config.checkpoint), "step": step,
+      "embedding": rc.embedding, "image_size": image_size,
+      "crop_fraction": config.eval.crop_fraction})
   t0 = time.perf_counter()
   emb = {s: _embeddings(config, workdir, embed, variables, s, splits[s], image_size, mesh)
          for s in names}
