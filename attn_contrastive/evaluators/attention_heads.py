@@ -47,14 +47,6 @@ def fixed_batch(source, num_examples: int, image_hw: tuple[int, int], map_key: s
   return images, np.maximum(maps, 0.0)
 
 
-def _gray(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """A map stretched to [0, 255] at ``hw``, as RGB uint8."""
-  m = metrics.resize_to(np.asarray(m, np.float64), hw)
-  span = m.max() - m.min()
-  m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-  return np.repeat((m * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
-
-
 class AttentionHeadsMonitor:
   """KLD and CC of each head on a fixed batch; strips to TensorBoard.
 
@@ -101,9 +93,8 @@ class AttentionHeadsMonitor:
     self.results = {**flat, "attention/num_images": len(self.images),
                     "attention/targets": self.targets_name}
     if self._writer is not None and self.num_strips > 0:
-      hw = self.images.shape[1:3]
-      strips = [np.concatenate([self.images[i], _gray(self.targets[i], hw)]
-                               + [_gray(v[2][i], hw) for v in scored.values()], axis=1)
+      strips = [saliency_eval.to_strip(self.images[i], self.targets[i],
+                                       *(v[2][i] for v in scored.values()))
                 for i in range(min(self.num_strips, len(self.images)))]
       self._writer.write_images(step, {"eval/attention_maps": np.stack(strips)})
       self._writer.flush()

@@ -66,17 +66,18 @@ def _score(pred: np.ndarray, gt: np.ndarray, fix: np.ndarray, other: np.ndarray 
   return scores
 
 
-def _to_strip(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """``[image | ground truth | prediction]`` as one uint8 RGB strip."""
-  h, w = image.shape[:2]
+def map_to_rgb(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """A map resized to ``hw`` and stretched to [0, 255], as RGB uint8 (for image strips)."""
+  m = metrics.resize_to(np.asarray(m, np.float64), hw)
+  span = m.max() - m.min()
+  m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
+  return np.repeat((m * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
 
-  def gray(m):
-    m = metrics.resize_to(m, (h, w))
-    span = m.max() - m.min()
-    m = (m - m.min()) / span if span > 0 else np.zeros_like(m)
-    return np.repeat((m * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
 
-  return np.concatenate([image, gray(gt), gray(pred)], axis=1)
+def to_strip(image: np.ndarray, *maps: np.ndarray) -> np.ndarray:
+  """``[image | map | map …]`` as one uint8 RGB strip, maps at the image's size."""
+  hw = image.shape[:2]
+  return np.concatenate([image] + [map_to_rgb(m, hw) for m in maps], axis=1)
 
 
 class SaliencyEvaluator:
@@ -182,7 +183,7 @@ class SaliencyEvaluator:
                 sums[row, col] += scores[name]
                 counts[row, col] += 1
         for it, d in real[:max(int(self.eval_cfg.num_images) - len(strips), 0)]:
-          strips.append(_to_strip(it["image"], it["gt"], d))
+          strips.append(to_strip(it["image"], it["gt"], d))
     totals = common.sum_over_processes(np.stack([sums, counts]))
     means = np.where(totals[1] > 0, totals[0] / np.maximum(totals[1], 1), np.nan)
     step = int(jax.device_get(state.step))
