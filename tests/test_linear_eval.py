@@ -121,6 +121,19 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
                                 "splits": ["train", "validation"], "version": "test"}
   assert all(0 <= written[k] <= 1 for k in metrics)
   assert written["linear_cached/l2"] in (1e-4, 1e-2)
+  # Each protocol's classifier reads back as one linear map of the pooled features;
+  # the cached one (standardisation folded in) gives the written top-1 on the cached
+  # validation features.
+  kernel, bias, protocol = linear_eval.load_classifier(workdir)
+  assert protocol == "linear"
+  np.testing.assert_array_equal(kernel, seen["head"]["head"]["kernel"])
+  kernel, bias, _ = linear_eval.load_classifier(workdir, "linear_cached")
+  with np.load(os.path.join(workdir, "features", "validation", "00000.npz")) as f:
+    val_x, val_y = f["features"], f["labels"]
+  top1 = np.mean(np.argmax(val_x @ kernel + bias, -1) == val_y)
+  assert top1 == pytest.approx(written["linear_cached/top1"], abs=1e-6)
+  with pytest.raises(FileNotFoundError, match="linear_eval run"):
+    linear_eval.load_classifier(str(tmp_path), "linear_cached")
 
 
 def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):

@@ -116,9 +116,11 @@ def fit_and_evaluate(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
 
   Features are ``[n, D]`` (the same on every process), labels ``[n]`` ints.
   Returns ``{"top1", "top5", "l2", "grid": [{"l2", "heldout_top1",
-  "heldout_loss", "iterations"}, …], "iterations"}`` (``iterations``: L-BFGS
-  steps of the final fit; a fit stops at ``max_iters`` or when the
-  gradient's norm falls below ``tol``).
+  "heldout_loss", "iterations"}, …], "iterations", "classifier"}``
+  (``iterations``: L-BFGS steps of the final fit; a fit stops at
+  ``max_iters`` or when the gradient's norm falls below ``tol``;
+  ``classifier``: ``{"kernel" [D, C], "bias" [C]}`` NumPy arrays acting on
+  the raw features, the standardisation folded in).
   """
   mesh = mesh or mesh_lib.make_mesh()
   n = len(train_x)
@@ -145,4 +147,11 @@ def fit_and_evaluate(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
   val_w = _to_device((np.arange(vx.shape[0]) < len(val_x)).astype(np.float32), mesh)
   val = _mean_scores(params, stats, vx, vy, val_w)
   return {"top1": val["top1"], "top5": val["top5"], "l2": best["l2"], "grid": grid,
-          "iterations": int(iters)}
+          "iterations": int(iters), "classifier": folded_classifier(params, stats)}
+
+
+def folded_classifier(params: Params, stats: Params) -> dict[str, np.ndarray]:
+  """``{"kernel", "bias"}`` with ``x @ kernel + bias`` = the fitted logits of raw ``x``."""
+  w = np.asarray(params["w"], np.float64) / np.asarray(stats["std"], np.float64)[:, None]
+  b = np.asarray(params["b"], np.float64) - np.asarray(stats["mean"], np.float64) @ w
+  return {"kernel": w.astype(np.float32), "bias": b.astype(np.float32)}

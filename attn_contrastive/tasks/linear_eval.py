@@ -35,6 +35,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from attn_contrastive import losses
@@ -50,6 +51,8 @@ from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 
 PROTOCOLS = ("linear", "linear_cached")
+#: The cached-feature probe's classifier in a linear evaluation's workdir.
+CACHED_CLASSIFIER = os.path.join("linear_cached", "classifier.npz")
 
 
 class LinearHead(nn.Module):
@@ -160,7 +163,39 @@ def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: 
       holdout_fraction=lc.holdout_fraction, max_iters=lc.max_iters, tol=lc.tol, mesh=mesh)
   logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
                tuple(lc.l2_grid), time.perf_counter() - t0)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, CACHED_CLASSIFIER)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      np.savez(f, **fit["classifier"])
+    os.replace(path + ".tmp", path)
   return fit
+
+
+def load_classifier(workdir: str, protocol: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+  """``(kernel [D, C], bias [C], protocol)``: a linear evaluation's classifier of pooled features.
+
+  ``protocol``: ``linear`` (the head trained in ``<workdir>/linear``),
+  ``linear_cached`` (the softmax regression, standardisation folded in) or
+  ``auto`` (``linear`` if that protocol ran, else ``linear_cached``). The
+  logits of a frozen feature ``x`` are ``x @ kernel + bias``; the robustness
+  stage and Grad-CAM read a run's classes through it.
+  """
+  cached = os.path.join(workdir, CACHED_CLASSIFIER)
+  has_linear = os.path.isdir(os.path.join(workdir, "linear", "checkpoints"))
+  if protocol == "auto":
+    protocol = "linear" if has_linear else "linear_cached"
+  if protocol == "linear" and has_linear:
+    head = ckpt_lib.load_variables(os.path.join(workdir, "linear"))["params"]["head"]
+    return np.asarray(head["kernel"]), np.asarray(head["bias"]), protocol
+  if protocol == "linear_cached" and os.path.exists(cached):
+    with np.load(cached) as f:
+      return f["kernel"], f["bias"], protocol
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"classifier protocol {protocol!r}: choose one of ('auto', *{PROTOCOLS})")
+  raise FileNotFoundError(
+      f"no {protocol} classifier in {workdir}: point at the workdir of a finished "
+      f"linear_eval run whose config.protocols included {protocol!r}")
 
 
 def evaluate_supervised(config, model, variables, dtype, split, image_size: int,
