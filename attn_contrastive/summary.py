@@ -29,15 +29,20 @@ _METRIC_WRITER = os.path.join("clu", "metric_writers", "logging_writer.py")
 #: for ImageNet-scale data, the flag that takes this workdir, the suggested
 #: workdir beside this one; ``{name}`` is this workdir's name). An evaluation
 #: of another run (its ``results.json`` names a ``source_workdir``) hands on
-#: that run's workdir instead, and ``{name}`` is its name.
+#: that run's workdir instead, and ``{name}`` is its name, except the stages
+#: of :data:`HANDS_ON_ITSELF`, whose own outputs the next stage reads.
 NEXT_STAGE = {
     "teacher": ("label.py", "imagenet", "teacher_checkpoint", "maps_train"),
     "label": ("contrastive_attn_teacher.py", "imagenet", "attention.maps_dir", "simclr_attn"),
     "pretrain": ("linear_eval.py", "imagenet", "checkpoint", "linear_{name}"),
     "supervised": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
-    "linear_eval": ("retrieval.py", "imagenet", "checkpoint", "retrieval_{name}"),
+    "linear_eval": ("robustness.py", "imagenet", "checkpoint", "robust_{name}"),
+    "robustness": ("retrieval.py", "imagenet", "checkpoint", "retrieval_{name}"),
     "retrieval": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
 }
+
+#: Linear evaluation hands on its own workdir: robustness reads its classifier.
+HANDS_ON_ITSELF = ("linear_eval",)
 
 #: The numbers of ``results.json`` (nested keys joined by "/") each task shows.
 KEY_METRICS = {
@@ -48,9 +53,13 @@ KEY_METRICS = {
                 "center_bias/cc"),
     "label": ("shards_written", "images_per_s"),
     "alignment": ("alignment/model/nss", "alignment/model/cc", "alignment/model/kld",
-                  "alignment/center_bias/nss", "alignment/center_bias/cc"),
+                  "alignment/center_bias/nss", "alignment/center_bias/cc",
+                  "alignment/gradcam/nss", "alignment/gradcam/cc"),
     "linear_eval": ("linear/top1", "linear/top5", "linear_cached/top1", "linear_cached/top5",
                     "linear_cached/l2", "supervised/top1", "supervised/top5"),
+    "robustness": ("robustness/clean_top1", "robustness/mean", "robustness/noise",
+                   "robustness/blur", "robustness/weather", "robustness/digital",
+                   "robustness/mce", "retrieval_c/map"),
     "retrieval": ("retrieval/map", "retrieval/precision@1", "retrieval/r_precision",
                   "knn/top1", "knn/top5"),
 }
@@ -101,7 +110,8 @@ def _outputs(workdir: str) -> list[tuple[str, str]]:
   found = [("workdir", workdir)]
   checks = [("checkpoints", "checkpoints"), ("results", "results.json"),
             ("attention maps", "metadata.json"), ("config", "config.json"),
-            ("linear probe", "linear"), ("features", "features"), ("log", LOG_FILE)]
+            ("linear probe", "linear"), ("features", "features"),
+            ("report", os.path.join("report", "report.md")), ("log", LOG_FILE)]
   for what, name in checks:
     if os.path.exists(os.path.join(workdir, name)):
       found.append((what, os.path.join(workdir, name)))
@@ -122,7 +132,7 @@ def next_command(task: str, config_file: str, workdir: str, data_name: str,
   file, real_arg, flag, next_workdir = NEXT_STAGE[task]
   path = os.path.join(os.path.dirname(config_file.partition(":")[0]), file)
   arg = "" if data_name.startswith("salient_objects") else f":{real_arg}"
-  handed_on = source_workdir or workdir
+  handed_on = workdir if task in HANDS_ON_ITSELF else (source_workdir or workdir)
   parent = os.path.dirname(workdir.rstrip("/"))
   name = os.path.basename(handed_on.rstrip("/"))
   next_workdir = os.path.join(parent, next_workdir.format(name=name))

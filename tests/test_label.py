@@ -171,8 +171,11 @@ def _check_alignment(run_dir, out_dir, model, c):
   ac.checkpoint = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
   human = _Human()
-  r = alignment.train_and_evaluate(ac, out_dir, source=human)
-  assert r["maps"] == "heads" and r["stages"] == ["conv3", "conv4"]
+  r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
+  # A SimCLR run without a classifier: the default maps skip Grad-CAM.
+  assert r["alignment/kinds"] == ["heads"] and r["alignment/primary"] == "heads"
+  assert r["alignment/stages"] == {"heads": ["conv3", "conv4"]}
+  assert r["alignment/classifier"] is None and "alignment/gradcam" not in r
   variables = ckpt_lib.load_variables(run_dir)
   images = np.stack([h["image"] for h in human.items])
   out = model.apply(variables, step_lib.normalize_images(images), train=False)
@@ -186,12 +189,15 @@ def _check_alignment(run_dir, out_dir, model, c):
     pred = _np_bilinear(d, gt.shape)
     nss.append(metrics.nss(pred, metrics.fixations_to_map(h["fixations"], 16, 16)))
     cc.append(metrics.cc(pred, gt))
-  np.testing.assert_allclose(r["model"]["nss"], np.mean(nss), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(r["model"]["cc"], np.mean(cc), rtol=1e-4, atol=1e-5)
-  assert r["center_bias"]["nss"] != r["model"]["nss"]
-  ac.alignment.maps = "activations"
-  r = alignment.train_and_evaluate(ac, out_dir, source=human)
-  assert r["maps"] == "activations" and np.isfinite(r["model"]["cc"])
+  model_scores = r["alignment/model"]
+  np.testing.assert_allclose(model_scores["nss"], np.mean(nss), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(model_scores["cc"], np.mean(cc), rtol=1e-4, atol=1e-5)
+  assert r["alignment/heads"] == model_scores
+  assert r["alignment/center_bias"]["nss"] != model_scores["nss"]
+  ac.alignment.maps = ("activations",)
+  r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
+  assert r["alignment/primary"] == "activations"
+  assert np.isfinite(r["alignment/model"]["cc"])
 
 
 def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):

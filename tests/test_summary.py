@@ -57,6 +57,21 @@ def test_alignment_is_the_last_stage(tmp_path):
   assert "next:" in text and "(none in results.json)" in text
 
 
+def test_alignment_summary_reads_the_evaluation_outline(tmp_path):
+  scores = {"nss": 1.5, "cc": 0.75, "kld": 0.5}
+  (tmp_path / "results.json").write_text(json.dumps({
+      "task": "alignment", "source_workdir": "/runs/simclr", "source_step": 117,
+      "alignment/model": scores, "alignment/activations": scores,
+      "alignment/gradcam": {"nss": 1.25, "cc": 0.625},
+      "alignment/center_bias": {"nss": 1.125, "cc": 0.5625}, "alignment/primary": "activations"}))
+  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
+  for number in ("alignment/model/nss 1.5", "alignment/model/cc 0.75", "alignment/model/kld 0.5",
+                 "alignment/center_bias/nss 1.125", "alignment/center_bias/cc 0.5625",
+                 "alignment/gradcam/nss 1.25", "alignment/gradcam/cc 0.625"):
+    assert number in text
+  assert "(the last stage of the chain so far)" in text
+
+
 def test_library_info_goes_to_the_log_file_only(tmp_path):
   root, absl_handler = logging.getLogger(), absl_logging.get_absl_handler()
   handlers, filters = list(root.handlers), list(absl_handler.filters)

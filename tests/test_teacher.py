@@ -223,6 +223,23 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   assert results["center_bias"]["info_gain"] == pytest.approx(0.0, abs=1e-9)
   assert "eval/nss" in results and "loss" in results  # the loop's own keys survive
   assert (tmp_path / "checkpoints" / "16").exists()
+  # The first eval.num_images images with the human and the teacher's densities.
+  with np.load(tmp_path / saliency_eval.EXAMPLES_FILE) as z:
+    ex = {k: z[k] for k in z.files}
+  assert set(ex) == {"image", "human", "index", "map/teacher"}
+  source = _ToySaliencySource(n=20, seed=1)
+  np.testing.assert_array_equal(ex["image"], [source[i]["image"] for i in range(2)])
+  assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1]
+  assert ex["human"].shape == (2, SIZE, SIZE) and ex["map/teacher"].shape == (2, 8, 8)
+  for k in ("human", "map/teacher"):
+    assert ex[k].dtype == np.float32
+    np.testing.assert_allclose(ex[k].sum((1, 2)), 1.0, rtol=1e-5)
+  human = source[1]["saliency_map"][..., 0].astype(np.float64)
+  np.testing.assert_allclose(ex["human"][1], human / human.sum(), rtol=1e-5, atol=1e-8)
+  model = teacher_from_config(config.model)
+  predicted = jax.jit(lambda v, x: teacher.predict_density(model, v, x, jnp.float32))(
+      {"params": state.params, "batch_stats": state.batch_stats}, ex["image"])
+  np.testing.assert_allclose(ex["map/teacher"], predicted, rtol=1e-4, atol=1e-7)
 
 
 def test_evaluation_on_eight_devices_equals_one():

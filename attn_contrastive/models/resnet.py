@@ -34,6 +34,24 @@ STAGE_SIZES = {
 STAGE_STRIDES = (1, 2, 2, 2)
 
 
+def block_name(stage: str, index: int) -> str:
+  """The name of block ``index`` (from 0) of ``stage``: ``conv4_block1``."""
+  return f"{stage}_block{index}"
+
+
+def stage_output_block(depth: int, stage: str) -> str:
+  """The block whose output is ``stage``'s output (the stage's last), for a ResNet-``depth``.
+
+  A caller that needs a stage's activation inside the network (Grad-CAM's
+  gradient with respect to it) finds it at this block's output.
+  """
+  if stage not in STAGE_NAMES:
+    raise ValueError(f"unknown stage {stage!r}: choose one of {STAGE_NAMES}")
+  if depth not in STAGE_SIZES:
+    raise ValueError(f"ResNet depth {depth} is not one of {sorted(STAGE_SIZES)}")
+  return block_name(stage, STAGE_SIZES[depth][STAGE_NAMES.index(stage)] - 1)
+
+
 def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((kernel // 2, kernel // 2),) * 2
 
@@ -136,7 +154,7 @@ class ResNet(nn.Module):
     for i, (n_blocks, stride) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_STRIDES)):
       for j in range(n_blocks):
         x = self.block_cls(self.width * 2**i, stride if j == 0 else 1, conv, norm,
-                           name=f"{STAGE_NAMES[i]}_block{j}")(x)
+                           name=block_name(STAGE_NAMES[i], j))(x)
       out[STAGE_NAMES[i]] = x
     out["pooled"] = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
     if self.num_classes:

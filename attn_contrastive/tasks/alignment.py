@@ -4,25 +4,47 @@ The paper's question is whether training with teacher attention makes the
 model look where people look. This task restores a finished pretraining (or
 supervised) run from its workdir (``config.json`` + checkpoint), runs it over
 a human-attention split (the synthetic ``human_attention`` validation split
-or SALICON's) and scores one attention map per image with every MIT metric,
+or SALICON's) and scores attention maps of each image with every MIT metric,
 beside the centre-bias baseline, exactly as the teacher is scored.
 
-The map of a model:
+The maps of a model (``alignment.maps``, a tuple of these kinds, all scored
+in one pass over the images):
 
 * ``heads``: the attention heads' spatial softmax, one density per head;
-* ``activations``: for a model without heads (the baseline rows), the
-  activation-based attention of each stage, Σ_c A_c² over the channels
-  normalised to sum 1 (Zagoruyko & Komodakis, ICLR 2017), which is what a
-  plain encoder "attends to";
-* ``auto`` (default): heads if the run has them, else activations.
+* ``activations``: the activation-based attention of each stage, Σ_c A_c²
+  over the channels normalised to sum 1 (Zagoruyko & Komodakis, ICLR 2017),
+  which is what a plain encoder "attends to";
+* ``gradcam``: Grad-CAM of the predicted class at ``alignment.gradcam_stage``
+  (:mod:`attn_contrastive.evaluators.gradcam`), which puts a run with heads
+  and a baseline without them on the same footing. It needs logits: a
+  supervised run's own classifier, or the linear classifier of the pooled
+  feature that a linear evaluation of the run trained
+  (``alignment.classifier``, its workdir; ``alignment.classifier_protocol``);
+* ``auto``: heads if the run has them, else activations.
 
-The densities of the chosen stages are resized to the finest stage's
-resolution and averaged. Results go to ``results.json`` under ``alignment``.
+The default, ``("auto", "gradcam")``, scores Grad-CAM only where there are
+logits (it says how to get them when there are none); a ``gradcam`` asked
+for in any other tuple without logits is refused. The first kind is the
+primary one (``alignment/model``). The densities of a kind's stages are
+resized to the finest stage's resolution and averaged.
+
+``results.json`` follows :mod:`attn_contrastive.evaluators.results` (task
+``alignment``): ``alignment/model`` (the primary kind's NSS, CC, KLD, SIM,
+AUC-Judd, AUC-Borji, shuffled AUC, information gain),
+``alignment/center_bias``, ``alignment/<kind>`` for each kind scored,
+``alignment/primary``, ``alignment/kinds``, ``alignment/stages`` (per kind),
+``alignment/gradcam_stage``, ``alignment/num_images`` and
+``alignment/classifier`` (``{"workdir", "protocol"}`` of the logits, or
+None). ``examples.npz`` holds the first ``eval.num_images`` images, their
+human densities and every kind's maps (``map/<kind>``), for the report's
+figure.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 from typing import Any
 
 import flax
@@ -33,8 +55,10 @@ import numpy as np
 from absl import logging
 
 from attn_contrastive.data import sources
+from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.attention import spatial_softmax
+from attn_contrastive.models.resnet import stage_output_block
 from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import pretrain, supervised
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -42,15 +66,22 @@ from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 
-MAP_KINDS = ("auto", "heads", "activations")
+MAP_KINDS = ("auto", "heads", "activations", "gradcam")
+#: ``alignment.maps``'s default: Grad-CAM is skipped, not refused, where there are no logits.
+DEFAULT_MAPS = ("auto", "gradcam")
 
 
 @flax.struct.dataclass
 class EvalState:
-  """The parts of a train state the evaluator reads."""
+  """The parts of a train state the evaluator reads, and the classifier of Grad-CAM.
+
+  ``classifier``: ``{"kernel": [D, K], "bias": [K]}`` of a linear
+  classifier of the pooled feature, or None (a supervised run's own logits).
+  """
   params: Any
   batch_stats: Any
   step: Any
+  classifier: Any = None
 
 
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
@@ -97,21 +128,92 @@ def build_model(run: ml_collections.ConfigDict):
   raise ValueError(f"alignment needs a pretrain or supervised run, not task {run.task!r}")
 
 
-def resolve_maps(config, run) -> tuple[str, tuple[str, ...]]:
-  """(map kind, stages) from ``config.alignment`` and what the run has."""
-  kind = config.alignment.maps
-  if kind not in MAP_KINDS:
-    raise ValueError(f"alignment.maps={kind!r}: choose one of {MAP_KINDS}")
+def requested_kinds(config) -> tuple[str, ...]:
+  """``alignment.maps`` as a tuple of known kinds.
+
+  Comma-separated strings are split (``--config.alignment.maps=heads,gradcam``
+  arrives as ``("heads,gradcam",)``).
+  """
+  maps = config.alignment.maps
+  maps = (maps,) if isinstance(maps, str) else tuple(maps)
+  kinds = tuple(k.strip() for m in maps for k in m.split(","))
+  unknown = [k for k in kinds if k not in MAP_KINDS]
+  if unknown or not kinds:
+    raise ValueError(f"alignment.maps={maps!r}: choose kinds among {MAP_KINDS}")
+  return kinds
+
+
+def resolve_maps(config, run, has_logits: bool) -> tuple[tuple[str, ...], dict[str, tuple]]:
+  """(kinds to score, primary first; ``{kind: stages}``) from ``config.alignment`` and the run.
+
+  ``has_logits``: whether Grad-CAM has a classifier (see :func:`load_logits`).
+  """
+  requested = requested_kinds(config)
   attn = run.get("attention")
   has_heads = attn is not None and bool(attn.enabled)
-  if kind == "auto":
-    kind = "heads" if has_heads else "activations"
-  if kind == "heads":
-    if not has_heads:
-      raise ValueError("alignment.maps='heads' but the run has no attention heads; "
-                       "use 'activations'")
-    return kind, tuple(attn.stages)
-  return kind, tuple(config.alignment.stages)
+  kinds = []
+  for kind in requested:
+    if kind == "auto":
+      kind = "heads" if has_heads else "activations"
+    if kind == "heads" and not has_heads:
+      raise ValueError("alignment.maps asks for 'heads' but the run has no attention heads; "
+                       "use 'activations' or 'gradcam'")
+    if kind == "gradcam" and not has_logits:
+      hint = ("Grad-CAM needs logits: set --config.alignment.classifier to the workdir of "
+              "a linear_eval run of this checkpoint")
+      if requested != DEFAULT_MAPS:
+        raise ValueError(f"alignment.maps asks for 'gradcam' but {config.checkpoint} is a "
+                         f"{run.task} run without a classifier. {hint}")
+      logging.info("Grad-CAM skipped: %s is a %s run without a classifier. %s",
+                   config.checkpoint, run.task, hint)
+      continue
+    if kind not in kinds:
+      kinds.append(kind)
+  stages = {"heads": tuple(attn.stages) if has_heads else (),
+            "activations": tuple(config.alignment.stages),
+            "gradcam": (config.alignment.gradcam_stage,)}
+  return tuple(kinds), {k: stages[k] for k in kinds}
+
+
+def _warn_if_other_run(classifier_dir: str, checkpoint: str) -> None:
+  """A warning when the linear evaluation at ``classifier_dir`` evaluated another run."""
+  path = os.path.join(classifier_dir, results.FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    source = json.load(f).get("source_workdir")
+  if source and os.path.abspath(source) != os.path.abspath(checkpoint):
+    logging.warning("alignment.classifier=%s is a linear evaluation of %s, not of %s",
+                    classifier_dir, source, checkpoint)
+
+
+def load_logits(config, run, model) -> tuple[dict[str, np.ndarray] | None, dict | None]:
+  """(classifier arrays for :class:`EvalState`, ``{"workdir", "protocol"}``) of Grad-CAM.
+
+  ``alignment.classifier`` set: the linear evaluation's classifier of the
+  pooled feature (an unreadable one is an error). Otherwise a supervised
+  run's own classifier (arrays None, protocol ``supervised``), or no logits
+  at all: ``(None, None)``.
+  """
+  from attn_contrastive.tasks import linear_eval  # it imports this module
+  where = config.alignment.classifier
+  if not where:
+    if run.task == "supervised":
+      return None, {"workdir": os.path.abspath(config.checkpoint), "protocol": "supervised"}
+    return None, None
+  try:
+    kernel, bias, protocol = linear_eval.load_classifier(
+        where, config.alignment.classifier_protocol)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"alignment.classifier={where!r}: {e}") from e
+  dim = linear_eval.encoder_of(model, {})[0].feature_dim
+  if kernel.shape[0] != dim:
+    raise ValueError(f"alignment.classifier={where!r} classifies {kernel.shape[0]}-d "
+                     f"features; the run's pooled feature has {dim}: a classifier of "
+                     "another run?")
+  _warn_if_other_run(where, config.checkpoint)
+  classifier = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
+  return classifier, {"workdir": os.path.abspath(where), "protocol": protocol}
 
 
 def input_hw(config, run) -> tuple[int, int]:
@@ -120,41 +222,97 @@ def input_hw(config, run) -> tuple[int, int]:
   return h, int(config.data.image_width or h)
 
 
-def make_evaluator(model, config, run, source, kind: str, stages: tuple[str, ...],
-                   workdir: str | None = None, mesh=None) -> saliency_eval.SaliencyEvaluator:
-  """The run's attention density (``kind`` of ``stages``) scored as the teacher's is."""
+def logits_of(classifier: dict[str, jax.Array] | None, out: dict[str, Any]) -> jax.Array:
+  """Grad-CAM's logits: the linear ``classifier`` of the pooled feature, or the run's own."""
+  if classifier is None:
+    return out["logits"]
+  return out["pooled"].astype(jnp.float32) @ classifier["kernel"] + classifier["bias"]
+
+
+def make_predict(model, run, kinds: tuple[str, ...], stages: dict[str, tuple]):
+  """``predict(state, images) -> {kind: density}``: one forward pass (and, for
+  Grad-CAM, one backward pass) gives every kind's maps."""
   dtype = jnp.dtype(run.model.dtype)
+  if "gradcam" in kinds:
+    (stage,) = stages["gradcam"]
+    block = stage_output_block(int(run.model.depth), stage)
 
   def predict(state, images):
     x = step_lib.normalize_images(images, dtype)
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                      train=False)
-    return model_density(out, stages, kind)
+    forward = functools.partial(
+        model.apply, {"params": state.params, "batch_stats": state.batch_stats}, x,
+        train=False)
+    maps = {}
+    if "gradcam" in kinds:
+      maps["gradcam"], out = gradcam.gradcam(forward, stage, block,
+                                             functools.partial(logits_of, state.classifier))
+    else:
+      out = forward()
+    for kind in kinds:
+      if kind != "gradcam":
+        maps[kind] = model_density(out, stages[kind], kind)
+    return maps
 
-  return saliency_eval.SaliencyEvaluator(predict, source, config.eval, input_hw(config, run),
-                                         name="model", mesh=mesh, workdir=workdir)
+  return predict
 
 
-def train_and_evaluate(config, workdir: str, *, source=None, mesh=None) -> dict[str, Any]:
-  """Scores the run at ``config.checkpoint``; writes ``results.json`` to ``workdir``."""
+def make_evaluator(model, config, run, source, kinds: tuple[str, ...],
+                   stages: dict[str, tuple], workdir: str | None = None,
+                   mesh=None) -> saliency_eval.SaliencyEvaluator:
+  """The run's attention densities (``kinds``) scored as the teacher's is, in one pass."""
+  return saliency_eval.SaliencyEvaluator(make_predict(model, run, kinds, stages), source,
+                                         config.eval, input_hw(config, run), name="model",
+                                         mesh=mesh, workdir=workdir)
+
+
+def alignment_metrics(config, scores: dict[str, Any], kinds: tuple[str, ...],
+                      stages: dict[str, tuple], classifier: dict | None) -> dict[str, Any]:
+  """``results.json``'s ``alignment/*`` keys from the evaluator's results."""
+  metrics = {"alignment/model": scores[kinds[0]], "alignment/center_bias": scores["center_bias"]}
+  metrics.update({f"alignment/{k}": scores[k] for k in kinds})
+  metrics.update({
+      "alignment/primary": kinds[0], "alignment/kinds": list(kinds),
+      "alignment/stages": {k: list(stages[k]) for k in kinds},
+      "alignment/gradcam_stage": config.alignment.gradcam_stage,
+      "alignment/num_images": scores["num_images"], "alignment/classifier": classifier})
+  return metrics
+
+
+def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: str | None = None,
+                       mesh=None) -> dict[str, Any]:
+  """Scores the run at ``config.checkpoint``; writes ``results.json`` and ``examples.npz``.
+
+  ``source`` and ``dataset_version`` replace the tfds split (tests).
+  Returns the results' dict.
+  """
+  start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
+  loop.write_config(workdir, config)
   run = load_run_config(config.checkpoint)
-  kind, stages = resolve_maps(config, run)
   model = build_model(run)
+  classifier, classifier_info = load_logits(config, run, model)
+  kinds, stages = resolve_maps(config, run, classifier_info is not None)
   mesh = mesh or mesh_lib.make_mesh()
   variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
+  step = int(os.path.basename(ckpt_lib.latest_step_dir(config.checkpoint)))
   if source is None:
     source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
                                 config.data.auto_prepare)
-  evaluator = make_evaluator(model, config, run, source, kind, stages, workdir, mesh)
+  evaluator = make_evaluator(model, config, run, source, kinds, stages, workdir, mesh)
   state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
-                                   np.int32(0)), mesh_lib.replicated(mesh))
+                                   np.int32(step), classifier), mesh_lib.replicated(mesh))
   evaluator(state)
-  result = dict(evaluator.results, checkpoint=config.checkpoint, maps=kind,
-                stages=list(stages), dataset=f"{config.data.name}/{config.data.split}")
-  result.pop("step")
-  loop.write_results(workdir, {"alignment": result})
-  logging.info("Alignment of %s (%s %s): NSS %.3f CC %.3f (centre bias NSS %.3f CC %.3f)",
-               config.checkpoint, kind, stages, result["model"]["nss"], result["model"]["cc"],
-               result["center_bias"]["nss"], result["center_bias"]["cc"])
-  return result
+  metrics = alignment_metrics(config, evaluator.results, kinds, stages, classifier_info)
+  saliency_eval.write_examples(workdir, evaluator.examples)
+  dataset = results.dataset_entry(config.data.name, [config.data.split],
+                                  data_dir=config.data.data_dir, version=dataset_version)
+  out = results.write(workdir, task=config.task, source_workdir=config.checkpoint,
+                      source_step=step, source_config=run, dataset=dataset, metrics=metrics,
+                      wall_time_s=time.perf_counter() - start)
+  for kind in kinds:
+    logging.info("Alignment of %s, %s %s: NSS %.3f CC %.3f", config.checkpoint, kind,
+                 stages[kind], metrics[f"alignment/{kind}"]["nss"],
+                 metrics[f"alignment/{kind}"]["cc"])
+  logging.info("Centre bias: NSS %.3f CC %.3f", metrics["alignment/center_bias"]["nss"],
+               metrics["alignment/center_bias"]["cc"])
+  return out

@@ -29,7 +29,10 @@ teacher's density as the prediction: the whole images of
 ``data.eval_split`` (no crop, so the maps align with the originals), every
 MIT metric, and a Gaussian centre-bias baseline scored the same way. Both
 land in ``results.json`` under ``teacher`` and ``center_bias``; image /
-ground-truth / prediction strips go to TensorBoard.
+ground-truth / prediction strips go to TensorBoard, and after the final
+evaluation ``examples.npz`` keeps the first ``eval.num_images`` images of
+the split with their human densities and the teacher's (``map/teacher``),
+the same images and layout as the alignment task's, for the report's figure.
 """
 from __future__ import annotations
 
@@ -223,9 +226,13 @@ def train_and_evaluate(config, workdir: str, *, train_source=None, eval_source=N
   """Trains the teacher through the shared loop; ``results.json`` gets its scores.
 
   The nested ``teacher`` / ``center_bias`` metrics of the final evaluation
-  sit beside the loop's own keys (not on a run stopped early with
-  ``stop_at``).
+  sit beside the loop's own keys, and its example maps go to
+  ``examples.npz`` (neither on a run stopped early with ``stop_at``).
   """
   task = build_task(config, workdir, train_source=train_source, eval_source=eval_source,
                     mesh=mesh)
-  return loop.run(config, workdir, task, mesh=mesh, **kwargs)
+  state, last = loop.run(config, workdir, task, mesh=mesh, **kwargs)
+  evaluator = task.evaluate
+  if kwargs.get("stop_at") is None and evaluator.results.get("step") == int(state.step):
+    saliency_eval.write_examples(workdir, evaluator.examples)
+  return state, last

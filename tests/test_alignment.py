@@ -1,0 +1,334 @@
+"""Grad-CAM against hand-set and finite-difference answers; the alignment task's outputs."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_contrastive import config as config_lib
+from attn_contrastive import summary
+from attn_contrastive.evaluators import gradcam, results
+from attn_contrastive.evaluators import saliency as saliency_eval
+from attn_contrastive.models.resnet import ResNet, stage_output_block
+from attn_contrastive.tasks import alignment, pretrain, supervised
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import loop
+from attn_contrastive.train import mesh as mesh_lib
+from helpers import SIZE, tiny_config
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+# ---------------------------------------------------------------------------
+# Grad-CAM on networks whose answer is known.
+# ---------------------------------------------------------------------------
+
+
+class _Stage(nn.Module):
+  """A 1×1 convolution and ReLU: the stage whose activation Grad-CAM reads."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(2, (1, 1), name="conv")(x))
+
+
+class _Net(nn.Module):
+  """Stage → 3×3 conv → ReLU → mean pool → linear head."""
+
+  @nn.compact
+  def __call__(self, x):
+    a = _Stage(name="stage")(x)
+    t = nn.relu(nn.Conv(3, (3, 3), padding="SAME", name="tail")(a))
+    return {"stage": a, "logits": nn.Dense(2, name="head")(t.mean((1, 2)))}
+
+
+def _hand_set_params():
+  """Channel 0 fires on bright pixels (the object), channel 1 on dark ones; the tail
+  passes both on; class 0's logit is mean(object) − mean(background) + 1."""
+  stage = {"kernel": np.full((1, 1, 3, 2), 1 / 3, np.float32) * np.array([1, -1], np.float32),
+           "bias": np.array([-0.5, 0.5], np.float32)}
+  tail = np.zeros((3, 3, 2, 3), np.float32)
+  tail[1, 1, 0, 0] = tail[1, 1, 1, 1] = 1.0
+  head = {"kernel": np.array([[1, -1], [-1, 1], [0, 0]], np.float32),
+          "bias": np.array([1, 0], np.float32)}
+  return {"params": {"stage": {"conv": stage},
+                     "tail": {"kernel": tail, "bias": np.zeros(3, np.float32)},
+                     "head": head}}
+
+
+@jax.jit
+def _run_gradcam(params, x):
+  net = _Net()
+  return gradcam.gradcam(lambda: net.apply(params, x), "stage", "stage", lambda o: o["logits"])
+
+
+@jax.jit
+def _net_gradient(params, x):
+  net = _Net()
+  return gradcam.stage_gradient(lambda: net.apply(params, x), "stage", "stage",
+                                lambda o: o["logits"])
+
+
+def test_gradcam_peaks_on_the_object():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 0.3, (2, SIZE, SIZE, 3)).astype(np.float32)
+  corners = [(2, 9), (11, 3)]
+  for b, (r, c) in enumerate(corners):
+    x[b, r:r + 3, c:c + 3] = 1.0
+  params = _hand_set_params()
+  dens, out = _run_gradcam(params, jnp.asarray(x))
+  dens = np.asarray(dens)
+  assert np.all(np.argmax(out["logits"], -1) == 0)
+  assert dens.shape == out["stage"].shape[:3] == (2, SIZE, SIZE)
+  assert np.all(dens >= 0)
+  np.testing.assert_allclose(dens.sum((1, 2)), 1.0, rtol=1e-5)
+  for b, (r, c) in enumerate(corners):
+    peak = np.unravel_index(np.argmax(dens[b]), dens[b].shape)
+    assert r <= peak[0] < r + 3 and c <= peak[1] < c + 3
+    np.testing.assert_allclose(dens[b, r:r + 3, c:c + 3].sum(), 1.0, rtol=1e-5)
+  # Each image's map is its own: in another batch, the same map.
+  swapped, _ = _run_gradcam(params, jnp.asarray(x[::-1]))
+  np.testing.assert_allclose(swapped[::-1], dens, rtol=1e-5, atol=1e-7)
+
+
+def _np_tail_score(a, p, cls):
+  """The hand-written tail of :class:`_Net` in float64: class ``cls``'s logit of ``a``."""
+  k, bias = (np.asarray(p["tail"][n], np.float64) for n in ("kernel", "bias"))
+  h, w, _ = a.shape
+  padded = np.pad(a, ((1, 1), (1, 1), (0, 0)))
+  t = sum(padded[i:i + h, j:j + w] @ k[i, j] for i in range(3) for j in range(3)) + bias
+  pooled = np.maximum(t, 0).mean((0, 1))
+  return pooled @ np.asarray(p["head"]["kernel"], np.float64)[:, cls] + p["head"]["bias"][cls]
+
+
+def test_gradcam_weights_match_finite_differences():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 6, 3)), jnp.float32)
+  rng = np.random.default_rng(3)  # random weights in the hand-set model's shapes
+  params = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32),
+                        _hand_set_params())
+  grad, out = _net_gradient(params, x)
+  p = jax.tree.map(np.asarray, params["params"])
+  a = np.asarray(out["stage"], np.float64)
+  eps = 1e-5
+  for b in range(2):
+    cls = int(np.argmax(out["logits"][b]))
+    fd = np.zeros_like(a[b])
+    for idx in np.ndindex(*a[b].shape):
+      up, down = a[b].copy(), a[b].copy()
+      up[idx] += eps
+      down[idx] -= eps
+      fd[idx] = (_np_tail_score(up, p, cls) - _np_tail_score(down, p, cls)) / (2 * eps)
+    np.testing.assert_allclose(grad[b], fd, rtol=1e-3, atol=1e-6)
+    weights = fd.mean((0, 1))
+    np.testing.assert_allclose(gradcam.channel_weights(grad)[b], weights, rtol=1e-3,
+                               atol=1e-7)
+    expected = np.maximum(a[b] @ weights, 0)
+    np.testing.assert_allclose(gradcam.cam(out["stage"], grad)[b], expected, rtol=1e-3,
+                               atol=1e-7)
+
+
+def test_gradcam_of_the_last_stage_is_the_classifier_column():
+  """At conv5, ∂S/∂A = W[:, c] / (h·w) at every location (mean pool, linear head)."""
+  model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
+                 num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))
+  variables = _filled_variables(model)
+  block = stage_output_block(10, "conv5")
+  assert block == "conv5_block0" and stage_output_block(50, "conv4") == "conv4_block5"
+  grad, out = jax.jit(lambda v: gradcam.stage_gradient(
+      lambda: model.apply(v, x, train=False), "conv5", block, lambda o: o["logits"]))(variables)
+  kernel = np.asarray(variables["params"]["classifier"]["kernel"])
+  cls = np.argmax(out["logits"], -1)
+  h, w = out["conv5"].shape[1:3]
+  np.testing.assert_allclose(grad, np.broadcast_to(kernel[:, cls].T[:, None, None] / (h * w),
+                                                   grad.shape), rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match="conv5_block7"):
+    jax.eval_shape(lambda v: gradcam.stage_gradient(
+        lambda: model.apply(v, x, train=False), "conv5", "conv5_block7",
+        lambda o: o["logits"]), variables)
+
+
+def test_all_zero_map_becomes_uniform():
+  maps = jnp.stack([jnp.zeros((4, 2)), jnp.arange(8.0).reshape(4, 2)])
+  dens = np.asarray(gradcam.to_density(maps))
+  np.testing.assert_allclose(dens[0], 1 / 8)
+  np.testing.assert_allclose(dens[1], np.arange(8.0).reshape(4, 2) / 28, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The alignment task on tiny runs.
+# ---------------------------------------------------------------------------
+
+
+class _Human:
+  """A human-attention source: 16-px images, a bright square, fixations in it."""
+
+  def __init__(self, n=6):
+    rng = np.random.default_rng(1)
+    self.items = []
+    for _ in range(n):
+      image = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
+      r, c = rng.integers(0, 10, 2)
+      image[r:r + 6, c:c + 6] = 250
+      smap = np.zeros((SIZE, SIZE, 1), np.uint8)
+      smap[r:r + 6, c:c + 6] = 255
+      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
+      self.items.append({"image": image, "saliency_map": smap,
+                         "fixations": fix.astype(np.int32)})
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]
+
+
+def _filled_variables(model):
+  """He-normal kernels, identity BatchNorm: a run's variables without compiling an init."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, SIZE, SIZE, 3)), train=False))
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _write_run(workdir, task):
+  """A run's workdir (config.json, a checkpoint at step 3) of a tiny ``task`` model."""
+  config = tiny_config(task)
+  model = (supervised if task == "supervised" else pretrain).build_model(config)
+  variables = _filled_variables(model)
+  os.makedirs(workdir)
+  loop.write_config(str(workdir), config)
+  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
+  ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
+                "step": np.int32(3)}, None)
+  ckpt.close()
+  return str(workdir), model, variables
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{task: (workdir, model, variables)} of a supervised and a SimCLR run."""
+  root = tmp_path_factory.mktemp("runs")
+  return {task: _write_run(root / task, task) for task in ("supervised", "pretrain")}
+
+
+def _config(checkpoint, **alignment_keys):
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
+  c.checkpoint = checkpoint
+  c.eval.update(dict(batch_size=8, num_threads=1, num_images=3, shuffle_pool=6,
+                     shuffle_others=2))
+  c.alignment.update(alignment_keys)
+  return c
+
+
+def _align(config, workdir):
+  return alignment.train_and_evaluate(config, str(workdir), source=_Human(),
+                                      dataset_version="test", mesh=mesh_lib.make_mesh(1))
+
+
+def _check_examples(workdir, kinds, map_hw):
+  with np.load(os.path.join(workdir, saliency_eval.EXAMPLES_FILE)) as z:
+    ex = {k: z[k] for k in z.files}
+  assert set(ex) == {"image", "human", "index"} | {f"map/{k}" for k in kinds}
+  human = _Human()
+  assert ex["image"].dtype == np.uint8 and ex["image"].shape == (3, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(ex["image"], [human[i]["image"] for i in range(3)])
+  assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1, 2]
+  assert ex["human"].dtype == np.float32 and ex["human"].shape == (3, SIZE, SIZE)
+  np.testing.assert_allclose(ex["human"].sum((1, 2)), 1.0, rtol=1e-5)
+  for kind in kinds:
+    m = ex[f"map/{kind}"]
+    assert m.dtype == np.float32 and m.shape == (3, *map_hw[kind]) and np.all(m >= 0)
+    np.testing.assert_allclose(m.sum((1, 2)), 1.0, rtol=1e-5)
+
+
+def test_supervised_run_scores_every_kind_on_the_outline(runs, tmp_path):
+  run_dir = runs["supervised"][0]
+  out = _align(_config(run_dir), tmp_path)
+  with open(tmp_path / "results.json") as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(out))
+  assert set(results.OUTLINE) <= set(written)
+  assert written["task"] == "alignment" and written["source_step"] == 3
+  assert written["source_workdir"] == os.path.abspath(run_dir)
+  assert written["source_config"]["task"] == "supervised"
+  assert written["dataset"] == {"name": "salient_objects/human_attention",
+                                "splits": ["validation"], "version": "test"}
+  for key in ("model", "center_bias", "activations", "gradcam"):
+    assert set(written[f"alignment/{key}"]) == set(saliency_eval.METRIC_NAMES)
+    assert all(np.isfinite(v) for v in written[f"alignment/{key}"].values())
+  assert written["alignment/model"] == written["alignment/activations"]
+  assert written["alignment/gradcam"] != written["alignment/activations"]
+  assert written["alignment/primary"] == "activations"
+  assert written["alignment/kinds"] == ["activations", "gradcam"]
+  assert written["alignment/stages"] == {"activations": ["conv3", "conv4"],
+                                         "gradcam": ["conv4"]}
+  assert written["alignment/gradcam_stage"] == "conv4"
+  assert written["alignment/num_images"] == 6
+  assert written["alignment/classifier"] == {"workdir": os.path.abspath(run_dir),
+                                             "protocol": "supervised"}
+  _check_examples(str(tmp_path), ("activations", "gradcam"),
+                  {"activations": (8, 8), "gradcam": (4, 4)})
+  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path),
+                         "salient_objects/human_attention", 1.0)
+  for kind, metric in (("model", "nss"), ("model", "cc"), ("center_bias", "nss")):
+    value = written[f"alignment/{kind}"][metric]
+    assert f"alignment/{kind}/{metric} {value:.4g}" in text
+
+
+def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
+  run_dir, model, variables = runs["pretrain"]
+  linear = tmp_path / "linear"
+  (linear / "linear_cached").mkdir(parents=True)
+  rng = np.random.default_rng(2)
+  kernel = rng.normal(size=(32, 4)).astype(np.float32)
+  bias = rng.normal(size=4).astype(np.float32)
+  np.savez(linear / "linear_cached" / "classifier.npz", kernel=kernel, bias=bias)
+  (linear / "results.json").write_text(json.dumps({"source_workdir": run_dir}))
+  out = _align(_config(run_dir, maps=("gradcam", "auto"), classifier=str(linear)),
+               tmp_path / "align")
+  assert out["alignment/kinds"] == ["gradcam", "activations"]
+  assert out["alignment/model"] == out["alignment/gradcam"]
+  assert out["alignment/classifier"] == {"workdir": str(linear), "protocol": "linear_cached"}
+  _check_examples(str(tmp_path / "align"), ("activations", "gradcam"),
+                  {"activations": (8, 8), "gradcam": (4, 4)})
+  # The maps are Grad-CAM of the linear classifier's predicted class at conv4.
+  images = np.stack([_Human()[i]["image"] for i in range(3)])
+  state = alignment.EvalState(variables["params"], variables["batch_stats"], 0,
+                              {"kernel": kernel, "bias": bias})
+  predict = alignment.make_predict(model, alignment.load_run_config(run_dir), ("gradcam",),
+                                   {"gradcam": ("conv4",)})
+  with np.load(tmp_path / "align" / "examples.npz") as z:
+    np.testing.assert_allclose(jax.jit(predict)(state, images)["gradcam"], z["map/gradcam"],
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_gradcam_without_logits_is_skipped_by_default_and_refused_when_asked(runs, tmp_path,
+                                                                            caplog):
+  run_dir = runs["pretrain"][0]
+  run = alignment.load_run_config(run_dir)
+  with caplog.at_level("INFO"):
+    kinds, stages = alignment.resolve_maps(_config(run_dir), run, has_logits=False)
+  assert kinds == ("activations",) and stages == {"activations": ("conv3", "conv4")}
+  assert "--config.alignment.classifier" in caplog.text
+  for maps in (("gradcam",), ("activations", "gradcam"), ("activations,gradcam",)):
+    with pytest.raises(ValueError, match="alignment.classifier"):
+      _align(_config(run_dir, maps=maps), tmp_path)
+  with pytest.raises(FileNotFoundError, match="alignment.classifier="):
+    _align(_config(run_dir, classifier=str(tmp_path)), tmp_path)
+  with pytest.raises(ValueError, match="no attention heads"):
+    _align(_config(run_dir, maps=("heads",)), tmp_path)
+  with pytest.raises(ValueError, match="choose kinds"):
+    _align(_config(run_dir, maps=("saliency",)), tmp_path)
