@@ -34,6 +34,8 @@ TASKS = {
     "alignment": "attn_contrastive.tasks.alignment",
     "linear_eval": "attn_contrastive.tasks.linear_eval",
     "retrieval": "attn_contrastive.tasks.retrieval",
+    "robustness": "attn_contrastive.tasks.robustness",
+    "study": "attn_contrastive.tasks.study",
 }
 
 
@@ -66,7 +68,11 @@ def main(argv: list[str]) -> None:
   summary.log_to_workdir(workdir, jax.process_index() if _DISTRIBUTED.value else 0)
   logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
-  logging.info("Config:\n%s", config)
+  if config.task == "study":  # every stage's config: kept in config.json, not the terminal
+    from attn_contrastive.train import loop
+    loop.write_config(workdir, config)
+  else:
+    logging.info("Config:\n%s", config)
   start = time.perf_counter()
   importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
   if jax.process_index() == 0:

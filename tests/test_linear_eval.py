@@ -187,14 +187,25 @@ def test_encoder_of_a_supervised_model_is_its_trunk(kind):
   np.testing.assert_array_equal(pooled(encoder, part), pooled(model, variables))
 
 
-def test_summary_hands_the_evaluated_run_to_retrieval(tmp_path):
-  (tmp_path / "results.json").write_text(json.dumps(
+def test_summary_hands_linear_eval_to_robustness_and_robustness_the_run_to_retrieval(
+    tmp_path):
+  linear = tmp_path / "linear_simclr"
+  linear.mkdir()
+  (linear / "results.json").write_text(json.dumps(
       {"task": "linear_eval", "source_workdir": "/runs/simclr", "linear/top1": 0.5}))
-  text = summary.summary("linear_eval", "configs/linear_eval.py", str(tmp_path),
+  text = summary.summary("linear_eval", "configs/linear_eval.py", str(linear),
                          "salient_objects/classification", 1.0)
   assert "linear/top1 0.5" in text
   assert text.rstrip().endswith(
-      f"--config=configs/retrieval.py --workdir={tmp_path.parent}/retrieval_simclr "
+      f"--config=configs/robustness.py --workdir={tmp_path}/robust_linear_simclr "
+      f"--config.checkpoint={linear}")
+  (linear / "results.json").write_text(json.dumps(
+      {"task": "robustness", "source_workdir": "/runs/simclr", "robustness/mce": 0.9}))
+  text = summary.summary("robustness", "configs/robustness.py:imagenet", str(linear),
+                         "imagenet2012", 1.0)
+  assert "robustness/mce 0.9" in text
+  assert text.rstrip().endswith(
+      f"--config=configs/retrieval.py:imagenet --workdir={tmp_path}/retrieval_simclr "
       "--config.checkpoint=/runs/simclr")
 
 
@@ -237,3 +248,60 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   assert out["retrieval/map"] == pytest.approx(np.mean(aps), abs=1e-5)
   assert out["retrieval/precision@1"] == pytest.approx(np.mean(p1), abs=1e-6)
   assert out["knn/top1"] == pytest.approx(np.mean(knn), abs=1e-6)
+
+
+def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(simclr_run,
+                                                                              tmp_path):
+  """The robustness task's top-1 of a condition equals the run's encoder and the linear
+  evaluation's classifier applied by hand to the corrupted crops; the category means
+  follow; a rerun reads the finished conditions back."""
+  from attn_contrastive.data.corrupted import corruption_rng
+  from attn_contrastive.data import corruptions
+  from attn_contrastive.tasks import robustness
+  run_dir, config = simclr_run
+  splits = {"train": _Colours(32, 5), "validation": _Colours(16, 6)}
+  lin_cfg = _linear_config(run_dir)
+  lin_cfg.protocols = ("linear_cached",)
+  linear_dir = str(tmp_path / "linear")
+  linear_eval.train_and_evaluate(lin_cfg, linear_dir, splits=splits, dataset_version="0",
+                                 mesh=mesh_lib.make_mesh(1))
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py"))
+  c.checkpoint = linear_dir
+  c.robustness.update(dict(corruptions=("gaussian_noise", "pixelate", "saturate"),
+                           severities=(1, 5), retrieval_severities=(5,), chunk=8))
+  c.eval.update(dict(batch_size=16, num_threads=1))
+  workdir = str(tmp_path / "robust")
+  out = robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+                                      mesh=mesh_lib.make_mesh(1))
+  assert out["task"] == "robustness" and out["source_workdir"] == os.path.abspath(run_dir)
+  assert out["robustness/classifier"]["protocol"] == "linear_cached"
+  # By hand: corrupted centre crops → encoder → the cached classifier.
+  model = simclr_from_config(config.model)
+  encoder, frozen = linear_eval.encoder_of(model, ckpt_lib.load_variables(run_dir))
+  kernel, bias, _ = linear_eval.load_classifier(linear_dir)
+  view = pipeline.EvalView(SIZE, lin_cfg.aug.eval_crop_fraction)
+  val = splits["validation"]
+  images = np.stack([corruptions.corrupt(view(val[i])["image"], "gaussian_noise", 5,
+                                         corruption_rng(0, "gaussian_noise", 5, i))
+                     for i in range(len(val))])
+  feats = np.asarray(linear_eval.make_embed(encoder, jnp.float32)(frozen, images))
+  top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
+  top1s = out["robustness/top1"]
+  assert top1s["gaussian_noise"][1] == pytest.approx(top1, abs=1e-6)
+  assert out["robustness/noise"] == pytest.approx(np.mean(top1s["gaussian_noise"]))
+  assert out["robustness/digital"] == pytest.approx(np.mean(top1s["pixelate"]))
+  assert out["robustness/extra"] == pytest.approx(np.mean(top1s["saturate"]))
+  assert out["robustness/num_benchmark"] == 2 and np.isnan(out["robustness/blur"])
+  assert len(out["retrieval_c/pr_curve"]) == 11 and out["retrieval_c/num_conditions"] == 3
+  assert 0 < out["retrieval_c/map"] <= 1 and 0 < out["retrieval_c/clean_map"] <= 1
+  # Resume: finished conditions are read back, not recomputed; another seed is refused.
+  cond = os.path.join(workdir, "conditions")
+  stamps = {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
+  again = robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+                                        mesh=mesh_lib.make_mesh(1))
+  assert again["robustness/top1"] == top1s
+  assert stamps == {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
+  c.robustness.seed = 1
+  with pytest.raises(ValueError, match="holds features of"):
+    robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+                                  mesh=mesh_lib.make_mesh(1))

@@ -1,0 +1,225 @@
+"""Robustness: a linear evaluation's encoder and classifier under ImageNet-C corruptions.
+
+``config.checkpoint`` is the workdir of a finished ``linear_eval`` run. Its
+source run's encoder is restored (frozen, as linear evaluation keeps it) with
+the classifier that run fitted (``robustness.classifier``: the ``linear``
+head, the ``linear_cached`` softmax regression, or ``auto``), and every
+corruption × severity of ``robustness.corruptions`` × ``robustness.severities``
+is scored:
+
+* ``generate`` (``robustness.source``): the evaluation split's centre crops,
+  corrupted on the fly with :mod:`attn_contrastive.data.corruptions`
+  (ImageNet-C's recipe; the synthetic data, or ImageNet without the release);
+* ``released``: the released ImageNet-C images (``imagenet_c/<c>_<s>``,
+  built from ``robustness.manual_dir`` on first use), resized whole to the
+  model's input.
+
+Each condition's result is kept in ``<workdir>/conditions/`` as soon as it
+is scored, so a killed run restarted with the same command goes on from
+there. The summary (:mod:`attn_contrastive.evaluators.corruption_errors`):
+category means, the extra corruptions, mCE and relative mCE. With
+``robustness.retrieval``, the corrupted images of ``retrieval_severities``
+also query the clean training split (the features linear evaluation cached)
+by cosine similarity: the CVPR paper's retrieval on ImageNet-C.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from attn_contrastive.evaluators import corruption_errors, features, results
+from attn_contrastive.evaluators import retrieval_metrics as rm
+from attn_contrastive.tasks import alignment, linear_eval
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import mesh as mesh_lib
+
+SOURCES = ("generate", "released")
+
+
+def load_linear_config(linear_dir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` of a linear evaluation, refusing any other kind of workdir."""
+  cfg = alignment.load_run_config(linear_dir)
+  if cfg.get("task") != "linear_eval":
+    raise ValueError(f"{linear_dir} is a {cfg.get('task')!r} run; robustness needs the "
+                     "workdir of a linear_eval run (its encoder and classifier)")
+  return cfg
+
+
+class _Scorer:
+  """The frozen encoder + classifier, and the clean gallery for corrupted queries."""
+
+  def __init__(self, config, linear_dir: str, lin, mesh):
+    self.run_dir = lin.checkpoint
+    self.run = alignment.load_run_config(self.run_dir)
+    model = alignment.build_model(self.run)
+    variables = ckpt_lib.load_variables(self.run_dir, sharding=mesh_lib.replicated(mesh))
+    self.step = int(os.path.basename(ckpt_lib.latest_step_dir(self.run_dir)))
+    encoder, self.frozen = linear_eval.encoder_of(model, variables)
+    self.embed = linear_eval.make_embed(encoder, jnp.dtype(self.run.model.dtype))
+    self.kernel, self.bias, self.protocol = linear_eval.load_classifier(
+        linear_dir, config.robustness.classifier)
+    self.eval_cfg, self.mesh = config.eval, mesh
+    self.gallery = None
+
+  def features(self, source, transform=None, *, eval_cfg=None, cache_dir=None):
+    return features.extract(self.embed, self.frozen, source, transform or (lambda ex: ex),
+                            eval_cfg or self.eval_cfg, mesh=self.mesh, cache_dir=cache_dir)
+
+  def top1(self, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(x @ self.kernel + self.bias, -1) == y))
+
+  def set_gallery(self, x: np.ndarray, y: np.ndarray) -> None:
+    gx = jnp.asarray(x)
+    if len(x) % self.mesh.size == 0:
+      gx = jax.device_put(gx, mesh_lib.data_sharding(self.mesh))
+    self.gallery = (gx, y)
+
+  def retrieval(self, x: np.ndarray, y: np.ndarray, rc) -> dict[str, Any]:
+    n = len(x) if rc.retrieval_max_queries < 0 else min(len(x), rc.retrieval_max_queries)
+    out = rm.retrieval_metrics(x[:n], y[:n], self.gallery[0], self.gallery[1],
+                               ks=tuple(rc.ks), chunk=rc.chunk)
+    return {k: out[k] for k in ("map", "pr_curve", *(f"precision@{k}" for k in rc.ks))}
+
+
+def _write_json(path: str, obj: Any) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _condition_source(config, name: str, severity: int, clean_source, view, cache):
+  """(source, transform) of one condition's images."""
+  rc = config.robustness
+  if rc.source == "generate":
+    from attn_contrastive.data.corrupted import CorruptedSplit
+    return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache), None
+  from attn_contrastive.data import pipeline, prepare, sources
+  dataset = f"{rc.released_dataset}/{name}_{severity}"
+  if rc.manual_dir:
+    prepare.prepare(dataset, config.data.data_dir or None, manual_dir=rc.manual_dir)
+  source = sources.open_split(dataset, "validation", config.data.data_dir)
+  return source, pipeline.EvalView(view.image_size, 1.0)
+
+
+def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
+                     view) -> dict[str, dict[str, Any]]:
+  """``{"<corruption>_<severity>": {"top1", ["retrieval"]}}``, resuming finished ones."""
+  rc = config.robustness
+  out, cache = {}, {}
+  for name in rc.corruptions:
+    for severity in rc.severities:
+      key = f"{name}_{severity}"
+      path = os.path.join(workdir, "conditions", f"{key}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          out[key] = json.load(f)
+        continue
+      t0 = time.perf_counter()
+      source, transform = _condition_source(config, name, severity, clean_source, view, cache)
+      x, y = scorer.features(source, transform)
+      result = {"top1": scorer.top1(x, y), "num_images": int(len(y))}
+      if rc.retrieval and severity in rc.retrieval_severities:
+        result["retrieval"] = scorer.retrieval(x, y, rc)
+      result["wall_time_s"] = time.perf_counter() - t0
+      _write_json(path, result)
+      out[key] = result
+      logging.info("%s severity %d: top-1 %.4f (%.1f s)", name, severity, result["top1"],
+                   result["wall_time_s"])
+  return out
+
+
+def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
+              clean_retrieval: dict[str, Any] | None) -> dict[str, Any]:
+  """The ``robustness/...`` and ``retrieval_c/...`` metrics of ``results.json``."""
+  rc = config.robustness
+  top1 = {c: [conditions[f"{c}_{s}"]["top1"] for s in rc.severities] for c in rc.corruptions}
+  summary = corruption_errors.summarize(top1, clean_top1)
+  metrics = {"robustness/clean_top1": clean_top1, "robustness/top1": top1,
+             "robustness/severities": list(rc.severities)}
+  metrics.update({f"robustness/{k}": v for k, v in summary.items()})
+  scored = [c["retrieval"] for c in conditions.values() if "retrieval" in c]
+  if scored:
+    for k in scored[0]:
+      metrics[f"retrieval_c/{k}"] = (np.mean([s[k] for s in scored], axis=0).tolist()
+                                     if k == "pr_curve" else
+                                     float(np.mean([s[k] for s in scored])))
+    metrics["retrieval_c/num_conditions"] = len(scored)
+    metrics.update({f"retrieval_c/clean_{k}": v for k, v in clean_retrieval.items()})
+  return metrics
+
+
+def _check_config(config) -> None:
+  rc = config.robustness
+  from attn_contrastive.data import corruptions
+  unknown = sorted(set(rc.corruptions) - set(corruptions.ALL))
+  if unknown:
+    raise ValueError(f"robustness.corruptions: unknown {unknown}; choose from "
+                     f"{corruptions.ALL}")
+  if rc.source not in SOURCES:
+    raise ValueError(f"robustness.source={rc.source!r}: choose one of {SOURCES}")
+  if not set(rc.severities) <= {1, 2, 3, 4, 5}:
+    raise ValueError(f"robustness.severities={tuple(rc.severities)}: ImageNet-C's are 1-5")
+
+
+def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = None,
+                       dataset_version: str | None = None, mesh=None) -> dict[str, Any]:
+  """Scores the linear evaluation at ``config.checkpoint``; writes ``results.json``.
+
+  ``splits`` (``{split name: source}``) and ``dataset_version`` replace the
+  tfds dataset (tests).
+  """
+  from attn_contrastive.data import pipeline
+  start = time.perf_counter()
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  linear_dir = config.checkpoint
+  lin = load_linear_config(linear_dir)
+  mesh = mesh or mesh_lib.make_mesh()
+  scorer = _Scorer(config, linear_dir, lin, mesh)
+  image_size = int(config.data.image_size or lin.data.image_size or scorer.run.data.image_size)
+  view = pipeline.EvalView(image_size, lin.aug.eval_crop_fraction)
+  rc, data = config.robustness, config.data
+  if splits is None:
+    from attn_contrastive.data import sources
+    names = (data.eval_split, data.train_split) if rc.retrieval else (data.eval_split,)
+    splits = {s: sources.open_split(data.name, s, data.data_dir, data.auto_prepare)
+              for s in names}
+  features.check_cache_source(os.path.join(workdir, "conditions"), {
+      "linear_eval": os.path.abspath(linear_dir), "step": scorer.step,
+      "classifier": scorer.protocol, "source": rc.source, "seed": rc.seed,
+      "image_size": image_size, "max_examples": config.eval.max_examples})
+  clean_x, clean_y = scorer.features(splits[data.eval_split], view)
+  clean_top1 = scorer.top1(clean_x, clean_y)
+  clean_retrieval = None
+  if rc.retrieval:
+    linear_cache = os.path.join(linear_dir, "features", data.train_split)
+    cache = linear_cache if os.path.isdir(linear_cache) else os.path.join(
+        workdir, "features", data.train_split)
+    scorer.set_gallery(*scorer.features(splits[data.train_split], view, eval_cfg=lin.eval,
+                                        cache_dir=cache))
+    clean_retrieval = scorer.retrieval(clean_x, clean_y, rc)
+  conditions = score_conditions(config, workdir, scorer, splits[data.eval_split], view)
+  metrics = summarize(config, conditions, clean_top1, clean_retrieval)
+  metrics.update({"robustness/classifier": {"workdir": os.path.abspath(linear_dir),
+                                            "protocol": scorer.protocol},
+                  "robustness/source": rc.source, "robustness/seed": rc.seed,
+                  "robustness/num_images": int(len(clean_y))})
+  dataset = results.dataset_entry(data.name, [data.eval_split], data_dir=data.data_dir,
+                                  version=dataset_version)
+  out = results.write(workdir, task="robustness", source_workdir=scorer.run_dir,
+                      source_step=scorer.step, source_config=scorer.run, dataset=dataset,
+                      metrics=metrics, wall_time_s=time.perf_counter() - start)
+  logging.info("Robustness of %s (%s classifier): clean %.4f, mean %.4f, mCE %.3f", linear_dir,
+               scorer.protocol, clean_top1, metrics["robustness/mean"],
+               metrics["robustness/mce"])
+  return out

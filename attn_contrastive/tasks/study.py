@@ -1,0 +1,151 @@
+"""The whole study in one command: teacher → labels → every row × seed → evaluations → report.
+
+A study config (``configs/study.py``) holds one full config per stage: the
+teacher's, the label task's, one per table row (``rows.<name>``) and one per
+evaluation (``linear_eval``, ``robustness``, ``retrieval``, ``alignment``),
+each overridable from the command line like any config
+(``--config.rows.contrastive.train.num_epochs=5``). This task fills in what
+links them (checkpoints, the maps folder, the seed) and runs them one after
+the other in this process, in ``<workdir>/``::
+
+  teacher/  maps_train/
+  <row>/seed<k>/{train, linear_eval, robustness, retrieval, alignment}/
+  report/   report.md, report.csv, figures
+
+A stage whose ``results.json`` exists is skipped, and a training stage
+killed half-way resumes from its checkpoint, so a killed study restarted
+with the same command goes on where it stopped. The report is rewritten
+after every seed, so a study cut short still leaves the tables of what ran.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from absl import logging
+
+#: The tasks a study runs, by stage (as ``main.TASKS``).
+TASK_MODULES = {
+    "teacher": "attn_contrastive.tasks.teacher",
+    "label": "attn_contrastive.tasks.label",
+    "pretrain": "attn_contrastive.tasks.pretrain",
+    "supervised": "attn_contrastive.tasks.supervised",
+    "linear_eval": "attn_contrastive.tasks.linear_eval",
+    "robustness": "attn_contrastive.tasks.robustness",
+    "retrieval": "attn_contrastive.tasks.retrieval",
+    "alignment": "attn_contrastive.tasks.alignment",
+}
+#: The evaluations of each trained row, in the order they run.
+EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
+STAGES = ("teacher", "label", "train", *EVALUATIONS, "report")
+
+
+def is_done(workdir: str) -> bool:
+  """A stage is done when its ``results.json`` is there (written last, atomically)."""
+  return os.path.exists(os.path.join(workdir, "results.json"))
+
+
+class Study:
+  """Runs the stages of ``config`` in ``workdir``, skipping finished ones."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               run_stage: Callable[[ml_collections.ConfigDict, str], Any] | None = None):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.run_stage = run_stage or _run_stage
+    self.timings: list[tuple[str, float, bool]] = []
+    unknown = set(config.study.stages) - set(STAGES)
+    if unknown:
+      raise ValueError(f"study.stages: unknown {sorted(unknown)}; choose from {STAGES}")
+    missing = set(config.study.rows) - set(config.rows)
+    if missing:
+      raise ValueError(f"study.rows names {sorted(missing)}, which config.rows does not "
+                       f"define; defined: {sorted(config.rows)}")
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def stage(self, name: str, config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Runs one stage unless it is done or not among ``study.stages``; returns its workdir."""
+    kind = name.split("/")[-1]
+    kind = "train" if kind.startswith("train") else kind
+    if kind not in self.config.study.stages:
+      return workdir
+    if is_done(workdir):
+      logging.info("Study: %s done already (%s)", name, workdir)
+      self.timings.append((name, 0.0, True))
+      return workdir
+    logging.info("Study: %s → %s", name, workdir)
+    t0 = time.perf_counter()
+    self.run_stage(config, workdir)
+    self.timings.append((name, time.perf_counter() - t0, False))
+    logging.info("Study: %s finished in %.1f min", name, self.timings[-1][1] / 60)
+    return workdir
+
+  def teacher_and_maps(self) -> str:
+    """The teacher, then its maps of the training split; returns the maps folder."""
+    teacher = self.stage("teacher", self.config.teacher, self.path("teacher"))
+    label = self.config.label.copy_and_resolve_references()
+    label.teacher_checkpoint = teacher
+    return self.stage("label", label, self.path("maps_train"))
+
+  def row(self, name: str, seed: int, maps_dir: str) -> None:
+    """Trains row ``name`` with ``seed`` and runs every evaluation of it."""
+    base = self.path(name, f"seed{seed}")
+    train = self.config.rows[name].copy_and_resolve_references()
+    train.seed = seed
+    if train.get("attention") is not None and train.attention.enabled:
+      if train.attention.labels == "teacher":
+        train.attention.maps_dir = maps_dir
+    run_dir = self.stage(f"{name}/seed{seed}/train", train, os.path.join(base, "train"))
+    for evaluation in EVALUATIONS:
+      cfg = self.config[evaluation].copy_and_resolve_references()
+      source = os.path.join(base, "linear_eval") if evaluation == "robustness" else run_dir
+      cfg.checkpoint = source
+      if evaluation == "alignment" and "linear_eval" in self.config.study.stages:
+        cfg.alignment.classifier = os.path.join(base, "linear_eval")
+      self.stage(f"{name}/seed{seed}/{evaluation}", cfg, os.path.join(base, evaluation))
+
+  def report(self) -> dict[str, Any] | None:
+    if "report" not in self.config.study.stages or jax.process_index() != 0:
+      return None
+    from attn_contrastive import report  # matplotlib, only when a report is written
+    return report.write_report([self.workdir], self.path("report"))
+
+  def run(self) -> dict[str, Any] | None:
+    maps_dir = self.teacher_and_maps()
+    written = None
+    for seed in self.config.study.seeds:
+      for name in self.config.study.rows:
+        self.row(name, int(seed), maps_dir)
+      written = self.report()
+    return written
+
+
+def _run_stage(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """One stage, in this process, as ``main`` would run it."""
+  os.makedirs(workdir, exist_ok=True)
+  module = importlib.import_module(TASK_MODULES[config.task])
+  return module.train_and_evaluate(config, workdir)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any] | None:
+  """Runs the study of ``config`` in ``workdir``; writes its report and ``results.json``."""
+  if config.study.compilation_cache:
+    # Seeds of a row compile the same programs: later seeds read them from disk.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir),
+                                                                "compilation_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  study = Study(config, workdir)
+  start = time.perf_counter()
+  written = study.run()
+  from attn_contrastive.train import loop
+  loop.write_results(workdir, {
+      "task": "study", "rows": list(config.study.rows), "seeds": list(config.study.seeds),
+      "report": study.path("report", "report.md") if written else None,
+      "stages": [{"stage": n, "minutes": s / 60, "skipped": k} for n, s, k in study.timings],
+      "wall_time_s": time.perf_counter() - start})
+  return written

@@ -1,0 +1,115 @@
+"""ImageNet-C's summary numbers, the corrupted split and the released-ImageNet-C reader."""
+
+import numpy as np
+import pytest
+
+from attn_contrastive.data import corruptions
+from attn_contrastive.data.corrupted import CorruptedSplit, corruption_rng
+from attn_contrastive.evaluators import corruption_errors
+
+
+def test_summary_numbers_equal_a_hand_computed_example():
+  top1 = {"gaussian_noise": [0.9, 0.8, 0.7, 0.6, 0.5],   # mean 0.7, error 0.3
+          "shot_noise": [0.5] * 5,                       # error 0.5
+          "fog": [0.8, 0.8, 0.6, 0.6, 0.2],              # mean 0.6, error 0.4
+          "saturate": [0.9, 0.7, 0.7, 0.7, 0.5]}         # extra, mean 0.7
+  out = corruption_errors.summarize(top1, clean_top1=0.9)
+  assert out["noise"] == pytest.approx(0.6)              # (0.7 + 0.5) / 2
+  assert out["weather"] == pytest.approx(0.6)
+  assert np.isnan(out["blur"]) and np.isnan(out["digital"])
+  assert out["extra"] == pytest.approx(0.7)
+  assert out["mean"] == pytest.approx((0.7 + 0.5 + 0.6) / 3)   # the 15 only, not saturate
+  assert out["by_severity"] == pytest.approx([2.2 / 3, 2.1 / 3, 1.8 / 3, 1.7 / 3, 1.2 / 3])
+  ce = {"gaussian_noise": 0.3 / 0.886428, "shot_noise": 0.5 / 0.894468, "fog": 0.4 / 0.819324}
+  assert out["ce"] == pytest.approx(ce)
+  assert out["mce"] == pytest.approx(np.mean(list(ce.values())))
+  rel = {"gaussian_noise": 0.2 / (0.886428 - 0.4345), "shot_noise": 0.4 / (0.894468 - 0.4345),
+         "fog": 0.3 / (0.819324 - 0.4345)}
+  assert out["relative_ce"] == pytest.approx(rel)
+  assert out["relative_mce"] == pytest.approx(np.mean(list(rel.values())))
+  assert out["num_benchmark"] == 3
+
+
+def test_alexnet_itself_has_mce_one():
+  top1 = {c: [1 - e] * 5 for c, e in corruption_errors.ALEXNET_ERRORS.items()}
+  out = corruption_errors.summarize(top1, clean_top1=1 - corruption_errors.ALEXNET_CLEAN_ERROR)
+  assert out["mce"] == pytest.approx(1.0) and out["relative_mce"] == pytest.approx(1.0)
+  assert list(corruption_errors.ALEXNET_ERRORS) == list(corruptions.BENCHMARK)
+  assert sum(len(v) for k, v in corruptions.CATEGORIES.items() if k != "extra") == 15
+
+
+class _Source:
+  def __init__(self, n):
+    rng = np.random.default_rng(0)
+    self.images = rng.integers(0, 256, (n, 20, 24, 3), dtype=np.uint8)
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": i % 3}
+
+
+def _view(ex):
+  return {"image": ex["image"][2:18, 4:20], "label": ex["label"]}
+
+
+def test_corrupted_split_is_the_view_corrupted_with_per_image_draws():
+  src = _Source(6)
+  split = CorruptedSplit(src, _view, "gaussian_noise", 4, seed=7, clean_cache={})
+  later = [split[i]["image"] for i in (5, 3, 1)]          # any order, same images
+  for i, image in zip((5, 3, 1), later):
+    expected = corruptions.corrupt(_view(src[i])["image"], "gaussian_noise", 4,
+                                   corruption_rng(7, "gaussian_noise", 4, i))
+    np.testing.assert_array_equal(image, expected)
+    assert split[i]["label"] == i % 3 and image.shape == (16, 16, 3)
+  other_seed = CorruptedSplit(src, _view, "gaussian_noise", 4, seed=8)
+  assert not np.array_equal(other_seed[5]["image"], later[0])
+  assert not np.array_equal(split[0]["image"], split[1]["image"][::-1])
+  with pytest.raises(ValueError, match="unknown corruption"):
+    CorruptedSplit(src, _view, "rain", 1)
+  with pytest.raises(ValueError, match="1 to 5"):
+    CorruptedSplit(src, _view, "fog", 6)
+
+
+def _write_release(root, layout_category: bool):
+  """A tiny ImageNet-C tree: 2 classes × 2 images of gaussian_noise severity 3."""
+  import cv2
+  rng = np.random.default_rng(1)
+  wnids = ("n01440764", "n15075141")  # imagenet2012's first and last classes
+  written = {}
+  for w in wnids:
+    base = root / ("noise" if layout_category else "") / "gaussian_noise" / "3" / w
+    base.mkdir(parents=True)
+    for k in range(2):
+      name = f"ILSVRC2012_val_{k + (10 if w == wnids[1] else 0):08d}.JPEG"
+      image = np.full((40, 40, 3), rng.integers(0, 256, 3), np.uint8)
+      cv2.imwrite(str(base / name), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+      written[name] = (w, image)
+  return written
+
+
+@pytest.mark.parametrize("layout_category", [False, True])
+def test_released_imagenet_c_reads_with_imagenet2012_labels(tmp_path, layout_category):
+  from attn_contrastive.data import imagenet_c, prepare, sources
+  written = _write_release(tmp_path / "manual", layout_category)
+  data_dir = str(tmp_path / "data")
+  prepare.prepare("imagenet_c/gaussian_noise_3", data_dir, manual_dir=str(tmp_path / "manual"))
+  split = sources.open_split("imagenet_c/gaussian_noise_3", "validation", data_dir)
+  names = imagenet_c.imagenet_label_names()
+  assert len(names) == 1000 and names[0] == "n01440764" and names[-1] == "n15075141"
+  assert len(split) == 4
+  for i in range(4):
+    ex = split[i]
+    wnid, image = written[ex["file_name"].decode() if isinstance(ex["file_name"], bytes)
+                          else ex["file_name"]]
+    assert ex["label"] == names.index(wnid)
+    assert np.abs(ex["image"].astype(int) - image).max() <= 3
+
+
+def test_released_imagenet_c_refuses_a_missing_condition(tmp_path):
+  from attn_contrastive.data import prepare
+  _write_release(tmp_path / "manual", False)
+  with pytest.raises(FileNotFoundError, match="fog severity 2"):
+    prepare.prepare("imagenet_c/fog_2", str(tmp_path / "data"),
+                    manual_dir=str(tmp_path / "manual"))
