@@ -39,17 +39,27 @@ ROWS = {
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:
-  """Short schedules and evaluation subsets: the whole chain in minutes."""
-  c.teacher.train.num_epochs = 2.0
-  c.teacher.eval.max_examples = 200
-  for name, row in c.rows.items():
-    row.train.update(dict(num_epochs=2.0 if row.task == "pretrain" else 3.0, eval_every=-1,
+  """The three SimCLR rows, short schedules, evaluation subsets: the chain in minutes."""
+  c.study.rows = ("contrastive", "contrastive_attn_teacher", "contrastive_attn_cotrain")
+  c.teacher.train.num_epochs = 1.5
+  c.teacher.eval.max_examples = 100
+  for row in c.rows.values():
+    row.train.update(dict(num_epochs=1.0 if row.task == "pretrain" else 2.0, eval_every=-1,
                           log_every=20))
   c.linear_eval.linear_cached.l2_grid = (1e-4, 1e-3, 1e-2)
-  c.robustness.eval.max_examples = 500
-  c.robustness.robustness.retrieval_max_queries = 200
+  c.linear_eval.eval.max_examples = 5000
+  c.robustness.eval.update(dict(max_examples=200, batch_size=200))
   c.retrieval.eval.max_examples = 500
-  c.alignment.eval.max_examples = 200
+  c.retrieval.retrieval.gallery_max_examples = 2000
+  c.alignment.eval.max_examples = 100
+
+
+def _full(c: ml_collections.ConfigDict) -> None:
+  """Every row × 3 seeds on the rows' own synthetic schedules; robustness on 300 images."""
+  c.study.seeds = (0, 1, 2)
+  for row in c.rows.values():
+    row.train.eval_every = -1  # the evaluations below replace the monitor
+  c.robustness.eval.update(dict(max_examples=300, batch_size=300))
 
 
 def get_config(arg: str | None = None):
@@ -74,5 +84,5 @@ def get_config(arg: str | None = None):
   if picked["scale"] == "demo":
     _demo(c)
   else:
-    c.study.seeds = (0, 1, 2)
+    _full(c)
   return c

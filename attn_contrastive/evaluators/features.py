@@ -16,6 +16,7 @@ at D = 2048 in float32 is 10.5 GB).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -28,6 +29,13 @@ from attn_contrastive.train import mesh as mesh_lib
 
 #: ``(state, uint8 images [B, H, W, 3]) -> features [B, D]``.
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(embed: EmbedFn, sharding: jax.sharding.Sharding):
+  """One jitted ``embed`` per function and sharding: repeated extractions (the 95
+  conditions of a robustness run) trace and compile it once."""
+  return jax.jit(embed, out_shardings=sharding)
 
 
 def _gather_in_order(local: np.ndarray, positions: np.ndarray, total: int) -> np.ndarray:
@@ -77,7 +85,7 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
   global_batch = int(eval_cfg.batch_size)
   mesh_lib.check_batch_divisible(global_batch, mesh)
   total = common.num_examples(source, eval_cfg.max_examples)
-  embed_step = jax.jit(embed, out_shardings=mesh_lib.data_sharding(mesh))
+  embed_step = _jitted(embed, mesh_lib.data_sharding(mesh))
   threads = max(int(eval_cfg.num_threads), 1)
   parts_f, parts_l = [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:

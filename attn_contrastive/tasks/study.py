@@ -125,6 +125,31 @@ class Study:
     return written
 
 
+#: The numbers of each row the study prints at its end: (table, metric keys tried in
+#: order, label).
+HEADLINE = (("classification", ("linear/top1", "linear_cached/top1", "supervised/top1"),
+             "linear top-1"),
+            ("robustness", ("robustness/mean",), "corrupted top-1"),
+            ("robustness", ("robustness/mce",), "mCE"),
+            ("alignment", ("alignment/model/nss",), "NSS"),
+            ("retrieval", ("retrieval/map",), "mAP"))
+
+
+def headline(written: dict[str, Any]) -> list[str]:
+  """One line per row of the report's key numbers (mean ± std over seeds)."""
+  by_row: dict[str, list[str]] = {}
+  for table, keys, label in HEADLINE:
+    found = [t for name, t in written["tables"].items() if name.split(":")[0] == table]
+    for t in found[:1]:
+      for row, cells in t["rows"].items():
+        key = next((k for k in keys if k in cells), None)
+        if key is not None:
+          cell = cells[key]
+          std = f" ± {cell['std']:.2f}" if cell.get("std") is not None else ""
+          by_row.setdefault(row, []).append(f"{label} {cell['mean']:.2f}{std}")
+  return [f"{row}: {', '.join(v)}" for row, v in by_row.items()]
+
+
 def _run_stage(config: ml_collections.ConfigDict, workdir: str) -> Any:
   """One stage, in this process, as ``main`` would run it."""
   os.makedirs(workdir, exist_ok=True)
@@ -142,6 +167,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any] | None:
   study = Study(config, workdir)
   start = time.perf_counter()
   written = study.run()
+  if written:
+    for line in headline(written):
+      logging.info("%s", line)
+    logging.info("Report: %s", written["markdown"])
   from attn_contrastive.train import loop
   loop.write_results(workdir, {
       "task": "study", "rows": list(config.study.rows), "seeds": list(config.study.seeds),

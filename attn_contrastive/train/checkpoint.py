@@ -25,9 +25,11 @@ def _write_replicated_arrays_from_one_replica() -> None:
   CPU a second or more per checkpoint of a small ResNet); data-parallel
   parameters are small enough that one replica writing them is faster.
   """
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-      override=True)
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  current = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(current, "_use_replica_parallel", True) is False:
+    return  # registered already (orbax warns at every override)
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class Checkpointer:
