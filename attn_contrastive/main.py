@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import config_checks
 from attn_contrastive import summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
@@ -60,6 +61,10 @@ def main(argv: list[str]) -> None:
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config.task not in TASKS:
     sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(TASKS)}")
+  bad = config_checks.problems(config)
+  if bad:
+    sys.exit(f"error: {len(bad)} config value(s) to fix before anything runs:\n  "
+             + "\n  ".join(bad))
   import jax  # here, so that a bad flag is refused without loading JAX
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

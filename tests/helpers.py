@@ -1,6 +1,8 @@
-"""Pieces several test files share: a tiny training config and a few steps of it."""
+"""Pieces several test files share: a tiny training config and a few steps of it, filled
+variables without a compiled init, a tiny human-attention split."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.train import mesh as mesh_lib
@@ -46,3 +48,49 @@ def run_steps(n_devices: int, config, model, loss_fn, batch, *, steps: int = 2,
   for _ in range(steps):
     state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
   return init, *jax.device_get((state.params, state.batch_stats, metrics))
+
+
+def filled_variables(model, shape, seed: int = 0):
+  """Deterministic variables without compiling the model's random init.
+
+  Shapes come from ``jax.eval_shape`` (tracing only); kernels are He-normal
+  from NumPy, BatchNorm scales and variances 1, biases and means 0. Keeps the
+  tests fast on CPU, where compiling many ``jax.random`` initialisers is slow.
+  """
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
+                                               train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, np.float32)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+class HumanSquares:
+  """A human-attention source: 16-px images, a bright square, fixations in it."""
+
+  def __init__(self, n=6):
+    rng = np.random.default_rng(1)
+    self.items = []
+    for _ in range(n):
+      image = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
+      r, c = rng.integers(0, 10, 2)
+      image[r:r + 6, c:c + 6] = 250
+      smap = np.zeros((SIZE, SIZE, 1), np.uint8)
+      smap[r:r + 6, c:c + 6] = 255
+      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
+      self.items.append({"image": image, "saliency_map": smap,
+                         "fixations": fix.astype(np.int32)})
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    return self.items[i]

@@ -17,7 +17,7 @@ from attn_contrastive.tasks import alignment, pretrain, supervised
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
-from helpers import SIZE, tiny_config
+from helpers import SIZE, HumanSquares, filled_variables, tiny_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -134,7 +134,7 @@ def test_gradcam_of_the_last_stage_is_the_classifier_column():
   model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
                  num_classes=3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))
-  variables = _filled_variables(model)
+  variables = filled_variables(model, (1, SIZE, SIZE, 3))
   block = stage_output_block(10, "conv5")
   assert block == "conv5_block0" and stage_output_block(50, "conv4") == "conv4_block5"
   grad, out = jax.jit(lambda v: gradcam.stage_gradient(
@@ -162,52 +162,11 @@ def test_all_zero_map_becomes_uniform():
 # ---------------------------------------------------------------------------
 
 
-class _Human:
-  """A human-attention source: 16-px images, a bright square, fixations in it."""
-
-  def __init__(self, n=6):
-    rng = np.random.default_rng(1)
-    self.items = []
-    for _ in range(n):
-      image = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
-      r, c = rng.integers(0, 10, 2)
-      image[r:r + 6, c:c + 6] = 250
-      smap = np.zeros((SIZE, SIZE, 1), np.uint8)
-      smap[r:r + 6, c:c + 6] = 255
-      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
-      self.items.append({"image": image, "saliency_map": smap,
-                         "fixations": fix.astype(np.int32)})
-
-  def __len__(self):
-    return len(self.items)
-
-  def __getitem__(self, i):
-    return self.items[i]
-
-
-def _filled_variables(model):
-  """He-normal kernels, identity BatchNorm: a run's variables without compiling an init."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, SIZE, SIZE, 3)), train=False))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    if name in ("bias", "mean"):
-      return np.zeros(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1]))
-    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def _write_run(workdir, task):
   """A run's workdir (config.json, a checkpoint at step 3) of a tiny ``task`` model."""
   config = tiny_config(task)
   model = (supervised if task == "supervised" else pretrain).build_model(config)
-  variables = _filled_variables(model)
+  variables = filled_variables(model, (1, SIZE, SIZE, 3))
   os.makedirs(workdir)
   loop.write_config(str(workdir), config)
   ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
@@ -234,7 +193,7 @@ def _config(checkpoint, **alignment_keys):
 
 
 def _align(config, workdir):
-  return alignment.train_and_evaluate(config, str(workdir), source=_Human(),
+  return alignment.train_and_evaluate(config, str(workdir), source=HumanSquares(),
                                       dataset_version="test", mesh=mesh_lib.make_mesh(1))
 
 
@@ -242,7 +201,7 @@ def _check_examples(workdir, kinds, map_hw):
   with np.load(os.path.join(workdir, saliency_eval.EXAMPLES_FILE)) as z:
     ex = {k: z[k] for k in z.files}
   assert set(ex) == {"image", "human", "index"} | {f"map/{k}" for k in kinds}
-  human = _Human()
+  human = HumanSquares()
   assert ex["image"].dtype == np.uint8 and ex["image"].shape == (3, SIZE, SIZE, 3)
   np.testing.assert_array_equal(ex["image"], [human[i]["image"] for i in range(3)])
   assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1, 2]
@@ -305,7 +264,7 @@ def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
   _check_examples(str(tmp_path / "align"), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
   # The maps are Grad-CAM of the linear classifier's predicted class at conv4.
-  images = np.stack([_Human()[i]["image"] for i in range(3)])
+  images = np.stack([HumanSquares()[i]["image"] for i in range(3)])
   state = alignment.EvalState(variables["params"], variables["batch_stats"], 0,
                               {"kernel": kernel, "bias": bias})
   predict = alignment.make_predict(model, alignment.load_run_config(run_dir), ("gradcam",),

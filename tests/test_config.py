@@ -91,3 +91,100 @@ def test_main_refuses_unknown_key():
   assert "unknown config key 'optim.base_lrr'" in proc.stderr
   assert "'optim.base_lr'" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+# Every config file with every argument it takes.
+CONFIG_ARGS = {
+    "contrastive": ("synthetic", "imagenet"), "contrastive_attn_teacher": ("synthetic", "imagenet"),
+    "contrastive_attn_cotrain": ("synthetic", "imagenet"),
+    "supervised": ("synthetic,r18", "imagenet,r50"),
+    "supervised_attn_teacher": ("synthetic,r18", "imagenet,r50"),
+    "teacher": ("synthetic", "salicon"), "label": ("synthetic", "imagenet"),
+    "linear_eval": ("synthetic", "imagenet"), "robustness": ("synthetic", "imagenet"),
+    "retrieval": ("synthetic", "imagenet"), "alignment": ("synthetic", "salicon"),
+    "study": ("demo", "full"),
+}
+LINKS = {"checkpoint": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
+
+
+def test_every_config_passes_the_value_checks():
+  from attn_contrastive import config_checks
+  assert sorted(CONFIG_ARGS) == sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                                       if f.endswith(".py"))
+  for name, args in CONFIG_ARGS.items():
+    for arg in args:
+      c = config_lib.load_config_file(os.path.join(ROOT, f"configs/{name}.py:{arg}"))
+      for key, value in LINKS.items():
+        if key in c:
+          c[key] = value
+      if c.get("attention") is not None and c.attention.enabled:
+        c.attention.maps_dir = "/runs/maps"
+      assert config_checks.problems(c) == [], (name, arg)
+
+
+@pytest.mark.parametrize("file,key,value,expected", [
+    ("contrastive", "input.global_batch_size", -256, "input.global_batch_size=-256: must be"),
+    ("contrastive", "loss.temperature", 0.0, "loss.temperature=0.0: must be positive"),
+    ("contrastive_attn_teacher", "attention.alpha", -1.0, "attention.alpha=-1.0: must be 0"),
+    ("contrastive_attn_teacher", "attention.beta", -0.1, "attention.beta=-0.1"),
+    ("supervised", "optim.momentum", 1.0, "optim.momentum=1.0: must be in [0, 1)"),
+    ("contrastive", "aug.p_blur", 1.5, "aug.p_blur=1.5: must be a probability"),
+    ("linear_eval", "eval.batch_size", 0, "eval.batch_size=0"),
+    ("study", "rows.contrastive.loss.temperature", -0.1, "rows.contrastive.loss.temperature"),
+    ("study", "study.stages", ("teacher", "finetune"), "study.stages has ['finetune']"),
+    ("study", "study.rows", ("contrastive", "byol"), "study.rows has ['byol']"),
+    ("robustness", "robustness.severities", (0, 3), "severities has [0]"),
+])
+def test_bad_values_are_named_with_what_they_must_be(file, key, value, expected):
+  from attn_contrastive import config_checks
+  c = config_lib.load_config_file(os.path.join(ROOT, f"configs/{file}.py"))
+  for link, path in LINKS.items():
+    if link in c:
+      c[link] = path
+  if c.get("attention") is not None and c.attention.enabled:
+    c.attention.maps_dir = "/runs/maps"
+  node = c
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  found = config_checks.problems(c)
+  assert len(found) == 1 and expected in found[0], found
+
+
+def test_missing_links_name_the_stage_that_makes_them():
+  from attn_contrastive import config_checks
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs/contrastive_attn_teacher.py"))
+  assert "attention.maps_dir is empty" in config_checks.problems(c)[0]
+  assert "configs/label.py" in config_checks.problems(c)[0]
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs/robustness.py"))
+  assert "a linear_eval run" in config_checks.problems(c)[0]
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs/label.py"))
+  assert "teacher_checkpoint is empty" in config_checks.problems(c)[0]
+
+
+def test_main_refuses_bad_values_before_loading_jax(tmp_path):
+  """The refusal lists every bad value and comes before JAX (or any dataset) is touched."""
+  out = subprocess.run(
+      [sys.executable, "-c",
+       "import sys; from attn_contrastive import main; "
+       "sys.argv = ['main', '--config=configs/contrastive.py', f'--workdir={sys.argv[1]}', "
+       "'--config.loss.temperature=0', '--config.input.global_batch_size=-1']; "
+       "import atexit; atexit.register(lambda: print('jax' in sys.modules, file=sys.stderr)); "
+       "main.run()", str(tmp_path / "w")],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "2 config value(s) to fix" in out.stderr
+  assert "loss.temperature=0.0: must be positive" in out.stderr
+  assert "input.global_batch_size=-1" in out.stderr
+  assert out.stderr.strip().endswith("False")  # JAX was never imported
+  assert not (tmp_path / "w").exists()
+
+
+def test_main_refuses_a_value_of_the_wrong_type(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "attn_contrastive.main", "--config=configs/contrastive.py",
+       f"--workdir={tmp_path / 'w'}", "--config.input.global_batch_size=2.5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "--config.input.global_batch_size=2.5: invalid literal for int()" in out.stderr

@@ -11,6 +11,7 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
+from helpers import HumanSquares
 
 
 class _Images:
@@ -111,29 +112,6 @@ def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
     joined[i]
 
 
-class _Human:
-  """A human-attention source: 16-px images, a bright square, fixations in it."""
-
-  def __init__(self, n=6):
-    rng = np.random.default_rng(1)
-    self.items = []
-    for _ in range(n):
-      image = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
-      r, c = rng.integers(0, 10, 2)
-      image[r:r + 6, c:c + 6] = 250
-      smap = np.zeros((16, 16, 1), np.uint8)
-      smap[r:r + 6, c:c + 6] = 255
-      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
-      self.items.append({"image": image, "saliency_map": smap,
-                         "fixations": fix.astype(np.int32)})
-
-  def __len__(self):
-    return len(self.items)
-
-  def __getitem__(self, i):
-    return self.items[i]
-
-
 def _np_bilinear(m, out_hw):
   """Bilinear upsampling with pixel centres at half-integers and clamped edges."""
 
@@ -170,7 +148,7 @@ def _check_alignment(run_dir, out_dir, model, c):
   ac = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
   ac.checkpoint = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
-  human = _Human()
+  human = HumanSquares()
   r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
   # A SimCLR run without a classifier: the default maps skip Grad-CAM.
   assert r["alignment/kinds"] == ["heads"] and r["alignment/primary"] == "heads"

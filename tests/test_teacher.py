@@ -19,6 +19,7 @@ from attn_contrastive.tasks import teacher
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState
+from helpers import filled_variables
 
 SIZE = 16
 
@@ -73,35 +74,11 @@ class _ToySaliencySource:
     return self.examples[i]
 
 
-def _variables(model, shape, seed=0):
-  """Deterministic variables without compiling the model's random init.
-
-  Shapes come from ``jax.eval_shape`` (tracing only); kernels are He-normal
-  from NumPy, BatchNorm scales and variances 1, biases and means 0. Keeps the
-  tests fast on CPU, where compiling many ``jax.random`` initialisers is slow.
-  """
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
-                                               train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    if name in ("bias", "mean"):
-      return np.zeros(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1]))
-    return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-@pytest.mark.parametrize("stride,out", [(1, 16), (2, 8), (4, 4)])
 def test_model_outputs_normalised_log_density(stride, out):
   model = _tiny_model(stride)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))
   y = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      _variables(model, (1, SIZE, SIZE, 3)), x)
+      filled_variables(model, (1, SIZE, SIZE, 3)), x)
   assert y["logits"].shape == y["log_density"].shape == (2, out, out)
   assert y["log_density"].dtype == jnp.float32
   np.testing.assert_allclose(jnp.exp(y["log_density"]).sum(axis=(1, 2)), 1.0, rtol=1e-5)
@@ -245,7 +222,7 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
 def test_evaluation_on_eight_devices_equals_one():
   config = tiny_config()
   model = teacher_from_config(config.model)
-  variables = _variables(model, (1, SIZE, SIZE, 3))
+  variables = filled_variables(model, (1, SIZE, SIZE, 3))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"],
                             batch_stats=variables["batch_stats"], tx=optax.identity())
   source = _ToySaliencySource(n=20, seed=1)

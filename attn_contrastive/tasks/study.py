@@ -28,6 +28,8 @@ import jax
 import ml_collections
 from absl import logging
 
+from attn_contrastive import config_checks
+
 #: The tasks a study runs, by stage (as ``main.TASKS``).
 TASK_MODULES = {
     "teacher": "attn_contrastive.tasks.teacher",
@@ -41,7 +43,7 @@ TASK_MODULES = {
 }
 #: The evaluations of each trained row, in the order they run.
 EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
-STAGES = ("teacher", "label", "train", *EVALUATIONS, "report")
+STAGES = config_checks.STUDY_STAGES
 
 
 def is_done(workdir: str) -> bool:

@@ -1,0 +1,166 @@
+"""Values a config must have, checked before anything is built.
+
+ml_collections refuses unknown keys and wrong types; what it cannot know is
+which values make sense: a negative batch, a temperature of 0, a negative α,
+an attention row without its maps, an evaluation without the run to
+evaluate. :func:`problems` lists every such value of a config (and of the
+stage configs a study embeds), each with the key, what is wrong and what to
+set instead, so ``main`` refuses the run at once instead of hours in.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import ml_collections
+
+Check = tuple[str, Callable[[Any], bool], str]
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
+def _non_negative(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+
+
+def _fraction(x) -> bool:  # (0, 1]
+  return _positive(x) and x <= 1
+
+
+def _probability(x) -> bool:  # [0, 1]
+  return _non_negative(x) and x <= 1
+
+
+def _one_of(*allowed) -> Callable[[Any], bool]:
+  return lambda x: x in allowed
+
+
+#: (dotted key, test, what it must be); a key the config lacks is not checked.
+CHECKS: tuple[Check, ...] = (
+    ("input.global_batch_size", _positive, "a positive number of examples"),
+    ("input.num_threads", _positive, "at least 1"),
+    ("input.num_workers", _non_negative, "0 (threads only) or more worker processes"),
+    ("eval.batch_size", _positive, "a positive number of examples"),
+    ("eval.max_examples", lambda x: x == -1 or _positive(x), "-1 (all) or a positive count"),
+    ("eval.num_threads", _positive, "at least 1"),
+    ("data.image_size", _non_negative, "a size in pixels (0: the evaluated run's)"),
+    ("model.depth", _one_of(10, 18, 34, 50, 101), "one of 10, 18, 34, 50, 101"),
+    ("model.width", _positive, "a positive channel count"),
+    ("model.dtype", _one_of("float32", "bfloat16", "float16"),
+     "'float32', 'bfloat16' or 'float16'"),
+    ("loss.temperature", _positive, "positive (NT-Xent divides by it; SimCLR uses 0.1-0.5)"),
+    ("loss.label_smoothing", lambda x: _probability(x) and x < 1, "in [0, 1)"),
+    ("optim.name", _one_of("lars", "sgd"), "'lars' or 'sgd'"),
+    ("optim.base_lr", _positive, "a positive learning rate"),
+    ("optim.weight_decay", _non_negative, "0 or more"),
+    ("optim.momentum", lambda x: _probability(x) and x < 1, "in [0, 1)"),
+    ("optim.warmup_epochs", _non_negative, "0 or more epochs"),
+    ("train.num_epochs", _non_negative, "0 or more (with train.num_steps > 0) epochs"),
+    ("train.log_every", _positive, "a positive number of steps"),
+    ("train.checkpoint_every", _positive, "a positive number of steps"),
+    ("train.keep_checkpoints", _positive, "at least 1"),
+    ("aug.area_min", _fraction, "a fraction of the image in (0, 1]"),
+    ("aug.eval_crop_fraction", _fraction, "a fraction of the image side in (0, 1]"),
+    ("aug.strength", _non_negative, "0 (no colour jitter) or more"),
+    ("aug.p_jitter", _probability, "a probability in [0, 1]"),
+    ("aug.p_gray", _probability, "a probability in [0, 1]"),
+    ("aug.p_blur", _probability, "a probability in [0, 1]"),
+    ("aug.jitter_impl", _one_of("simclrv1", "simclrv2"), "'simclrv1' or 'simclrv2'"),
+    ("attention.alpha", _non_negative, "0 or more (the weight of KLD in L_attn)"),
+    ("attention.beta", _non_negative, "0 or more (the weight of NSS in L_attn)"),
+    ("attention.width", _positive, "a positive channel count"),
+    ("attention.map_size", _positive, "a positive map side in pixels"),
+    ("attention.labels", _one_of("teacher", "human"), "'teacher' or 'human' (co-train)"),
+    ("attention.cotrain_bn", _one_of("separate", "joint"), "'separate' or 'joint'"),
+    ("label.batch_size", _positive, "a positive number of images"),
+    ("label.num_shards", _positive, "at least 1"),
+    ("label.map_size", _positive, "a positive map side in pixels"),
+)
+
+#: The stages of a study (``tasks/study.py``), in the order they run.
+STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
+                "alignment", "report")
+
+#: Tasks that evaluate another run, and what ``checkpoint`` must name for each.
+EVALUATES = {
+    "linear_eval": "the workdir of a pretrain or supervised run",
+    "retrieval": "the workdir of a pretrain or supervised run",
+    "alignment": "the workdir of a pretrain or supervised run",
+    "robustness": "the workdir of a linear_eval run",
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  node: Any = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _values(config, prefix: str) -> Iterable[str]:
+  for key, test, must in CHECKS:
+    found, value = _get(config, key)
+    if found and not test(value):
+      yield f"{prefix}{key}={value!r}: must be {must}"
+
+
+def _links(config, prefix: str) -> Iterable[str]:
+  """The paths a stage needs from an earlier one (the study fills these itself)."""
+  task = config.get("task")
+  if task in EVALUATES and not config.get("checkpoint"):
+    yield (f"{prefix}checkpoint is empty: set --config.{prefix}checkpoint to "
+           f"{EVALUATES[task]}")
+  if task == "label" and not config.get("teacher_checkpoint"):
+    yield (f"{prefix}teacher_checkpoint is empty: set it to the workdir of a teacher run "
+           "(configs/teacher.py)")
+  attn = config.get("attention")
+  if (task in ("pretrain", "supervised") and attn is not None and attn.get("enabled")
+      and attn.get("labels") == "teacher" and not attn.get("maps_dir")):
+    yield (f"{prefix}attention.maps_dir is empty but attention is on with teacher labels: "
+           f"set it to the label task's workdir (configs/label.py), or turn "
+           f"{prefix}attention.enabled off")
+
+
+def _consistency(config, prefix: str) -> Iterable[str]:
+  train = config.get("train")
+  if (train is not None and "num_steps" in train and train.num_steps <= 0
+      and train.get("num_epochs", 1) <= 0):
+    yield (f"{prefix}train.num_epochs={train.num_epochs!r} and "
+           f"train.num_steps={train.num_steps!r}: set one of them above 0")
+  if config.get("task") == "study":
+    study = config.study
+    unknown = sorted(set(study.stages) - set(STUDY_STAGES))
+    if unknown:
+      yield f"{prefix}study.stages has {unknown}: choose from {STUDY_STAGES}"
+    missing = sorted(set(study.rows) - set(config.get("rows", {})))
+    if missing:
+      yield (f"{prefix}study.rows has {missing}, which config.rows does not define; "
+             f"defined: {sorted(config.get('rows', {}))}")
+  if config.get("task") == "robustness":
+    rc = config.robustness
+    bad = sorted(set(rc.severities) - {1, 2, 3, 4, 5})
+    if bad:
+      yield f"{prefix}robustness.severities has {bad}: ImageNet-C's severities are 1 to 5"
+
+
+def problems(config: ml_collections.ConfigDict, prefix: str = "",
+             linked: bool = False) -> list[str]:
+  """Every bad value of ``config`` as ``"key=value: must be …"`` lines (none: it is fine).
+
+  A study's stage configs are checked too (their keys prefixed with the
+  stage's path); their links to earlier stages are not, as the study fills
+  them in. ``linked`` skips those links for ``config`` itself.
+  """
+  found = list(_values(config, prefix)) + list(_consistency(config, prefix))
+  if not linked:
+    found += list(_links(config, prefix))
+  if config.get("task") == "study":
+    for name in ("teacher", "label", "linear_eval", "robustness", "retrieval", "alignment"):
+      if name in config:
+        found += problems(config[name], f"{prefix}{name}.", linked=True)
+    for name, row in config.get("rows", {}).items():
+      found += problems(row, f"{prefix}rows.{name}.", linked=True)
+  return found
