@@ -1,7 +1,9 @@
 """The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from attn_contrastive.data import pipeline
@@ -9,6 +11,10 @@ from attn_contrastive.models.resnet import ResNet
 from attn_contrastive.models.simclr import simclr_from_config
 from attn_contrastive.tasks import pretrain, supervised
 from attn_contrastive.train import loop
+from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import optim
+from attn_contrastive.train import step as step_lib
+from attn_contrastive.train.state import create_train_state
 
 from helpers import SIZE, run_steps, tiny_config  # noqa: F401  (tiny_config: other tests)
 
@@ -89,7 +95,64 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
   task = _toy_task(config)
   good_loss = task.loss_fn
   task.loss_fn = lambda *a: (lambda l, aux: (l * jnp.nan, aux))(*good_loss(*a))
-  with pytest.raises(loop.NonFiniteLossError, match="at step 3.*step 2"):
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=r"at step 3 \(not finite: grad_norm, loss.*\).*step 2"):
     loop.run(config, str(tmp_path), task)
   from attn_contrastive.train.checkpoint import Checkpointer
   assert Checkpointer(str(tmp_path)).latest_step() == 2
+
+
+class _DenseBN(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.BatchNorm(use_running_average=not train)(nn.Dense(3)(x))
+
+
+def _dense_bn_loss(model):
+  def loss_fn(params, batch_stats, batch, rng):
+    del rng
+    out, upd = model.apply({"params": params, "batch_stats": batch_stats}, batch["x"],
+                           train=True, mutable=["batch_stats"])
+    poison = jnp.where(jnp.any(batch["bad"]), jnp.nan, 1.0)
+    return jnp.mean(jnp.square(out - 1.0)) * poison, (upd["batch_stats"], {})
+  return loss_fn
+
+
+def test_a_skipped_step_changes_nothing_but_the_step_and_the_count():
+  config = tiny_config("supervised")
+  config.train.skip_nonfinite_steps = 3
+  model = _DenseBN()
+  schedule = optim.make_schedule(config.optim, 16, 4, 1)
+  tx = optax.apply_if_finite(optim.make_optimizer(config.optim, schedule), 4)
+  mesh = mesh_lib.make_mesh(1)
+  state = create_train_state(model, tx, jax.ShapeDtypeStruct((1, 5), jnp.float32), 0,
+                             mesh_lib.replicated(mesh))
+  step = jax.jit(step_lib.make_train_step(_dense_bn_loss(model), schedule, skip_nonfinite=True))
+  rng = jax.random.PRNGKey(0)
+  x = jax.random.normal(jax.random.PRNGKey(1), (16, 5))
+  good, bad = {"x": x, "bad": jnp.zeros(16, bool)}, {"x": x * 3, "bad": jnp.ones(16, bool)}
+  state, _ = step(state, good, rng)
+  before = jax.device_get((state.params, state.batch_stats))
+  state, metrics = step(state, bad, rng)
+  assert not np.isfinite(float(metrics["loss"]))
+  after = jax.device_get((state.params, state.batch_stats))
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.step) == 2 and loop.skipped_steps(state) == 1
+  state, metrics = step(state, good, rng)
+  assert np.isfinite(float(metrics["loss"])) and loop.skipped_steps(state) == 1
+  moved = jax.device_get(state.params)
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(before[0]),
+                                                      jax.tree.leaves(moved)))
+
+
+def test_skipping_stops_past_its_limit(tmp_path):
+  config = tiny_config()
+  config.train.skip_nonfinite_steps = 1
+  task = _toy_task(config)
+  good_loss = task.loss_fn
+  task.loss_fn = lambda *a: (lambda l, aux: (l * jnp.nan, aux))(*good_loss(*a))
+  with pytest.raises(loop.NonFiniteLossError,
+                     match="2 steps skipped .* by step 2, more than "
+                           "train.skip_nonfinite_steps=1"):
+    loop.run(config, str(tmp_path), task)

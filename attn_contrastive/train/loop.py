@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
@@ -62,13 +63,31 @@ def total_steps(config, num_train_examples: int) -> tuple[int, int]:
   return per_epoch, max(int(math.ceil(config.train.num_epochs * per_epoch)), 1)
 
 
-def _check_finite(loss: float, step: int, ckpt: ckpt_lib.Checkpointer) -> None:
-  if not np.isfinite(loss):
-    ckpt.wait()
-    raise NonFiniteLossError(
-        f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-        f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
-        "--config.optim.base_lr or raise warmup_epochs, then restart.")
+def skipped_steps(state: TrainState) -> int:
+  """Steps whose update was skipped as non-finite (``train.skip_nonfinite_steps``)."""
+  counts = optax.tree.get(state.opt_state, "total_notfinite", default=None)
+  return 0 if counts is None else int(jax.device_get(counts))
+
+
+def _check_finite(metrics: dict[str, float], step: int, ckpt: ckpt_lib.Checkpointer,
+                  state: TrainState, skip_limit: int) -> None:
+  """Stops on a non-finite loss (naming the metrics that are), or past the skip limit."""
+  if skip_limit > 0:
+    skipped = skipped_steps(state)
+    if skipped <= skip_limit:
+      return
+    reason = (f"{skipped} steps skipped for a non-finite loss or gradient by step {step}, "
+              f"more than train.skip_nonfinite_steps={skip_limit}")
+  elif np.isfinite(metrics["loss"]):
+    return
+  else:
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    reason = f"loss is {metrics['loss']} at step {step} (not finite: {', '.join(bad)})"
+  ckpt.wait()
+  raise NonFiniteLossError(
+      f"{reason}; stopping. The last good checkpoint (step {ckpt.latest_step()}) is kept in "
+      f"{ckpt.directory}. Lower --config.optim.base_lr or raise warmup_epochs, then restart "
+      "(or let a few bad steps pass with --config.train.skip_nonfinite_steps=N).")
 
 
 def _restore(config, state, data_iter, ckpt) -> TrainState:
@@ -115,6 +134,9 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   steps_per_epoch, last_step = total_steps(config, len(task.train_source))
   schedule = optim.make_schedule(config.optim, batch, last_step, steps_per_epoch)
   tx = optim.make_optimizer(config.optim, schedule)
+  skip_limit = int(config.train.get("skip_nonfinite_steps", 0))
+  if skip_limit > 0:  # counted in the optimiser state, so the count survives a resume
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=skip_limit + 1)
   state = create_train_state(task.model, tx, task.sample_input, config.seed,
                              mesh_lib.replicated(mesh))
   logging.info("Model parameters: %d", count_params(state.params))
@@ -127,7 +149,8 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
                                async_save=config.train.async_checkpoint)
   state = _restore(config, state, data_iter, ckpt)
   first_step = int(state.step) + 1
-  train_step = step_lib.make_train_step(task.loss_fn, schedule)
+  train_step = step_lib.make_train_step(task.loss_fn, schedule,
+                                        skip_nonfinite=skip_limit > 0)
   if task.frozen is None:
     step_fn, frozen = step_lib.jit_train_step(train_step, mesh), ()
   else:
@@ -153,13 +176,16 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
       hook(step)
     if step % config.train.log_every == 0 or step == last_step:
       last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      _check_finite(last["loss"], step, ckpt)
+      _check_finite(last, step, ckpt, state, skip_limit)
+      if skip_limit > 0:
+        last["skipped_steps"] = float(skipped_steps(state))
       elapsed = time.perf_counter() - t0
       last["examples_per_s"] = (step - t0_step) * batch / max(elapsed, 1e-9)
       writer.write_scalars(step, last)
       t0, t0_step = time.perf_counter(), step
     if ckpt.should_save(step, last_step):
-      _check_finite(float(jax.device_get(metrics["loss"])), step, ckpt)
+      _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step, ckpt,
+                    state, skip_limit)
       ckpt.save(step, state, data_iter)
     if (task.evaluate and config.train.eval_every > 0
         and step % config.train.eval_every == 0 and step != last_step):

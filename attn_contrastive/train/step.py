@@ -29,13 +29,20 @@ def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
   return ((images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
 
 
-def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
+def make_train_step(loss_fn: LossFn, schedule: optax.Schedule, *,
+                    skip_nonfinite: bool = False):
   """The step: gradients of ``loss_fn``, optimiser update, metrics.
 
   ``train_step(state, batch, rng, frozen=None)``: ``frozen`` (a task's fixed
   inputs, e.g. a pretrained encoder's variables under linear evaluation) is
   handed to ``loss_fn`` as a fifth argument when given; it is read, never
   differentiated or updated, and stays out of the train state.
+
+  ``skip_nonfinite`` (the optimiser wrapped in ``optax.apply_if_finite``,
+  which skips an update whose gradients are not finite and counts it): the
+  BatchNorm statistics of such a step are dropped too, so a skipped step
+  leaves the parameters, the optimiser's moments and the statistics as they
+  were; only the step counter moves on, with the data.
   """
 
   def train_step(state: TrainState, batch, rng, frozen=None):
@@ -44,6 +51,10 @@ def make_train_step(loss_fn: LossFn, schedule: optax.Schedule):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats,
                                                   batch, rng, *extra)
+    if skip_nonfinite:
+      finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+      new_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_stats,
+                               state.batch_stats)
     new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
     metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step),
                    grad_norm=optax.tree.norm(grads),
