@@ -93,11 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
   # `skip_nonfinite_steps`: 0 stops the run at the first non-finite loss; N > 0
   # skips up to N steps whose loss or gradient is not finite (no update, the
   # BatchNorm statistics kept; counted in the optimiser state, logged as
-  # skipped_steps), and stops past N.
+  # skipped_steps), and stops past N. `resume_with_changes`: resume a workdir's
+  # checkpoint although the config differs from the one that wrote it (refused
+  # otherwise, naming the differing keys).
   c.train = ml_collections.ConfigDict(dict(
       num_epochs=10.0, num_steps=-1, log_every=10, checkpoint_every=200,
       keep_checkpoints=3, async_checkpoint=True, eval_every=-1, profile=False,
-      online_probe=False, skip_nonfinite_steps=0))
+      online_probe=False, skip_nonfinite_steps=0, resume_with_changes=False))
   # Every evaluator (see attn_contrastive.evaluators.common): the global batch,
   # the first `max_examples` of the split (-1: all) and the host threads.
   # The pretraining monitor (evaluators/knn.py): a weighted kNN classifier,

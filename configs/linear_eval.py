@@ -72,7 +72,8 @@ def get_config(arg: str | None = None):
       nesterov=True, trust_coefficient=1e-3, warmup_epochs=0.0))
   c.train = ml_collections.ConfigDict(dict(
       num_epochs=5, num_steps=-1, log_every=10, checkpoint_every=200,
-      keep_checkpoints=2, async_checkpoint=True, eval_every=-1, profile=False))
+      keep_checkpoints=2, async_checkpoint=True, eval_every=-1, profile=False,
+      resume_with_changes=False))
   c.eval = ml_collections.ConfigDict(dict(batch_size=500, max_examples=-1, num_threads=2))
   # The cached-feature probe: L2 strengths tried (on standardised features,
   # objective mean CE + l2/2·||W||²), the held-out tail of the training split

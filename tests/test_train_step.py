@@ -1,4 +1,6 @@
 """The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,3 +158,34 @@ def test_skipping_stops_past_its_limit(tmp_path):
                      match="2 steps skipped .* by step 2, more than "
                            "train.skip_nonfinite_steps=1"):
     loop.run(config, str(tmp_path), task)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+  """A workdir's checkpoint resumes only under the config that wrote it (up to where
+  things are and how often the loop reports), unless asked."""
+  config = tiny_config()
+  loop.run(config, str(tmp_path), _toy_task(config), stop_at=2)
+  changed = tiny_config()
+  changed.optim.base_lr = 0.5
+  changed.loss.temperature = 0.3
+  changed.train.log_every = 2        # reporting only: allowed
+  changed.input.num_threads = 2
+  with pytest.raises(ValueError, match=r"differing keys:\n  loss.temperature: 0.2 → 0.3\n"
+                                       r"  optim.base_lr: 1.0 → 0.5\nUse another --workdir"):
+    loop.run(changed, str(tmp_path), _toy_task(changed))
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["optim"]["base_lr"] == 1.0            # the refusal wrote nothing
+  changed.train.resume_with_changes = True
+  state, _ = loop.run(changed, str(tmp_path), _toy_task(changed))
+  assert int(state.step) == 4
+
+
+def test_init_checkpoint_of_another_model_names_the_first_mismatch(tmp_path):
+  config = tiny_config()
+  loop.run(config, str(tmp_path / "a"), _toy_task(config), stop_at=2)
+  wider = tiny_config()
+  wider.model.width = 8
+  wider.init_checkpoint = str(tmp_path / "a")
+  with pytest.raises(ValueError, match=r"does not match this model: \w+/encoder/\S+ has "
+                                       r"shape \([^)]*4,?\) there and \([^)]*8,?\) here"):
+    loop.run(wider, str(tmp_path / "b"), _toy_task(wider))

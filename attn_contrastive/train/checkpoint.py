@@ -97,6 +97,34 @@ def latest_step_dir(path: str) -> str:
   return path
 
 
+def _leaves(tree: Any) -> dict[str, tuple[int, ...]]:
+  """``{"params/a/b": shape}`` of a tree of arrays, structs or orbax metadata."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path):
+          tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_tree_match(saved: Any, target: Any, where: Any) -> None:
+  """Refuses a checkpoint that lacks a leaf of ``target`` or has it in another shape.
+
+  Names the first such path (leaves only the checkpoint has are fine: a partial
+  restore reads a subset, e.g. the encoder of a SimCLR run).
+  """
+  have = _leaves({k: saved[k] for k in target if k in saved})
+  for path, shape in _leaves(target).items():
+    if path not in have:
+      near = [p for p in have if p.rsplit("/", 1)[-1] == path.rsplit("/", 1)[-1]][:3]
+      raise ValueError(
+          f"the checkpoint in {where} does not match this model: it has no {path} "
+          f"(this model's, shape {shape}){'; it has ' + ', '.join(near) if near else ''}. "
+          "Is it a checkpoint of another model or config?")
+    if have[path] != shape:
+      raise ValueError(
+          f"the checkpoint in {where} does not match this model: {path} has shape "
+          f"{have[path]} there and {shape} here. Is it a checkpoint of another model or "
+          "config (model.width, model.depth, num_classes)?")
+
+
 def load_variables(path: str, *, target: Any | None = None,
                    sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
   """Reads ``params`` and ``batch_stats`` from another run's checkpoint.
@@ -119,6 +147,7 @@ def load_variables(path: str, *, target: Any | None = None,
                             {k: saved[k] for k in ("params", "batch_stats") if k in saved})
     else:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(target))
+      check_tree_match(handler.metadata(state_dir).tree, target, state_dir)
     restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))

@@ -119,6 +119,61 @@ def write_results(workdir: str, results: dict[str, Any]) -> None:
       json.dump(results, f, indent=2, sort_keys=True)
 
 
+#: Keys that may change between a run and its resumption: where things are and how
+#: often the loop reports, never what it computes.
+RESUMABLE_CHANGES = (
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.async_checkpoint", "train.eval_every", "train.profile",
+    "train.resume_with_changes", "input.num_threads", "input.prefetch", "input.num_workers",
+    "data.data_dir", "data.auto_prepare", "init_checkpoint", "eval")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(saved: dict[str, Any], config) -> list[str]:
+  """``"key: old → new"`` for every key that differs and changes what a run computes.
+
+  Keys only one of the two configs has (added or retired by another version of
+  the code) are not compared.
+  """
+  old, new = _flat(saved), _flat(json.loads(config.to_json()))
+  changed = []
+  for key in sorted(set(old) & set(new)):
+    if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+      continue
+    if old[key] != new[key]:
+      changed.append(f"{key}: {old[key]!r} → {new[key]!r}")
+  return changed
+
+
+def check_resume_config(workdir: str, config) -> None:
+  """Refuses to resume a checkpoint written under another config, naming the changes.
+
+  ``train.resume_with_changes`` resumes anyway (e.g. to extend a schedule on
+  purpose); keys of :data:`RESUMABLE_CHANGES` never count.
+  """
+  path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  changed = config_changes(saved, config)
+  if changed and not config.train.get("resume_with_changes", False):
+    raise ValueError(
+        f"{workdir} holds checkpoints of a run with another config; differing keys:\n  "
+        + "\n  ".join(changed) + "\nUse another --workdir, or resume anyway with "
+        "--config.train.resume_with_changes=True.")
+
+
 def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
         mesh=None) -> tuple[TrainState, dict[str, float]]:
   """Trains ``task`` for the configured steps; returns the state and last metrics.
@@ -127,6 +182,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   process would (used to test resume).
   """
   os.makedirs(workdir, exist_ok=True)
+  check_resume_config(workdir, config)
   write_config(workdir, config)
   mesh = mesh or mesh_lib.make_mesh()
   batch = config.input.global_batch_size
