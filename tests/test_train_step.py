@@ -1,5 +1,6 @@
 """The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -189,3 +190,22 @@ def test_init_checkpoint_of_another_model_names_the_first_mismatch(tmp_path):
   with pytest.raises(ValueError, match=r"does not match this model: \w+/encoder/\S+ has "
                                        r"shape \([^)]*4,?\) there and \([^)]*8,?\) here"):
     loop.run(wider, str(tmp_path / "b"), _toy_task(wider))
+
+
+def test_a_truncated_checkpoint_is_named_with_the_step_to_fall_back_to(tmp_path):
+  import shutil
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  config = tiny_config()
+  loop.run(config, str(tmp_path), _toy_task(config), stop_at=4)   # checkpoints 2 and 4
+  files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "checkpoints" / "4" / "state")
+           for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"step 4 .* cannot be read .*delete \S+/checkpoints/4 to resume "
+                           r"from step 2"):
+    loop.run(config, str(tmp_path), _toy_task(config))
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  state, _ = loop.run(config, str(tmp_path), _toy_task(config))
+  assert int(state.step) == 4

@@ -32,6 +32,10 @@ def _write_replicated_arrays_from_one_replica() -> None:
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be read."""
+
+
 class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` for (state, iterator) pairs."""
 
@@ -56,7 +60,16 @@ class Checkpointer:
     args = {"state": ocp.args.StandardRestore(abstract)}
     if data_iter is not None:
       args["iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # orbax, tensorstore and grain raise many types for a bad file
+      earlier = [s for s in self.manager.all_steps() if s < step]
+      fix = (f"delete {self.directory}/{step} to resume from step {max(earlier)}" if earlier
+             else f"delete {self.directory} to start over")
+      raise CheckpointError(
+          f"the checkpoint of step {step} in {self.directory} cannot be read "
+          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}…); a file in it may be "
+          f"truncated (a full disk, a copy cut short): {fix}.") from e
     logging.info("Resumed from %s at step %d", self.directory, step)
     return restored["state"], step
 
