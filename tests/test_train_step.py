@@ -209,3 +209,37 @@ def test_a_truncated_checkpoint_is_named_with_the_step_to_fall_back_to(tmp_path)
   shutil.rmtree(tmp_path / "checkpoints" / "4")
   state, _ = loop.run(config, str(tmp_path), _toy_task(config))
   assert int(state.step) == 4
+
+
+def _disk_usage(path):
+  return sum(os.stat(os.path.join(d, f)).st_blocks * 512
+             for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, async_save):
+  """On a real filesystem too small for a second checkpoint (a tmpfs the test mounts):
+  a clear error naming the full disk, and the first checkpoint intact and restorable."""
+  import subprocess
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  config = tiny_config()
+  config.train.async_checkpoint = async_save
+  probe = tmp_path / "probe"
+  loop.run(config, str(probe), _toy_task(config), stop_at=2)
+  size = _disk_usage(probe) + _disk_usage(probe / "checkpoints") // 2
+  mnt = tmp_path / "small_disk"
+  mnt.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                    capture_output=True).returncode:
+    pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+  try:
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match="of step 4 .* failed: the disk is full. The checkpoint of step 2 "
+                             "is intact and a restart resumes from it; free space"):
+      loop.run(config, str(mnt), _toy_task(config))
+    variables = ckpt_lib.load_variables(str(mnt))
+    saved = ckpt_lib.load_variables(str(probe))
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(saved)):
+      np.testing.assert_array_equal(a, b)
+  finally:
+    subprocess.run(["umount", "-l", str(mnt)])

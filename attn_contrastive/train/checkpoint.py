@@ -7,6 +7,7 @@ next batch. Resume order: the workdir's latest checkpoint, then an explicit
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -42,13 +43,14 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1000,
                async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.save_every = save_every
+    self.save_every, self.async_save = save_every, async_save
     _write_replicated_arrays_from_one_replica()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1,
+            max_to_keep=keep, save_interval_steps=1, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save, create=True))
+    self._saving_step: int | None = None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -81,14 +83,54 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       args["iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    self.wait()  # the previous save's error, if any, under its own step (orbax waits anyway)
+    self._saving_step = step
+    with self._reporting_save_errors():
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+      if not self.async_save:
+        self.manager.wait_until_finished()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._reporting_save_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    with self._reporting_save_errors():
+      self.manager.wait_until_finished()
     self.manager.close()
+
+  @contextlib.contextmanager
+  def _reporting_save_errors(self):
+    """Turns a failed save (a full disk above all) into one error saying what is kept."""
+    try:
+      yield
+    except Exception as e:  # orbax and tensorstore raise many types for one OS error
+      step = self._saving_step
+      kept = [s for s in self.manager.all_steps() if step is None or s < step]
+      cause = " ".join(str(e).split())[:300]
+      full = _is_disk_full(e)
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        pass  # already failing: the first error is the one to report
+      raise CheckpointError(
+          f"saving the checkpoint{f' of step {step}' if step is not None else ''} to "
+          f"{self.directory} failed: "
+          + ("the disk is full. " if full else f"{type(e).__name__}: {cause}. ")
+          + (f"The checkpoint of step {max(kept)} is intact and a restart resumes from it"
+             if kept else "No earlier checkpoint was written")
+          + ("; free space there (or move --workdir) first." if full else ".")) from e
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  """ENOSPC anywhere in an exception's chain (tensorstore reports it as text)."""
+  while error is not None:
+    text = str(error)
+    if (getattr(error, "errno", None) == 28 or "No space left" in text
+        or "os_error_code='28'" in text):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def latest_step_dir(path: str) -> str:
