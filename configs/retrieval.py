@@ -23,6 +23,11 @@ each query out. ``results.json``: ``retrieval/map``,
 ``retrieval/precision@{1,10,100}``, ``retrieval/r_precision``,
 ``retrieval/pr_curve`` (interpolated precision at recall 0, 0.1, …, 1),
 ``knn/top1``, ``knn/top5``, with the source run and the dataset.
+``retrieval.features_from``: a finished linear evaluation of the same run
+(``--config.retrieval.features_from=/tmp/linear_simclr``) whose cached
+features are these (pooled, the same checkpoint, view and examples) is
+read instead of extracting them again (ImageNet: 1.33M images); otherwise
+they are extracted here.
 
 Arguments: ``synthetic`` (default) or ``imagenet``.
 """
@@ -41,7 +46,7 @@ def get_config(arg: str | None = None):
   c.retrieval = ml_collections.ConfigDict(dict(
       embedding="pooled", query_split="validation", gallery_split="train",
       gallery_max_examples=-1, ks=(1, 10, 100), chunk=256, knn_k=200, knn_temperature=0.07,
-      shard_size=50_000))
+      shard_size=50_000, features_from=""))
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=500, max_examples=-1, num_threads=2, crop_fraction=0.875))
   if picked["data"] == "imagenet":

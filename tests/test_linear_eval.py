@@ -305,3 +305,19 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   with pytest.raises(ValueError, match="holds features of"):
     robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
                                   mesh=mesh_lib.make_mesh(1))
+  # Retrieval reads the linear evaluation's cached features of the same run and view
+  # (nothing extracted again) and scores as it does on its own extraction.
+  from attn_contrastive.tasks import retrieval
+  r = config_lib.load_config_file(os.path.join(CONFIGS, "retrieval.py"))
+  r.checkpoint = run_dir
+  r.retrieval.update(dict(knn_k=5, chunk=8, shard_size=32))
+  r.eval.update(dict(batch_size=16, num_threads=1))
+  own = retrieval.train_and_evaluate(r, str(tmp_path / "own"), splits=splits,
+                                     dataset_version="0", mesh=mesh_lib.make_mesh(1))
+  r.retrieval.features_from = linear_dir
+  reused = retrieval.train_and_evaluate(r, str(tmp_path / "reused"), splits=splits,
+                                        dataset_version="0", mesh=mesh_lib.make_mesh(1))
+  assert os.listdir(tmp_path / "own" / "features") != ["source.json"]
+  assert os.listdir(tmp_path / "reused" / "features") == ["source.json"]
+  for k in ("retrieval/map", "retrieval/precision@1", "knn/top1"):
+    assert reused[k] == pytest.approx(own[k], abs=1e-6)

@@ -19,6 +19,7 @@ head output, pretraining runs only). Both splits' embeddings are cached in
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -61,13 +62,42 @@ def make_embed(model, run, embedding: str, variables) -> tuple[features.EmbedFn,
   return embed, variables
 
 
-def _embeddings(config, workdir, embed, variables, split_name, source, image_size, mesh):
-  """Features and labels of one split (centre crops), cached under the workdir."""
+def linear_eval_cache(config, step: int, image_size: int, split_name: str,
+                      max_examples: int) -> str | None:
+  """The features folder of ``retrieval.features_from`` for ``split_name``, if it holds
+  exactly these features (same checkpoint and step, pooled, same view, same
+  examples); None otherwise (they are then extracted here)."""
+  linear_dir = config.retrieval.get("features_from", "")
+  if not linear_dir or config.retrieval.embedding != "pooled":
+    return None
+  root = os.path.join(linear_dir, "features")
+  try:
+    with open(os.path.join(root, "source.json")) as f:
+      source = json.load(f)
+    with open(os.path.join(linear_dir, "config.json")) as f:
+      linear = json.load(f)
+  except FileNotFoundError:
+    return None
+  same = (source.get("checkpoint") == os.path.abspath(config.checkpoint)
+          and source.get("step") == step and source.get("image_size") == image_size
+          and source.get("crop_fraction") == config.eval.crop_fraction
+          and linear["eval"]["max_examples"] == max_examples
+          and linear["linear_cached"]["shard_size"] == config.retrieval.shard_size
+          and os.path.exists(os.path.join(linear_dir, "results.json")))
+  return os.path.join(root, split_name) if same else None
+
+
+def _embeddings(config, workdir, embed, variables, split_name, source, image_size, mesh,
+                step: int):
+  """Features and labels of one split (centre crops), cached under the workdir (or read
+  from a finished linear evaluation's cache of the same features)."""
   from attn_contrastive.data import pipeline  # the data stack, only when there is data
   eval_cfg = config.eval.copy_and_resolve_references()
   if split_name == config.retrieval.gallery_split:
     eval_cfg.max_examples = config.retrieval.gallery_max_examples
-  cache = os.path.join(workdir, "features", f"{config.retrieval.embedding}_{split_name}")
+  cache = (linear_eval_cache(config, step, image_size, split_name, eval_cfg.max_examples)
+           or os.path.join(workdir, "features", f"{config.retrieval.embedding}_{split_name}"))
+  logging.info("Features of %s: %s", split_name, cache)
   return features.extract(embed, variables, source,
                           pipeline.EvalView(image_size, config.eval.crop_fraction), eval_cfg,
                           mesh=mesh, cache_dir=cache, shard_size=config.retrieval.shard_size)
@@ -118,7 +148,8 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
       "embedding": rc.embedding, "image_size": image_size,
       "crop_fraction": config.eval.crop_fraction})
   t0 = time.perf_counter()
-  emb = {s: _embeddings(config, workdir, embed, variables, s, splits[s], image_size, mesh)
+  emb = {s: _embeddings(config, workdir, embed, variables, s, splits[s], image_size, mesh,
+                        step)
          for s in names}
   extract_s = time.perf_counter() - t0
   n_images = sum(len(e[0]) for e in emb.values())

@@ -109,6 +109,8 @@ class Study:
       cfg.checkpoint = source
       if evaluation == "alignment" and "linear_eval" in self.config.study.stages:
         cfg.alignment.classifier = os.path.join(base, "linear_eval")
+      if evaluation == "retrieval" and "linear_eval" in self.config.study.stages:
+        cfg.retrieval.features_from = os.path.join(base, "linear_eval")
       self.stage(f"{name}/seed{seed}/{evaluation}", cfg, os.path.join(base, evaluation))
 
   def report(self) -> dict[str, Any] | None:
