@@ -74,6 +74,7 @@ class _ToySaliencySource:
     return self.examples[i]
 
 
+@pytest.mark.parametrize("stride,out", [(1, 16), (2, 8), (4, 4)])
 def test_model_outputs_normalised_log_density(stride, out):
   model = _tiny_model(stride)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))

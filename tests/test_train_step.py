@@ -1,6 +1,7 @@
 """The jitted data-parallel step: 8 devices equal 1, and resume is exact."""
 import json
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -239,7 +240,13 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, async
       loop.run(config, str(mnt), _toy_task(config))
     variables = ckpt_lib.load_variables(str(mnt))
     saved = ckpt_lib.load_variables(str(probe))
-    ckpt_lib.Checkpointer(str(mnt)).close()   # the next start clears the half-written save
+    # The next start clears the half-written save (orbax does it in the background).
+    restart = ckpt_lib.Checkpointer(str(mnt))
+    for _ in range(100):
+      if sorted(os.listdir(mnt / "checkpoints")) == ["2"]:
+        break
+      time.sleep(0.1)
+    restart.close()
     assert sorted(os.listdir(mnt / "checkpoints")) == ["2"]
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(saved)):
       np.testing.assert_array_equal(a, b)
