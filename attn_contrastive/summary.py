@@ -155,6 +155,8 @@ def summary(task: str, config_file: str, workdir: str, data_name: str,
   lines = ["", f"=== {task} finished ===", f"ran:      {ran} in {minutes:.1f} min"]
   numbers = [f"{k} {v:.4g}" for k in KEY_METRICS.get(task, ())
              if isinstance(v := results.get(k), (int, float))]
+  if task == "study":
+    numbers = ["one line per row above; every table in the report"]
   lines.append(f"metrics:  {', '.join(numbers) or '(none in results.json)'}")
   for i, (what, where) in enumerate(_outputs(workdir)):
     lines.append(f"{'outputs:' if i == 0 else '':10}{what + ':':16}{where}")
