@@ -148,6 +148,17 @@ def imagenet_data(c: ml_collections.ConfigDict) -> None:
   c.eval.update(dict(batch_size=1000, num_threads=16))
 
 
+def flatten(tree: dict, sep: str = ".", prefix: str = "") -> dict:
+  """A nested dict as ``{"a<sep>b": leaf}`` (configs' dotted keys, results' metric paths)."""
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(flatten(v, sep, f"{prefix}{k}{sep}"))
+    else:
+      flat[f"{prefix}{k}"] = v
+  return flat
+
+
 def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   keys = []
   for k, v in cfg.items():

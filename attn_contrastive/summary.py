@@ -15,9 +15,10 @@ import glob
 import json
 import logging
 import os
-from typing import Any
 
 from absl import logging as absl_logging
+
+from attn_contrastive import config as config_lib
 
 LOG_FILE = "log.txt"
 
@@ -95,16 +96,6 @@ def log_to_workdir(workdir: str, process_index: int = 0) -> str | None:
   return path
 
 
-def _flatten(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for k, v in results.items():
-    if isinstance(v, dict):
-      flat.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      flat[f"{prefix}{k}"] = v
-  return flat
-
-
 def _outputs(workdir: str) -> list[tuple[str, str]]:
   """(what, where) for each output the run left in ``workdir``."""
   found = [("workdir", workdir)]
@@ -148,7 +139,7 @@ def summary(task: str, config_file: str, workdir: str, data_name: str,
   results = {}
   if os.path.exists(results_path):
     with open(results_path) as f:
-      results = _flatten(json.load(f))
+      results = config_lib.flatten(json.load(f), sep="/")
   ran = f"{task} ({config_file})"
   if "step" in results:
     ran += f", {results['step']} steps"

@@ -107,18 +107,23 @@ CONFIG_ARGS = {
 LINKS = {"checkpoint": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
 
 
+def _linked(c):
+  """``c`` with the paths a stage reads from earlier stages filled in."""
+  for key, value in LINKS.items():
+    if key in c:
+      c[key] = value
+  if c.get("attention") is not None and c.attention.enabled:
+    c.attention.maps_dir = "/runs/maps"
+  return c
+
+
 def test_every_config_passes_the_value_checks():
   from attn_contrastive import config_checks
   assert sorted(CONFIG_ARGS) == sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
                                        if f.endswith(".py"))
   for name, args in CONFIG_ARGS.items():
     for arg in args:
-      c = config_lib.load_config_file(os.path.join(ROOT, f"configs/{name}.py:{arg}"))
-      for key, value in LINKS.items():
-        if key in c:
-          c[key] = value
-      if c.get("attention") is not None and c.attention.enabled:
-        c.attention.maps_dir = "/runs/maps"
+      c = _linked(config_lib.load_config_file(os.path.join(ROOT, f"configs/{name}.py:{arg}")))
       assert config_checks.problems(c) == [], (name, arg)
 
 
@@ -137,12 +142,7 @@ def test_every_config_passes_the_value_checks():
 ])
 def test_bad_values_are_named_with_what_they_must_be(file, key, value, expected):
   from attn_contrastive import config_checks
-  c = config_lib.load_config_file(os.path.join(ROOT, f"configs/{file}.py"))
-  for link, path in LINKS.items():
-    if link in c:
-      c[link] = path
-  if c.get("attention") is not None and c.attention.enabled:
-    c.attention.maps_dir = "/runs/maps"
+  c = _linked(config_lib.load_config_file(os.path.join(ROOT, f"configs/{file}.py")))
   node = c
   *parents, leaf = key.split(".")
   for p in parents:

@@ -21,6 +21,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
+from attn_contrastive import config as config_lib
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -128,23 +129,13 @@ RESUMABLE_CHANGES = (
     "data.data_dir", "data.auto_prepare", "init_checkpoint", "eval")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_changes(saved: dict[str, Any], config) -> list[str]:
   """``"key: old → new"`` for every key that differs and changes what a run computes.
 
   Keys only one of the two configs has (added or retired by another version of
   the code) are not compared.
   """
-  old, new = _flat(saved), _flat(json.loads(config.to_json()))
+  old, new = config_lib.flatten(saved), config_lib.flatten(json.loads(config.to_json()))
   changed = []
   for key in sorted(set(old) & set(new)):
     if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
