@@ -82,6 +82,9 @@ CHECKS: tuple[Check, ...] = (
 STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
                 "alignment", "report")
 
+#: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
+ROBUSTNESS_SOURCES = ("generate", "released")
+
 #: Tasks that evaluate another run, and what ``checkpoint`` must name for each.
 EVALUATES = {
     "linear_eval": "the workdir of a pretrain or supervised run",
@@ -140,10 +143,19 @@ def _consistency(config, prefix: str) -> Iterable[str]:
       yield (f"{prefix}study.rows has {missing}, which config.rows does not define; "
              f"defined: {sorted(config.get('rows', {}))}")
   if config.get("task") == "robustness":
-    rc = config.robustness
-    bad = sorted(set(rc.severities) - {1, 2, 3, 4, 5})
-    if bad:
-      yield f"{prefix}robustness.severities has {bad}: ImageNet-C's severities are 1 to 5"
+    yield from _robustness(config.robustness, prefix)
+
+
+def _robustness(rc, prefix: str) -> Iterable[str]:
+  from attn_contrastive.data import corruptions  # NumPy and OpenCV only, no JAX
+  bad = sorted(set(rc.severities) - {1, 2, 3, 4, 5})
+  if bad:
+    yield f"{prefix}robustness.severities has {bad}: ImageNet-C's severities are 1 to 5"
+  unknown = sorted(set(rc.corruptions) - set(corruptions.ALL))
+  if unknown:
+    yield f"{prefix}robustness.corruptions has {unknown}: choose from {corruptions.ALL}"
+  if rc.source not in ROBUSTNESS_SOURCES:
+    yield f"{prefix}robustness.source={rc.source!r}: choose one of {ROBUSTNESS_SOURCES}"
 
 
 def problems(config: ml_collections.ConfigDict, prefix: str = "",

@@ -102,7 +102,7 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
         f, lab = _extract_range(embed_step, state, source, transform, start, stop,
                                 global_batch, pool, mesh)
         if path and jax.process_index() == 0:
-          _save_atomic(path, features=f, labels=lab)
+          save_npz_atomic(path, features=f, labels=lab)
       parts_f.append(f)
       parts_l.append(lab)
   return np.concatenate(parts_f), np.concatenate(parts_l)
@@ -127,8 +127,8 @@ def check_cache_source(cache_root: str, source: dict[str, Any]) -> None:
       json.dump(source, f, indent=2)
 
 
-def _save_atomic(path: str, **arrays: np.ndarray) -> None:
-  """Writes an .npz next to ``path`` and renames it into place."""
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+  """Writes an .npz next to ``path`` and renames it into place (a kill leaves no half file)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp.npz"
   np.savez(tmp, **arrays)

@@ -61,10 +61,15 @@ def write(workdir: str, *, task: str, source_workdir: str, source_step: int | No
   results = {"task": task, "source_workdir": source_workdir,
              "source_step": source_step, "source_config": dict(source_config),
              "dataset": dict(dataset), **metrics, "wall_time_s": float(wall_time_s)}
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+  write_json(os.path.join(workdir, FILE), results)
   return results
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as JSON to ``path`` from process 0, atomically (a kill leaves the
+  old file or the new one, never half of one)."""
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)

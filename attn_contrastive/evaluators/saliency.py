@@ -46,7 +46,7 @@ from absl import logging
 from clu import metric_writers
 
 from attn_contrastive.data import augment
-from attn_contrastive.evaluators import common
+from attn_contrastive.evaluators import common, features
 from attn_contrastive.saliency import metrics
 from attn_contrastive.train import mesh as mesh_lib
 
@@ -309,8 +309,5 @@ def write_examples(workdir: str, examples: dict[str, np.ndarray]) -> str | None:
     return None
   path = os.path.join(workdir, EXAMPLES_FILE)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-      np.savez(f, **examples)
-    os.replace(path + ".tmp", path)
+    features.save_npz_atomic(path, **examples)
   return path

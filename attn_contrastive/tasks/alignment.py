@@ -294,7 +294,7 @@ def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: st
   kinds, stages = resolve_maps(config, run, classifier_info is not None)
   mesh = mesh or mesh_lib.make_mesh()
   variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
-  step = int(os.path.basename(ckpt_lib.latest_step_dir(config.checkpoint)))
+  step = ckpt_lib.latest_step(config.checkpoint)
   if source is None:
     source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
                                 config.data.auto_prepare)

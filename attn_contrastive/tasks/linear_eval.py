@@ -164,11 +164,7 @@ def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: 
   logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
                tuple(lc.l2_grid), time.perf_counter() - t0)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, CACHED_CLASSIFIER)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-      np.savez(f, **fit["classifier"])
-    os.replace(path + ".tmp", path)
+    features.save_npz_atomic(os.path.join(workdir, CACHED_CLASSIFIER), **fit["classifier"])
   return fit
 
 
@@ -246,7 +242,6 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   model = alignment.build_model(run)
   mesh = mesh or mesh_lib.make_mesh()
   variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
-  step_dir = ckpt_lib.latest_step_dir(config.checkpoint)
   encoder, frozen = encoder_of(model, variables)
   dtype = jnp.dtype(run.model.dtype)
   embed = make_embed(encoder, dtype)
@@ -254,7 +249,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   splits = splits or _open_splits(config)
   num_classes = _num_classes(config)
   source = {"checkpoint": os.path.abspath(config.checkpoint),
-            "step": int(os.path.basename(step_dir))}
+            "step": ckpt_lib.latest_step(config.checkpoint)}
   metrics = {}
   if run.task == "supervised":
     t0 = time.perf_counter()

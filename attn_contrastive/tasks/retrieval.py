@@ -24,7 +24,6 @@ import os
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -108,9 +107,7 @@ def score(config, query, gallery, mesh, same_split: bool,
   """The ``retrieval/...`` (and ``knn/...``) metrics of query vs gallery embeddings."""
   (qx, qy), (gx, gy) = query, gallery
   rc = config.retrieval
-  gallery_x = jax.device_put(jnp.asarray(gx), mesh_lib.data_sharding(mesh))
-  if len(gx) % mesh.size:  # an uneven gallery stays replicated
-    gallery_x = jnp.asarray(gx)
+  gallery_x = mesh_lib.rows_on_mesh(gx, mesh)
   out = rm.retrieval_metrics(qx, qy, gallery_x, gy, ks=tuple(rc.ks), exclude_self=same_split,
                              chunk=rc.chunk)
   metrics = {f"retrieval/{k}": v for k, v in out.items()}
@@ -134,7 +131,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   model = alignment.build_model(run)
   mesh = mesh or mesh_lib.make_mesh()
   variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
-  step = int(os.path.basename(ckpt_lib.latest_step_dir(config.checkpoint)))
+  step = ckpt_lib.latest_step(config.checkpoint)
   embed, variables = make_embed(model, run, config.retrieval.embedding, variables)
   image_size = int(config.data.image_size or run.data.image_size)
   rc = config.retrieval

@@ -29,19 +29,19 @@ import os
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
+from attn_contrastive import config_checks
 from attn_contrastive.evaluators import corruption_errors, features, results
 from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import alignment, linear_eval
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
 
-SOURCES = ("generate", "released")
+SOURCES = config_checks.ROBUSTNESS_SOURCES
 
 
 def load_linear_config(linear_dir: str) -> ml_collections.ConfigDict:
@@ -61,7 +61,7 @@ class _Scorer:
     self.run = alignment.load_run_config(self.run_dir)
     model = alignment.build_model(self.run)
     variables = ckpt_lib.load_variables(self.run_dir, sharding=mesh_lib.replicated(mesh))
-    self.step = int(os.path.basename(ckpt_lib.latest_step_dir(self.run_dir)))
+    self.step = ckpt_lib.latest_step(self.run_dir)
     encoder, self.frozen = linear_eval.encoder_of(model, variables)
     self.embed = linear_eval.make_embed(encoder, jnp.dtype(self.run.model.dtype))
     self.kernel, self.bias, self.protocol = linear_eval.load_classifier(
@@ -77,24 +77,13 @@ class _Scorer:
     return float(np.mean(np.argmax(x @ self.kernel + self.bias, -1) == y))
 
   def set_gallery(self, x: np.ndarray, y: np.ndarray) -> None:
-    gx = jnp.asarray(x)
-    if len(x) % self.mesh.size == 0:
-      gx = jax.device_put(gx, mesh_lib.data_sharding(self.mesh))
-    self.gallery = (gx, y)
+    self.gallery = (mesh_lib.rows_on_mesh(x, self.mesh), y)
 
   def retrieval(self, x: np.ndarray, y: np.ndarray, rc) -> dict[str, Any]:
     n = len(x) if rc.retrieval_max_queries < 0 else min(len(x), rc.retrieval_max_queries)
     out = rm.retrieval_metrics(x[:n], y[:n], self.gallery[0], self.gallery[1],
                                ks=tuple(rc.ks), chunk=rc.chunk)
     return {k: out[k] for k in ("map", "pr_curve", *(f"precision@{k}" for k in rc.ks))}
-
-
-def _write_json(path: str, obj: Any) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def _condition_source(config, name: str, severity: int, clean_source, view, cache):
@@ -131,7 +120,7 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
       if rc.retrieval and severity in rc.retrieval_severities:
         result["retrieval"] = scorer.retrieval(x, y, rc)
       result["wall_time_s"] = time.perf_counter() - t0
-      _write_json(path, result)
+      results.write_json(path, result)
       out[key] = result
       logging.info("%s severity %d: top-1 %.4f (%.1f s)", name, severity, result["top1"],
                    result["wall_time_s"])
@@ -159,16 +148,10 @@ def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
 
 
 def _check_config(config) -> None:
-  rc = config.robustness
-  from attn_contrastive.data import corruptions
-  unknown = sorted(set(rc.corruptions) - set(corruptions.ALL))
-  if unknown:
-    raise ValueError(f"robustness.corruptions: unknown {unknown}; choose from "
-                     f"{corruptions.ALL}")
-  if rc.source not in SOURCES:
-    raise ValueError(f"robustness.source={rc.source!r}: choose one of {SOURCES}")
-  if not set(rc.severities) <= {1, 2, 3, 4, 5}:
-    raise ValueError(f"robustness.severities={tuple(rc.severities)}: ImageNet-C's are 1-5")
+  """The config's values, as ``main`` checks them (for callers that skip ``main``)."""
+  bad = config_checks.problems(config, linked=True)
+  if bad:
+    raise ValueError("; ".join(bad))
 
 
 def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = None,

@@ -152,6 +152,11 @@ def latest_step_dir(path: str) -> str:
   return path
 
 
+def latest_step(path: str) -> int:
+  """The step of the latest checkpoint under ``path`` (see :func:`latest_step_dir`)."""
+  return int(os.path.basename(latest_step_dir(path)))
+
+
 def _leaves(tree: Any) -> dict[str, tuple[int, ...]]:
   """``{"params/a/b": shape}`` of a tree of arrays, structs or orbax metadata."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]

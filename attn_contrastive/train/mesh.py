@@ -52,6 +52,14 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
       local_batch)
 
 
+def rows_on_mesh(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """``x`` on the devices: its rows sharded when they divide evenly, else replicated
+  (a retrieval gallery, searched shard by shard)."""
+  if len(x) % mesh.size:
+    return jax.device_put(np.asarray(x), replicated(mesh))
+  return jax.device_put(np.asarray(x), data_sharding(mesh))
+
+
 def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
   """This host's rows of a batch-sharded global array (the inverse of :func:`to_global`)."""
   return np.asarray(multihost_utils.global_array_to_host_local_array(array, mesh, P(DATA_AXIS)))
