@@ -66,9 +66,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.init_checkpoint = ""
 
+  # `max_bad_images`: records of a split whose image cannot be decoded that a
+  # run may skip (each replaced by the next record, logged with its file name);
+  # one more stops the run naming them (attn_contrastive/data/images.py).
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", data_dir="", train_split="train",
-      eval_split="validation", image_size=64, num_classes=10, auto_prepare=True))
+      eval_split="validation", image_size=64, num_classes=10, auto_prepare=True,
+      max_bad_images=100))
   c.input = ml_collections.ConfigDict(dict(
       global_batch_size=256, num_threads=2, prefetch=4, num_workers=0))
   # SimCLR's views: random resized crop (TF's sampler, area `area_min`-1,
@@ -125,11 +129,13 @@ def base_config() -> ml_collections.ConfigDict:
   # `eval_maps_dir` (optional, teacher rows): the label task's maps of
   # `data.eval_split`, the targets of the heads' monitor during pretraining
   # (the co-train row uses `human_data`'s "validation" split instead).
+  # `teacher_checkpoint` (optional): the teacher that must have made those
+  # maps (their metadata.json names it); empty accepts any teacher's maps.
   c.attention = ml_collections.ConfigDict(dict(
       enabled=False, stages=("conv3", "conv4"), width=64, alpha=1.0, beta=0.1,
       fixation_quantile=-1.0, map_size=16, maps_dir="", labels="teacher",
       human_data="salient_objects/human_attention", human_split="train",
-      cotrain_bn="separate", eval_maps_dir=""))
+      cotrain_bn="separate", eval_maps_dir="", teacher_checkpoint=""))
   return c
 
 
@@ -145,7 +151,9 @@ def imagenet_data(c: ml_collections.ConfigDict) -> None:
                       dtype="bfloat16"))
   c.train.log_every = 100
   c.train.checkpoint_every = 2000
-  c.eval.update(dict(batch_size=1000, num_threads=16))
+  # A multiple of 256, so that every pod slice up to a v5e-256 and any number
+  # of 8-GPU nodes splits it (config_checks.layout_problems).
+  c.eval.update(dict(batch_size=1024, num_threads=16))
 
 
 def flatten(tree: dict, sep: str = ".", prefix: str = "") -> dict:

@@ -6,9 +6,16 @@ an attention row without its maps, an evaluation without the run to
 evaluate. :func:`problems` lists every such value of a config (and of the
 stage configs a study embeds), each with the key, what is wrong and what to
 set instead, so ``main`` refuses the run at once instead of hours in.
+
+:func:`layout_problems` does the same for the devices a run is given: every
+batch the run will use (training, each evaluation, a study's every stage)
+that its devices and processes cannot split into equal shares, with the
+nearest batches that they can. ``main`` runs it as soon as JAX knows the
+layout, before any data is read.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -45,6 +52,8 @@ CHECKS: tuple[Check, ...] = (
     ("eval.max_examples", lambda x: x == -1 or _positive(x), "-1 (all) or a positive count"),
     ("eval.num_threads", _positive, "at least 1"),
     ("data.image_size", _non_negative, "a size in pixels (0: the evaluated run's)"),
+    ("data.max_bad_images", _non_negative,
+     "0 (stop at the first undecodable image) or more records to skip"),
     ("model.depth", _one_of(10, 18, 34, 50, 101), "one of 10, 18, 34, 50, 101"),
     ("model.width", _positive, "a positive channel count"),
     ("model.dtype", _one_of("float32", "bfloat16", "float16"),
@@ -175,4 +184,105 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "",
         found += problems(config[name], f"{prefix}{name}.", linked=True)
     for name, row in config.get("rows", {}).items():
       found += problems(row, f"{prefix}rows.{name}.", linked=True)
+  return found
+
+
+# Layouts: which batches the devices can split.
+#
+# Every global batch a task uses is cut into equal shares, one per device of
+# every process: training (``train/loop.py``: ``mesh.check_batch_divisible``,
+# then each process loads ``batch / processes`` examples that
+# ``jax.make_array_from_process_local_data`` splits over its own devices) and
+# every evaluation pass (``evaluators/common.split_batches``, under the
+# classification, saliency, kNN and feature evaluators). An evaluation pads
+# its last global batch (with masked copies of example 0), so the size of a
+# split never matters, only the batch. The label task runs each process on
+# its own devices and pads every batch to them, so ``label.batch_size`` has
+# no constraint. A robustness run also embeds the training split with the
+# ``eval.batch_size`` of the linear evaluation it scores; that run's own
+# check covered it on its layout (a study's is checked here).
+
+#: The evaluations a study runs for each row, in its stage names.
+STUDY_EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
+
+
+def _task_batches(config) -> list[str]:
+  """The dotted keys of the global batches that ``config``'s task splits over the devices."""
+  task = config.get("task")
+  keys = []
+  trains = task in ("pretrain", "supervised", "teacher")
+  if trains or (task == "linear_eval" and "linear" in config.get("protocols", ())):
+    keys.append("input.global_batch_size")
+  # A pretraining run's monitor embeds images only for its kNN (labelled data);
+  # its attention-heads monitor keeps one replicated batch.
+  evaluates = task in ("supervised", "teacher", *EVALUATES) or (
+      task == "pretrain" and int(config.data.get("num_classes", 0) or 0) > 0)
+  if evaluates:
+    keys.append("eval.batch_size")
+  return [key for key in keys if _get(config, key)[0]]
+
+
+def _study_batches(config) -> list[str]:
+  """The batch keys of every stage a study runs (``rows.<row>.…``, ``<stage>.…``)."""
+  stages = set(config.study.stages)
+  parts: list[tuple[str, ml_collections.ConfigDict]] = []
+  if "teacher" in stages:
+    parts.append(("teacher.", config.teacher))
+  if "train" in stages:
+    parts += [(f"rows.{name}.", config.rows[name]) for name in config.study.rows
+              if name in config.rows]
+  parts += [(f"{name}.", config[name]) for name in STUDY_EVALUATIONS
+            if name in stages and name in config]
+  keys = [prefix + key for prefix, stage in parts for key in _task_batches(stage)]
+  robustness = config.get("robustness")
+  if ("robustness" in stages and robustness is not None
+      and robustness.robustness.get("retrieval") and "linear_eval" in config):
+    keys.append("linear_eval.eval.batch_size")  # the robustness stage's gallery pass
+  return list(dict.fromkeys(keys))
+
+
+def batch_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """Every global batch ``config`` will split over the devices, as dotted keys."""
+  if config.get("task") == "study":
+    return _study_batches(config)
+  return _task_batches(config)
+
+
+def _describe(num_devices: int, num_processes: int) -> str:
+  if num_processes == 1:
+    return f"{num_devices} device{'s' if num_devices != 1 else ''} in 1 process"
+  return f"{num_devices} devices in {num_processes} processes"
+
+
+def nearest_multiples(value: int, multiple: int) -> list[int]:
+  """The multiples of ``multiple`` on either side of ``value`` (only positive ones)."""
+  below = value // multiple * multiple
+  return [m for m in (below, below + multiple) if m > 0]
+
+
+def layout_problems(config: ml_collections.ConfigDict, num_devices: int,
+                    num_processes: int) -> list[str]:
+  """Every batch of ``config`` that ``num_devices`` devices in ``num_processes``
+  processes cannot split, as ``"key=value: …"`` lines naming the layout and the
+  nearest batches that it can (none: every batch splits).
+
+  A global batch must be a multiple of the device count (an equal share per
+  device) and of the process count (an equal share per process, which its
+  own ``num_devices / num_processes`` devices then split). Pure: the layout
+  is given, so this runs without JAX (``jax.device_count()`` and
+  ``jax.process_count()`` in ``main``).
+  """
+  if num_devices < 1 or num_processes < 1:
+    raise ValueError(f"a layout needs devices and processes, got {num_devices} devices "
+                     f"in {num_processes} processes")
+  multiple = math.lcm(num_devices, num_processes)
+  layout = _describe(num_devices, num_processes)
+  found = []
+  for key in batch_keys(config):
+    value = _get(config, key)[1]
+    if not _positive(value) or value % multiple == 0:
+      continue  # a bad value is problems()' to report
+    nearest = " or ".join(str(m) for m in nearest_multiples(int(value), multiple))
+    found.append(f"{key}={value!r}: {layout} cannot split it into equal shares; set "
+                 f"--config.{key} to a multiple of {multiple}: {nearest}")
   return found

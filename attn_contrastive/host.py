@@ -1,4 +1,4 @@
-"""The XLA:CPU setting that makes training fast here, applied on import.
+"""The XLA:CPU setting that makes training fast here, applied on import on CPU hosts.
 
 jaxlib 0.10 hands convolutions to YNNPACK, whose kernels ran on one core on
 the 2-core x86-64 VM of ``benchmarks/README.md``: a 512×8×8×32 3×3
@@ -14,6 +14,18 @@ backend first leaves it out (with a warning). A user's own
 ``--xla_cpu_experimental_ynn_fusion_type`` is left alone, and
 ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0`` skips the setting.
 
+It is added only where XLA:CPU will be JAX's only backend, which
+:func:`cpu_only` decides from what JAX itself will read when it starts,
+without starting it: ``JAX_PLATFORMS`` (every platform listed is ``cpu``),
+else ``JAX_PLATFORM_NAME`` (absent or ``cpu``) and no TPU or GPU backend
+installed (``libtpu``, ``jax_cuda12_plugin``, ``jax_cuda13_plugin``,
+``jax_rocm*``, a ``jax_plugins`` module, ``TPU_LIBRARY_PATH`` or
+``PJRT_NAMES_AND_LIBRARY_PATHS``). On a TPU or GPU host the flag would not
+speed anything up, and every backend that starts parses ``XLA_FLAGS``: one
+built from another XLA than jaxlib's (libtpu) may abort on a flag it does
+not know. ``JAX_PLATFORM_NAME=cpu`` alone only makes CPU the default: the
+other backends installed still start, so the flag is left out there too.
+
 Not applied: glibc ``mallopt`` settings that keep freed memory in the
 process (no mmap'd blocks, no trimming) removed ~110k page faults (0.3-0.4 s
 of system time) per synthetic step and made JAX and PyTorch alike ~10%
@@ -23,11 +35,46 @@ applies them to a run from outside.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import pkgutil
 import sys
 import warnings
+from collections.abc import Mapping
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+#: Python modules that give JAX a TPU or GPU backend (``jax[tpu]``, ``jax[cuda12]``, …).
+ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")
+#: Prefixes of such modules whose name carries a version (``jax_rocm60_plugin``, …).
+ACCELERATOR_PREFIXES = ("jax_rocm",)
+
+
+def accelerator_installed(environ: Mapping[str, str] | None = None) -> bool:
+  """Whether JAX would find a TPU or GPU backend here; nothing is imported."""
+  environ = os.environ if environ is None else environ
+  if any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_MODULES):
+    return True
+  if any(info.name.startswith(ACCELERATOR_PREFIXES) for info in pkgutil.iter_modules()):
+    return True
+  plugins = importlib.util.find_spec("jax_plugins")  # PJRT plugins' namespace package
+  if plugins is not None and any(pkgutil.iter_modules(plugins.submodule_search_locations or [])):
+    return True
+  tpu_library = environ.get("TPU_LIBRARY_PATH", "")
+  if tpu_library and os.path.isfile(tpu_library):
+    return True
+  return bool(environ.get("PJRT_NAMES_AND_LIBRARY_PATHS", "").strip())
+
+
+def cpu_only(environ: Mapping[str, str] | None = None) -> bool:
+  """Whether XLA:CPU will be the only backend JAX starts (decided before it starts)."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return all(p.strip() == "cpu" for p in platforms.split(",") if p.strip())
+  if environ.get("JAX_PLATFORM_NAME", "").strip().lower() not in ("", "cpu"):
+    return False
+  return not accelerator_installed(environ)
 
 
 def _backends_started() -> bool:
@@ -56,7 +103,9 @@ def set_xla_flags() -> bool:
 
 
 def configure() -> None:
-  """Applies the setting unless ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0``."""
+  """Applies the setting where XLA:CPU is the only backend, unless
+  ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0``."""
   if os.environ.get("ATTN_CONTRASTIVE_HOST_DEFAULTS", "1") == "0":
     return
-  set_xla_flags()
+  if cpu_only():
+    set_xla_flags()

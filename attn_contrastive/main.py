@@ -6,7 +6,6 @@ overrides any field, and ``config.task`` picks the stage to run.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import time
 
@@ -15,7 +14,10 @@ from ml_collections import config_flags
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
+from attn_contrastive import paths
 from attn_contrastive import summary
+from attn_contrastive.data.images import TooManyBadImagesError
+from attn_contrastive.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -54,6 +56,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {e}")
 
 
+def check_layout(config, num_devices: int, num_processes: int) -> None:
+  """Exits listing every batch that these devices and processes cannot split.
+
+  Runs once JAX knows the layout and before any data is read, so that a
+  batch that fails on this pod (an evaluation batch of 1000 on 32 devices)
+  is refused at once rather than hours in, when its evaluation comes.
+  Every process exits alike: none is left waiting for the others.
+  """
+  bad = config_checks.layout_problems(config, num_devices, num_processes)
+  if bad:
+    sys.exit(f"error: {len(bad)} batch size(s) that this layout cannot split, to fix "
+             "before anything runs:\n  " + "\n  ".join(bad))
+
+
 def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -68,18 +84,31 @@ def main(argv: list[str]) -> None:
   import jax  # here, so that a bad flag is refused without loading JAX
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   # Before JAX starts its backends, whose INFO lines belong in the log file.
-  summary.log_to_workdir(workdir, jax.process_index() if _DISTRIBUTED.value else 0)
+  process = jax.process_index() if _DISTRIBUTED.value else 0
+  log_file = summary.log_to_workdir(workdir, process)
+  if paths.is_remote(workdir):
+    logging.info("Log: %s, copied into %s when the run ends", log_file, workdir)
   logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),
                jax.device_count(), jax.default_backend())
+  check_layout(config, jax.device_count(), jax.process_count())
   if config.task == "study":  # every stage's config: kept in config.json, not the terminal
     from attn_contrastive.train import loop
     loop.write_config(workdir, config)
   else:
     logging.info("Config:\n%s", config)
   start = time.perf_counter()
-  importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
+  try:
+    importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
+  except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
+    sys.exit(f"error: {e}")
+  except preemption.Preempted as e:  # saved: the launchers restart a run that exits 75
+    logging.warning("%s", e)
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_PREEMPTED)
+  finally:
+    summary.upload_log(workdir, process)
   if jax.process_index() == 0:
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     minutes = (time.perf_counter() - start) / 60

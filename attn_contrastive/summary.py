@@ -4,23 +4,26 @@ Libraries log a great deal at INFO (orbax on every checkpoint, JAX and
 TensorFlow on start-up). :func:`log_to_workdir` keeps every INFO line in
 ``<workdir>/log.txt`` and lets through to the terminal only the project's
 own (with the loop's metric lines, which clu's writer emits for it) and
-warnings from anyone. :func:`summary` is the run's last word: what ran, a
-few key numbers of ``results.json``, where the outputs are, and the command
-of the chain's next stage (teacher → label → attention-guided training →
-alignment; linear evaluation → retrieval).
+warnings from anyone; a remote workdir's log is written locally and copied
+into it when the run ends (:func:`log_path`). :func:`summary` is the run's
+last word: what ran, a few key numbers of ``results.json``, where the
+outputs are, and the command of the chain's next stage (teacher → label →
+attention-guided training → alignment; linear evaluation → retrieval).
 """
 from __future__ import annotations
 
-import glob
-import json
 import logging
 import os
+import tempfile
 
 from absl import logging as absl_logging
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import paths
 
 LOG_FILE = "log.txt"
+#: Where the logs of remote workdirs are written while their runs last (:func:`log_path`).
+REMOTE_LOG_ROOT = os.path.join(tempfile.gettempdir(), "attn_contrastive_logs")
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # clu's LoggingWriter writes the loop's metric lines ("[step] loss=...") for it.
@@ -77,23 +80,53 @@ class _ProjectInfo(logging.Filter):
             or (path.endswith(_METRIC_WRITER) and record.funcName == "write_scalars"))
 
 
-def log_to_workdir(workdir: str, process_index: int = 0) -> str | None:
-  """Every INFO line to ``<workdir>/log.txt``; only the project's to the terminal.
+def log_path(workdir: str, process_index: int = 0) -> str:
+  """The local file that :func:`log_to_workdir` writes for ``workdir``.
 
-  Process ``p > 0`` writes ``log.<p>.txt``. Returns the file's path, or
-  ``None`` for a remote workdir (``gs://…``), where the terminal keeps
-  everything.
+  ``<workdir>/log.txt`` (``log.<p>.txt`` for process ``p > 0``). A remote
+  workdir (``gs://…``) cannot be appended to line by line (an object is
+  written whole), so its log is written to the same name under
+  :data:`REMOTE_LOG_ROOT`, a local folder named after the workdir, and
+  :func:`upload_log` copies it into the workdir when the run ends.
   """
-  if "://" in workdir:
-    return None
   name = LOG_FILE if process_index == 0 else f"log.{process_index}.txt"
-  path = os.path.join(workdir, name)
+  if not paths.is_remote(workdir):
+    return os.path.join(workdir, name)
+  scheme, _, rest = workdir.partition("://")
+  return os.path.join(REMOTE_LOG_ROOT, scheme, rest.strip("/"), name)
+
+
+def log_to_workdir(workdir: str, process_index: int = 0) -> str:
+  """Every INFO line to the run's log file (:func:`log_path`); only the project's
+  to the terminal. Returns the file's path."""
+  path = log_path(workdir, process_index)
+  if paths.is_remote(workdir):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
   handler = logging.FileHandler(path)
   handler.setFormatter(absl_logging.PythonFormatter())
   handler.setLevel(logging.INFO)
   logging.getLogger().addHandler(handler)
   absl_logging.get_absl_handler().addFilter(_ProjectInfo())
   return path
+
+
+def upload_log(workdir: str, process_index: int = 0) -> str | None:
+  """Copies the local log of a remote workdir into it, whole; returns where it went.
+
+  ``None`` for a local workdir (its log is there already) or when there is no
+  log to copy. The copy replaces the previous one, so a resumed run's log holds
+  every earlier run's lines (the local file is appended to).
+  """
+  local = log_path(workdir, process_index)
+  if not paths.is_remote(workdir) or not os.path.exists(local):
+    return None
+  for handler in logging.getLogger().handlers:
+    if isinstance(handler, logging.FileHandler) and handler.baseFilename == local:
+      handler.flush()
+  target = os.path.join(workdir, os.path.basename(local))
+  with open(local, "rb") as f:
+    paths.write_atomic(target, f.read())
+  return target
 
 
 def _outputs(workdir: str) -> list[tuple[str, str]]:
@@ -104,9 +137,9 @@ def _outputs(workdir: str) -> list[tuple[str, str]]:
             ("linear probe", "linear"), ("features", "features"),
             ("report", os.path.join("report", "report.md")), ("log", LOG_FILE)]
   for what, name in checks:
-    if os.path.exists(os.path.join(workdir, name)):
+    if paths.exists(os.path.join(workdir, name)):
       found.append((what, os.path.join(workdir, name)))
-  if glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+  if paths.glob(workdir, "events.out.tfevents.*"):
     found.append(("tensorboard", f"tensorboard --logdir {workdir}"))
   return found
 
@@ -134,12 +167,11 @@ def next_command(task: str, config_file: str, workdir: str, data_name: str,
 def summary(task: str, config_file: str, workdir: str, data_name: str,
             minutes: float) -> str:
   """The closing lines of a run, from its workdir (``results.json`` and what else is there)."""
-  workdir = os.path.abspath(workdir) if "://" not in workdir else workdir
+  workdir = paths.resolve(workdir)
   results_path = os.path.join(workdir, "results.json")
   results = {}
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = config_lib.flatten(json.load(f), sep="/")
+  if paths.exists(results_path):
+    results = config_lib.flatten(paths.read_json(results_path), sep="/")
   ran = f"{task} ({config_file})"
   if "step" in results:
     ran += f", {results['step']} steps"

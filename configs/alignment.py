@@ -65,7 +65,7 @@ def get_config(arg: str | None = None):
   c.checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/human_attention", split="validation", data_dir="",
-      auto_prepare=True, image_size=0, image_width=0))
+      auto_prepare=True, image_size=0, image_width=0, max_bad_images=100))
   c.alignment = ml_collections.ConfigDict(dict(
       maps=("auto", "gradcam"), stages=("conv3", "conv4"), gradcam_stage="conv4",
       classifier="", classifier_protocol="auto"))
@@ -74,5 +74,5 @@ def get_config(arg: str | None = None):
       shuffle_pool=100, shuffle_others=10, num_threads=2))
   if picked["data"] == "salicon":
     c.data.update(dict(name="salicon", auto_prepare=False))
-    c.eval.update(dict(batch_size=250, num_threads=16))
+    c.eval.update(dict(batch_size=256, num_threads=16))
   return c

@@ -17,8 +17,9 @@ ImageNet (one accelerator host per process; any number of processes):
 
 ``teacher`` holds the teacher run's config (its ``model`` and input size must
 match the checkpoint); ``label.map_size`` is the stored map side,
-``label.batch_size`` the images per jitted call per process, and
-``label.num_shards`` the number of shard files.
+``label.batch_size`` the images per jitted call per process,
+``label.num_shards`` the number of shard files and ``label.num_threads`` the
+threads per process that decode and resize images.
 """
 import ml_collections
 
@@ -32,12 +33,13 @@ def get_config(arg: str | None = None):
   c.teacher_checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", split="train", data_dir="",
-      auto_prepare=True))
-  c.label = ml_collections.ConfigDict(dict(map_size=64, batch_size=128, num_shards=16))
+      auto_prepare=True, max_bad_images=100))
+  c.label = ml_collections.ConfigDict(dict(map_size=64, batch_size=128, num_shards=16,
+                                           num_threads=2))
   if picked["data"] == "imagenet":
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
-    c.label.update(dict(batch_size=256, num_shards=1024))
+    c.label.update(dict(batch_size=256, num_shards=1024, num_threads=32))
   else:
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "synthetic")
   return c

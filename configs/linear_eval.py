@@ -61,7 +61,8 @@ def get_config(arg: str | None = None):
   c.init_checkpoint = ""  # read by the shared loop: the head starts from zero
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", data_dir="", train_split="train",
-      eval_split="validation", image_size=0, num_classes=0, auto_prepare=True))
+      eval_split="validation", image_size=0, num_classes=0, auto_prepare=True,
+      max_bad_images=100))
   c.input = ml_collections.ConfigDict(dict(
       global_batch_size=256, num_threads=2, prefetch=4, num_workers=0))
   # ``area_min``: the training crops (SupervisedView); ``eval_crop_fraction``:
@@ -86,5 +87,5 @@ def get_config(arg: str | None = None):
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
     c.input.update(dict(global_batch_size=4096, num_threads=16, num_workers=8))
     c.train.update(dict(num_epochs=90, log_every=100, checkpoint_every=2000))
-    c.eval.update(dict(batch_size=1000, num_threads=16))
+    c.eval.update(dict(batch_size=1024, num_threads=16))
   return c

@@ -42,7 +42,8 @@ def get_config(arg: str | None = None):
   c.task = "retrieval"
   c.checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
-      name="salient_objects/classification", data_dir="", image_size=0, auto_prepare=True))
+      name="salient_objects/classification", data_dir="", image_size=0, auto_prepare=True,
+      max_bad_images=100))
   c.retrieval = ml_collections.ConfigDict(dict(
       embedding="pooled", query_split="validation", gallery_split="train",
       gallery_max_examples=-1, ks=(1, 10, 100), chunk=256, knn_k=200, knn_temperature=0.07,

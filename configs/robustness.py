@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
   c.checkpoint = ""
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", data_dir="", train_split="train",
-      eval_split="validation", image_size=0, auto_prepare=True))
+      eval_split="validation", image_size=0, auto_prepare=True, max_bad_images=100))
   # `source`: "generate" (corrupt the evaluation crops on the fly, seeded by
   # `seed`) or "released" (`released_dataset`/<c>_<s>, built from `manual_dir`).
   # Retrieval: the corrupted images of `retrieval_severities` (the first

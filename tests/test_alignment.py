@@ -171,7 +171,7 @@ def _write_run(workdir, task):
   loop.write_config(str(workdir), config)
   ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
   ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
-                "step": np.int32(3)}, None)
+                "step": np.int32(3)})
   ckpt.close()
   return str(workdir), model, variables
 

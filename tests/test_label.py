@@ -89,6 +89,36 @@ def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
     label.train_and_evaluate(c2, killed, teacher=teacher, source=src)
 
 
+def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
+  """A truncated shard is refused by the reader (naming it) and redone by the
+  label task's rerun, which leaves the whole shards alone; ``results.json``
+  counts the run's shards and images (summed over processes: one here)."""
+  import json
+  c, src, d = _config(), _Images(), str(tmp_path)
+  r = label.train_and_evaluate(c, d, teacher=teacher, source=src)
+  assert (r["shards_written"], r["images_labelled"], r["processes"]) == (3, 20, 1)
+  with open(os.path.join(d, "results.json")) as f:
+    assert json.load(f) == r
+  before = _files(tmp_path)
+  path = am.shard_path(d, 1, 3)
+  whole = os.path.getmtime(am.shard_path(d, 0, 3))
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) - 100])
+  with pytest.raises(am.ShardError, match=f"{path}.*re-run the label task"):
+    am.AttentionMapSource(d)
+  r = label.train_and_evaluate(c, d, teacher=teacher, source=src)
+  start, stop = am.shard_ranges(20, 3)[1]
+  assert (r["shards_written"], r["images_labelled"]) == (1, stop - start)
+  assert os.path.getmtime(am.shard_path(d, 0, 3)) == whole
+  after = _files(tmp_path)
+  for i in range(3):
+    np.testing.assert_array_equal(before[i][0], after[i][0])
+    np.testing.assert_array_equal(before[i][1], after[i][1])
+  assert len(am.AttentionMapSource(d)) == 20
+
+
 class _Shuffled:
   """A map source read in a permuted order."""
 

@@ -316,3 +316,108 @@ def test_missing_folder(tmp_path):
   shutil.rmtree(tmp_path / "manual" / "fixations" / "val")
   with pytest.raises(FileNotFoundError, match="fixations/val"):
     _build("salicon/salicon2017", tmp_path / "manual", tmp_path / "data")
+
+
+# --------------------------------------------------------------------------
+# Damaged and inconsistent files: what is refused, what is counted.
+# --------------------------------------------------------------------------
+
+
+def test_fixations_outside_nan_and_at_zero_are_counted(tmp_path):
+  path = tmp_path / "COCO_val2014_000000000001.mat"
+  observers = [
+      [[1, 1], [W, H], [0, 5], [W + 2, 3]],  # in; in at the far edge; 1 and 2 px out: clipped
+      [[W + 3, 3], [-50, 10], [np.nan, 4], [5, np.inf], [7, 9]],  # 3 px out, far out, NaN, inf
+  ]
+  scipy.io.savemat(str(path), {"resolution": np.array([[H, W]]), "gaze": _gaze(observers)})
+  record = salicon.read_fixation_file(path)
+  np.testing.assert_array_equal(record.fixations,
+                                [[0, 0], [H - 1, W - 1], [4, 0], [2, W - 1], [8, 6]])
+  np.testing.assert_array_equal(record.observer, [0, 0, 0, 0, 1])
+  assert record.counts.as_dict() == {"kept": 5, "clipped": 2, "outside": 2, "non_finite": 2,
+                                     "at_zero": 1, "at_far_edge": 1}
+  assert record.n_clipped == 2
+
+
+def _write_fixations(root, folder, observers):
+  stem = f"COCO_{folder}2014_000000000001"
+  scipy.io.savemat(str(root / "fixations" / folder / f"{stem}.mat"), {
+      "image": stem, "resolution": np.array([[H, W]]), "gaze": _gaze(observers)})
+
+
+def test_split_counts_go_to_the_metadata_and_0_based_files_are_named(tmp_path, caplog):
+  root = tmp_path / "manual"
+  _small_tree(root)
+  # 0-based train file: reaches 0, never W or H. The val file: NaN and far outside.
+  _write_fixations(root, "train", [[[0, 0], [3, 0], [W - 1, H - 1], [10, 12]]])
+  _write_fixations(root, "val", [[[2, 3], [np.nan, 1], [W + 40, 2]]])
+  with caplog.at_level("INFO"):
+    builder = _build("salicon/salicon2017", root, tmp_path / "data")
+  want = {
+      "fixations_train": {"kept": 4, "clipped": 2, "outside": 0, "non_finite": 0,
+                          "at_zero": 2, "at_far_edge": 0},
+      "fixations_validation": {"kept": 1, "clipped": 0, "outside": 1, "non_finite": 1,
+                               "at_zero": 0, "at_far_edge": 0},
+  }
+  assert dict(builder.info.metadata) == want
+  reread = tfds.builder("salicon/salicon2017", data_dir=str(tmp_path / "data"))
+  assert dict(reread.info.metadata) == want
+  text = "\n".join(r.getMessage() for r in caplog.records)
+  assert "SALICON train" in text and "look 0-based" in text
+  assert "dropped 1 fixation(s) more than 2 px outside" in text
+  assert "COCO_val2014_000000000001.jpg" in text
+  assert "validation: 2 fixation(s) have a coordinate of 0" not in text
+
+
+def _break(root, case):
+  """Damages the small tree's val files by case; returns the file the error must name."""
+  stem = "COCO_val2014_000000000001"
+  folder = {kind: root / kind / "val" for kind in ("images", "maps", "fixations")}
+  if case == "no_fixations_field":
+    gaze = np.empty((1, 1), dtype=[("location", "O"), ("timestamp", "O")])
+    gaze[0, 0] = (np.ones((2, 2)), np.arange(2.0))
+    scipy.io.savemat(str(folder["fixations"] / f"{stem}.mat"),
+                     {"resolution": np.array([[H, W]]), "gaze": gaze})
+    return folder["fixations"] / f"{stem}.mat"
+  if case == "map_wrong_size":
+    cv2.imwrite(str(folder["maps"] / f"{stem}.png"), np.zeros((H, W + 1), np.uint8))
+    return folder["maps"] / f"{stem}.png"
+  if case == "truncated_image":
+    data = (folder["images"] / f"{stem}.jpg").read_bytes()
+    (folder["images"] / f"{stem}.jpg").write_bytes(data[:len(data) // 2])
+    return folder["images"] / f"{stem}.jpg"
+  if case == "missing_mat":
+    (folder["fixations"] / f"{stem}.mat").unlink()
+    return folder["fixations"] / f"{stem}.mat"
+  if case in ("map_without_image", "mat_without_image"):
+    kind, suffix = ("maps", ".png") if case == "map_without_image" else ("fixations", ".mat")
+    extra = folder[kind] / f"COCO_val2014_000000000077{suffix}"
+    shutil.copy(next(folder[kind].iterdir()), extra)
+    return extra.name
+  raise ValueError(case)
+
+
+@pytest.mark.parametrize("case, error, fix", [
+    ("no_fixations_field", ValueError, "from the SALICON release"),
+    ("map_wrong_size", ValueError, "from the SALICON release"),
+    ("truncated_image", ValueError, "from the SALICON release"),
+    ("missing_mat", FileNotFoundError, "copy it from the SALICON release"),
+    ("map_without_image", ValueError, "Extract the release's images"),
+    ("mat_without_image", ValueError, "Extract the release's images"),
+])
+def test_damaged_files_are_refused_naming_the_file_and_the_fix(tmp_path, case, error, fix):
+  root = tmp_path / "manual"
+  _small_tree(root)
+  named = _break(root, case)
+  with pytest.raises(error) as info:
+    _build("salicon/salicon2017", root, tmp_path / "data")
+  assert str(named) in str(info.value) and fix in str(info.value)
+
+
+def test_a_16_bit_image_is_scaled_not_clipped(tmp_path):
+  deep = np.random.default_rng(2).integers(0, 65536, (H, W, 3), dtype=np.uint16)
+  cv2.imwrite(str(tmp_path / "deep.png"), deep)
+  (tmp_path / "deep.png").rename(tmp_path / "deep.jpg")
+  stored, size = salicon.read_image(tmp_path / "deep.jpg")
+  assert size == (H, W)
+  np.testing.assert_array_equal(stored, (deep[..., ::-1] >> 8).astype(np.uint8))

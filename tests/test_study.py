@@ -46,6 +46,7 @@ def test_stages_run_in_order_linked_to_each_other(tmp_path):
   train = by_dir["contrastive_attn_teacher/seed3/train"]
   assert train.task == "pretrain" and train.seed == 3
   assert train.attention.maps_dir == str(tmp_path / "maps_train")
+  assert train.attention.teacher_checkpoint == str(tmp_path / "teacher")
   assert by_dir["supervised_r18/seed0/train"].task == "supervised"
   base = tmp_path / "supervised_r18" / "seed3"
   assert by_dir["supervised_r18/seed3/linear_eval"].checkpoint == str(base / "train")

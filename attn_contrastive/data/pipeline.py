@@ -136,17 +136,28 @@ def local_batch_size(global_batch: int) -> int:
 
 def train_iterator(source, transform: Callable[[Example, np.random.Generator], Example],
                    *, seed: int, global_batch: int, num_threads: int = 2,
-                   prefetch: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
-  """An endless, checkpointable iterator of this host's training batches.
+                   prefetch: int = 4, num_workers: int = 0,
+                   start_batch: int = 0) -> grain.DatasetIterator:
+  """An endless iterator of this host's training batches, from batch ``start_batch``.
 
   The stream is reshuffled every epoch; host ``p`` of ``P`` takes global
   positions ``p, p+P, …`` so the global batch is the same set of examples for
-  any process count.
+  any process count. A source from :func:`attn_contrastive.data.sources.open_split`
+  has already put the next decodable record in place of any record whose image
+  cannot be decoded (:mod:`attn_contrastive.data.images`), so every batch is
+  full and the stream stays the same on resume.
+
+  The stream is a function of the seed alone, so a resumed run needs no saved
+  iterator state: after step ``s`` the next global batch is batch ``s``
+  (``start_batch=s``), whatever the number of processes or worker processes
+  before and after.
   """
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(transform)
   ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+  if start_batch:
+    ds = ds[start_batch:]
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                prefetch_buffer_size=prefetch))
   if num_workers > 0:

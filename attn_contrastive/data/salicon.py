@@ -20,21 +20,46 @@ Usage::
 Features of one example:
 
 * ``image``: uint8 ``[H, W, 3]``, the original JPEG bytes (re-encoded only
-  when a file is not a plain RGB / grey-scale JPEG, e.g. CMYK).
+  when a file is not a plain RGB / grey-scale JPEG, e.g. CMYK, converted by
+  :func:`attn_contrastive.data.images.to_rgb`).
 * ``saliency_map``: uint8 ``[H, W, 1]`` PNG, the released map (colour or
   16-bit maps are converted to 8-bit grey). Test images have no ground
   truth: their map is all zeros, with the image's size.
 * ``fixations``: int32 ``[N, 2]``, 0-based ``(row, col)``; the ``.mat``
   files store 1-based ``[x, y]``, so ``row = round(y) - 1`` and
-  ``col = round(x) - 1``, then clipped to the image (mouse-based positions
-  can fall on or past the border; the number clipped is logged per split).
-  All observers are concatenated, each in its recorded order. Empty
-  (``[0, 2]``) for test images.
+  ``col = round(x) - 1``. Positions at most :data:`BORDER_TOLERANCE` pixels
+  outside the image are clipped onto its border (mouse-based positions pile
+  up on and just past the border); farther out and NaN / inf positions are
+  dropped (see :func:`read_fixation_file`). All observers are concatenated,
+  each in its recorded order. Empty (``[0, 2]``) for test images.
 * ``observer``: int32 ``[N]``, the index of each fixation's observer in
   the file's ``gaze`` struct array (0-based; an observer without fixations
   keeps its index but contributes no rows).
 * ``file_name``: the image's file name, e.g.
   ``COCO_train2014_000000000009.jpg``.
+
+What the build does with damaged or inconsistent files, and why:
+
+* refused, naming the file and the fix: an image that cannot be decoded, a
+  train / validation image without its map or ``.mat`` file, a map or
+  ``.mat`` file without its image (an incompletely extracted ``images``
+  folder would otherwise give a smaller split than the release's), a map of
+  another size than its image (a map from another source or edition: resizing
+  it would hide the mix-up), a ``.mat`` file that is unreadable, lacks
+  ``resolution`` / ``gaze`` / an observer's ``fixations``, names another
+  image, or gives another resolution than the image's. Each is a damaged or
+  mixed-up download, and the release has the right file.
+* counted and handled: fixations just outside the image are clipped, those
+  farther out or not finite are dropped (per position: the rest of the file
+  is good). Each split's counts (``kept``, ``clipped``, ``outside``,
+  ``non_finite``, ``at_zero``, ``at_far_edge``) are logged and stored in the
+  prepared dataset's ``metadata.json`` (``builder.info.metadata``).
+* warned: 0-based coordinates cannot be told from 1-based ones file by file
+  (they differ by one pixel, and 1-based mouse data reaches 0 past the
+  border), but over a split 1-based data reaches ``x = W`` or ``y = H`` and
+  0-based data never does: a split with coordinates at 0 and none at the far
+  edge is logged as looking 0-based (SALICON's files are 1-based), and the
+  counts are in the metadata.
 
 Editions (builder configs): ``salicon2015`` is the original release of
 Jiang et al. (CVPR 2015); ``salicon2017`` (the default) is the update
@@ -58,6 +83,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 from PIL import Image as PILImage
+
+from attn_contrastive.data import images as images_lib
 
 _DESCRIPTION = """\
 SALICON: 20,000 MS COCO 2014 images (10,000 train, 5,000 validation, 5,000
@@ -93,8 +120,9 @@ edition's `maps/` and `fixations/` under a folder named after the config,
 e.g. `manual_dir/salicon2015/maps/...` and `manual_dir/salicon2017/fixations/...`;
 for each of `images`, `maps` and `fixations` the builder looks in
 `manual_dir/<config name>/` first and then in `manual_dir/`.
-Every train / validation image needs its map and its .mat file. The test
-split is built only when `images/test` exists.
+Every train / validation image needs its map and its .mat file, and every
+map and .mat file its image. The test split is built only when `images/test`
+exists.
 """
 
 # tfds split name -> folder name in the release.
@@ -114,8 +142,14 @@ class SaliconConfig(tfds.core.BuilderConfig):
 class Salicon(tfds.core.GeneratorBasedBuilder):
   """SALICON images with saliency maps and fixations, from the manual download."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": ("Fixations more than BORDER_TOLERANCE px outside the image and NaN / inf "
+                "ones dropped (were clipped / refused); 16-bit images scaled, not clipped; "
+                "maps or .mat files without an image refused; each split's fixation "
+                "counts in metadata.json."),
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
   BUILDER_CONFIGS = [
       SaliconConfig(name="salicon2015", edition="2015",
@@ -152,6 +186,7 @@ class Salicon(tfds.core.GeneratorBasedBuilder):
         supervised_keys=None,
         homepage="http://salicon.net",
         citation=_CITATION,
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
@@ -179,43 +214,123 @@ class Salicon(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, image_dir: epath.Path, map_dir: epath.Path | None,
                          fixation_dir: epath.Path | None) -> Iterator[tuple[str, dict]]:
-    """Yields ``(image stem, example)`` for every image of a split, in name order."""
+    """Yields ``(image stem, example)`` for every image of a split, in name order.
+
+    Refuses a damaged, missing or extra file with its path and the fix (see the
+    module docstring); stores the split's fixation counts in the metadata.
+    """
     image_paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not image_paths:
       raise FileNotFoundError(f"no .jpg images in {image_dir}")
-    n_clipped = 0
+    if map_dir is None or fixation_dir is None:
+      for image_path in image_paths:
+        yield image_path.stem, _unlabelled_example(image_path)
+      return
+    for folder in (map_dir, fixation_dir):
+      _check_no_orphans(image_paths, image_dir, folder)
+    counts, dropped_in = FixationCounts(), []
     for image_path in image_paths:
-      stem = image_path.stem
-      image, (height, width) = read_image(image_path)
-      if map_dir is None or fixation_dir is None:
-        yield stem, {
-            "image": image,
-            "saliency_map": np.zeros((height, width, 1), np.uint8),
-            "fixations": np.zeros((0, 2), np.int32),
-            "observer": np.zeros((0,), np.int32),
-            "file_name": image_path.name,
-        }
-        continue
-      mat_path = fixation_dir / f"{stem}.mat"
-      map_path = map_dir / f"{stem}.png"
-      for needed in (mat_path, map_path):
-        if not needed.exists():
-          raise FileNotFoundError(f"{needed} is missing (needed for image {image_path})")
-      record = read_fixation_file(mat_path, expected_stem=stem)
-      if record.resolution != (height, width):
-        raise ValueError(f"{image_path}: image is {height} x {width} but {mat_path} gives "
-                         f"resolution {record.resolution[0]} x {record.resolution[1]}")
-      saliency_map = read_saliency_map(map_path, (height, width))
-      n_clipped += record.n_clipped
-      yield stem, {
-          "image": image,
-          "saliency_map": saliency_map,
-          "fixations": record.fixations,
-          "observer": record.observer,
-          "file_name": image_path.name,
-      }
-    if n_clipped:
-      logging.info("SALICON %s: clipped %d fixation(s) to the image bounds.", split, n_clipped)
+      example, file_counts = _labelled_example(image_path, map_dir, fixation_dir)
+      counts += file_counts
+      if file_counts.outside or file_counts.non_finite:
+        dropped_in.append(image_path.name)
+      yield image_path.stem, example
+    _log_fixation_counts(split, counts, dropped_in)
+    self.info.metadata[f"fixations_{split}"] = counts.as_dict()
+
+
+# --------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------
+
+#: Appended to a refusal of a release file: what to do about it.
+_FIX = ("Replace the file with the one of the same name from the SALICON release (the "
+        "edition you build), or remove the image with its map and .mat file to build "
+        "without it.")
+
+
+def _unlabelled_example(image_path: epath.Path) -> dict[str, Any]:
+  """A test image: no map (zeros of the image's size), no fixations."""
+  image, (height, width) = _read_release_image(image_path)
+  return {
+      "image": image,
+      "saliency_map": np.zeros((height, width, 1), np.uint8),
+      "fixations": np.zeros((0, 2), np.int32),
+      "observer": np.zeros((0,), np.int32),
+      "file_name": image_path.name,
+  }
+
+
+def _labelled_example(image_path: epath.Path, map_dir: epath.Path,
+                      fixation_dir: epath.Path) -> tuple[dict[str, Any], FixationCounts]:
+  """A train / validation image with its map and fixations, checked against each other."""
+  stem = image_path.stem
+  mat_path, map_path = fixation_dir / f"{stem}.mat", map_dir / f"{stem}.png"
+  for needed in (mat_path, map_path):
+    if not needed.exists():
+      raise FileNotFoundError(
+          f"{needed} is missing (needed for image {image_path}): copy it from the SALICON "
+          f"release into {needed.parent}, or remove the image to build without it.")
+  image, (height, width) = _read_release_image(image_path)
+  try:
+    record = read_fixation_file(mat_path, expected_stem=stem)
+    if record.resolution != (height, width):
+      raise ValueError(f"{image_path}: image is {height} x {width} but {mat_path} gives "
+                       f"resolution {record.resolution[0]} x {record.resolution[1]}")
+    saliency_map = read_saliency_map(map_path, (height, width))
+  except ValueError as err:
+    raise ValueError(f"{err}\n{_FIX}") from err
+  return {
+      "image": image,
+      "saliency_map": saliency_map,
+      "fixations": record.fixations,
+      "observer": record.observer,
+      "file_name": image_path.name,
+  }, record.counts
+
+
+def _read_release_image(path: epath.Path) -> tuple[Any, tuple[int, int]]:
+  """:func:`read_image`, its refusal completed with the fix."""
+  try:
+    return read_image(path)
+  except ValueError as err:
+    raise ValueError(f"{err}\n{_FIX}") from err
+
+
+def _check_no_orphans(image_paths: list[epath.Path], image_dir: epath.Path,
+                      folder: epath.Path) -> None:
+  """Refuses maps or ``.mat`` files in ``folder`` whose image is not in ``image_dir``.
+
+  The release has an image for every label file, so an orphan means that the
+  images were extracted incompletely (or label files of another split were
+  copied in): building would silently give a smaller split.
+  """
+  stems = {p.stem for p in image_paths}
+  orphans = sorted(p.name for p in folder.iterdir()
+                   if p.suffix.lower() in (".png", ".mat") and p.stem not in stems)
+  if orphans:
+    listed = ", ".join(orphans[:5]) + (" ..." if len(orphans) > 5 else "")
+    raise ValueError(
+        f"{folder}: {len(orphans)} file(s) without an image in {image_dir}: {listed}. "
+        f"Extract the release's images of this split into {image_dir} again; or, to "
+        f"build without these images, remove these files.")
+
+
+def _log_fixation_counts(split: str, counts: FixationCounts, dropped_in: list[str]) -> None:
+  """Logs a split's fixation counts; warns of dropped fixations and of 0-based files."""
+  logging.info("SALICON %s fixations: %s", split, counts.as_dict())
+  if dropped_in:
+    logging.warning(
+        "SALICON %s: dropped %d fixation(s) more than %d px outside their image and %d "
+        "with NaN / inf coordinates, in %d file(s): %s%s", split, counts.outside,
+        BORDER_TOLERANCE, counts.non_finite, len(dropped_in), ", ".join(dropped_in[:5]),
+        " ..." if len(dropped_in) > 5 else "")
+  if counts.at_zero and not counts.at_far_edge:
+    logging.warning(
+        "SALICON %s: %d fixation(s) have a coordinate of 0 and none reaches x = W or "
+        "y = H: the .mat files look 0-based, but SALICON's are 1-based ([x, y] from 1), "
+        "so every fixation would sit one pixel up and left of where it was recorded. "
+        "Use the release's own .mat files.", split, counts.at_zero)
 
 
 # --------------------------------------------------------------------------
@@ -248,18 +363,22 @@ def read_image(path: epath.Path) -> tuple[Any, tuple[int, int]]:
   """Checks an image file and returns what to store plus its ``(H, W)``.
 
   A plain RGB or grey-scale JPEG is stored as its original bytes (the path);
-  other files (CMYK JPEG, other formats) are decoded and converted to an
-  RGB array, which the feature encodes as JPEG. Raises ValueError naming
-  the file when it cannot be decoded.
+  other files (CMYK JPEG, 16-bit PNG, other formats) are decoded and
+  converted to an RGB array by :func:`attn_contrastive.data.images.to_rgb`
+  (16-bit samples scaled, alpha dropped), which the feature encodes as JPEG.
+  Raises ValueError naming the file when it cannot be decoded (truncated
+  files included: the whole image is decoded here).
   """
   data = epath.Path(path).read_bytes()
   try:
     with PILImage.open(io.BytesIO(data)) as img:
-      img.load()  # Decodes fully: catches truncated files here.
+      img.load()
       size = (img.height, img.width)
       if img.format == "JPEG" and img.mode in ("RGB", "L"):
         return data, size
-      return np.asarray(img.convert("RGB")), size
+      return images_lib.to_rgb(img, str(path)), size
+  except images_lib.BadImageError as err:
+    raise ValueError(str(err)) from err
   except (OSError, ValueError, SyntaxError) as err:
     raise ValueError(f"{path}: cannot decode image ({err})") from err
 
@@ -303,21 +422,68 @@ def read_saliency_map(path: epath.Path, shape: tuple[int, int]) -> Any:
 # --------------------------------------------------------------------------
 
 
+#: Fixations at most this many pixels outside the image are clipped onto its
+#: border: mouse-tracked positions pile up on and just past the border (the
+#: cursor stops at the edge of the displayed image, and 1-based rounding puts
+#: it at 0 or W + 1). A position farther out is not on the image; clipping it
+#: would put a fixation on the border that NSS and the AUCs score, so it is
+#: dropped.
+BORDER_TOLERANCE = 2
+
+
+@dataclasses.dataclass
+class FixationCounts:
+  """What converting a file's (or a split's) fixations did.
+
+  Attributes:
+    kept: fixations stored (``clipped`` included).
+    clipped: at most :data:`BORDER_TOLERANCE` px outside, moved onto the border.
+    outside: farther outside the image, dropped.
+    non_finite: a NaN or inf coordinate, dropped (a lost sample carries no
+      position; the file's other fixations are good).
+    at_zero: a coordinate that rounds to 0 (one pixel outside in 1-based
+      coordinates, in range in 0-based ones).
+    at_far_edge: ``x`` rounding to W or ``y`` to H (in range only in 1-based
+      coordinates). A split with ``at_zero`` and no ``at_far_edge`` looks
+      0-based.
+  """
+
+  kept: int = 0
+  clipped: int = 0
+  outside: int = 0
+  non_finite: int = 0
+  at_zero: int = 0
+  at_far_edge: int = 0
+
+  def __iadd__(self, other: FixationCounts) -> FixationCounts:
+    for field in dataclasses.fields(self):
+      setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+    return self
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class FixationRecord:
   """The content of one SALICON ``.mat`` file, converted.
 
   Attributes:
     resolution: ``(H, W)`` from the file's ``resolution`` key.
-    fixations: int32 ``[N, 2]`` 0-based ``(row, col)``, clipped to the image.
+    fixations: int32 ``[N, 2]`` 0-based ``(row, col)``, inside the image.
     observer: int32 ``[N]`` observer index (position in ``gaze``) per fixation.
-    n_clipped: how many fixations were moved into the image by clipping.
+    counts: what the conversion clipped, dropped and saw (:class:`FixationCounts`).
   """
 
   resolution: tuple[int, int]
   fixations: np.ndarray
   observer: np.ndarray
-  n_clipped: int
+  counts: FixationCounts = dataclasses.field(default_factory=FixationCounts)
+
+  @property
+  def n_clipped(self) -> int:
+    """How many fixations were moved into the image by clipping."""
+    return self.counts.clipped
 
 
 def read_fixation_file(path: epath.Path, expected_stem: str | None = None) -> FixationRecord:
@@ -328,7 +494,10 @@ def read_fixation_file(path: epath.Path, expected_stem: str | None = None) -> Fi
   observer with one fixation gives a length-2 vector, one with none an
   empty array). With ``expected_stem``, an ``image`` entry that names a
   different COCO image is an error. Raises ValueError naming the file for
-  an unreadable file, a missing key, a bad resolution or malformed fixations.
+  an unreadable file, a missing key, a bad resolution or malformed (not
+  numeric, not ``[M, 2]``) fixations. Fixations outside the image or with a
+  NaN / inf coordinate are clipped or dropped, and counted (see
+  :func:`_convert_fixations`).
   """
   try:
     with epath.Path(path).open("rb") as f:
@@ -347,24 +516,40 @@ def read_fixation_file(path: epath.Path, expected_stem: str | None = None) -> Fi
   height, width = _parse_resolution(mat["resolution"], path)
 
   rows, cols, observers = [], [], []
-  n_clipped = 0
+  counts = FixationCounts()
   for index, entry in enumerate(_gaze_entries(mat["gaze"], path)):
     xy = _as_xy(_struct_field(entry, "fixations", path, index), path, index)
-    if not xy.size:
-      continue
-    col = np.round(xy[:, 0]).astype(np.int64) - 1
-    row = np.round(xy[:, 1]).astype(np.int64) - 1
-    clipped_row, clipped_col = np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)
-    n_clipped += int(np.sum((clipped_row != row) | (clipped_col != col)))
-    rows.append(clipped_row)
-    cols.append(clipped_col)
+    row, col = _convert_fixations(xy, height, width, counts)
+    rows.append(row)
+    cols.append(col)
     observers.append(np.full(len(row), index, np.int32))
   if rows:
     fixations = np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1).astype(np.int32)
     observer = np.concatenate(observers)
   else:
     fixations, observer = np.zeros((0, 2), np.int32), np.zeros((0,), np.int32)
-  return FixationRecord((height, width), fixations, observer, n_clipped)
+  return FixationRecord((height, width), fixations, observer, counts)
+
+
+def _convert_fixations(xy: np.ndarray, height: int, width: int,
+                       counts: FixationCounts) -> tuple[np.ndarray, np.ndarray]:
+  """1-based ``[x, y]`` -> 0-based ``(row, col)`` inside the image; updates ``counts``.
+
+  Rows with a NaN / inf coordinate and positions more than
+  :data:`BORDER_TOLERANCE` px outside are dropped; the rest are clipped.
+  """
+  finite = np.all(np.isfinite(xy), axis=1)
+  counts.non_finite += int(np.sum(~finite))
+  x, y = np.round(xy[finite, 0]).astype(np.int64), np.round(xy[finite, 1]).astype(np.int64)
+  counts.at_zero += int(np.sum((x == 0) | (y == 0)))
+  counts.at_far_edge += int(np.sum((x == width) | (y == height)))
+  col, row = x - 1, y - 1
+  beyond = np.maximum(np.maximum(-row, row - (height - 1)), np.maximum(-col, col - (width - 1)))
+  near = beyond <= BORDER_TOLERANCE
+  counts.outside += int(np.sum(~near))
+  counts.clipped += int(np.sum(near & (beyond > 0)))
+  counts.kept += int(np.sum(near))
+  return np.clip(row[near], 0, height - 1), np.clip(col[near], 0, width - 1)
 
 
 def _parse_resolution(value: Any, path: epath.Path) -> tuple[int, int]:
@@ -415,7 +600,8 @@ def _struct_field(entry: Any, name: str, path: epath.Path, index: int) -> Any:
 
 
 def _as_xy(value: Any, path: epath.Path, index: int) -> np.ndarray:
-  """Returns an observer's fixations as a float ``[M, 2]`` array of ``[x, y]``."""
+  """Returns an observer's fixations as a float ``[M, 2]`` array of ``[x, y]`` (NaN / inf
+  kept: the caller drops and counts them)."""
   arr = np.asarray(value)
   while arr.dtype == object and arr.size == 1:  # Unwrap cells / record nesting.
     arr = np.asarray(arr.item())
@@ -430,6 +616,4 @@ def _as_xy(value: Any, path: epath.Path, index: int) -> np.ndarray:
   if arr.ndim != 2 or arr.shape[1] != 2:
     raise ValueError(
         f"{path}: fixations of observer {index} have shape {arr.shape}, expected (M, 2)")
-  if not np.all(np.isfinite(arr)):
-    raise ValueError(f"{path}: fixations of observer {index} contain NaN or inf")
   return arr

@@ -11,7 +11,7 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from attn_contrastive.data import prepare
+from attn_contrastive.data import images, prepare
 
 
 SYNTHETIC_PREFIX = "salient_objects"
@@ -57,10 +57,26 @@ def get_builder(name: str, data_dir: str | None = None,
 
 
 def open_split(name: str, split: str, data_dir: str | None = None,
-               auto_prepare: bool = False):
-  """A random-access source over one split (``len`` and ``__getitem__``)."""
+               auto_prepare: bool = False, *,
+               max_bad_images: int | None = None) -> images.SkippingSource:
+  """A random-access source over one split (``len`` and ``__getitem__``).
+
+  Its ``image`` feature is decoded by :func:`attn_contrastive.data.images.decode`
+  (uint8 RGB whatever the stored file's mode or depth), and a record whose
+  image cannot be decoded is replaced by the next one that can, counted, and
+  refused past ``max_bad_images`` (``data.max_bad_images``; None: the default
+  :data:`attn_contrastive.data.images.DEFAULT_MAX_BAD_IMAGES`; see
+  :class:`attn_contrastive.data.images.SkippingSource`).
+  """
   builder = get_builder(name, data_dir, auto_prepare)
   if split not in builder.info.splits:
     raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split)
+  features = builder.info.features
+  encoded = "image" in features and isinstance(features["image"], tfds.features.Image)
+  decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
+  dataset = f"{name}/{split}"
+  return images.SkippingSource(
+      images.DecodedSource(builder.as_data_source(split=split, decoders=decoders), dataset),
+      images.BadImageLog(dataset, images.DEFAULT_MAX_BAD_IMAGES if max_bad_images is None
+                         else max_bad_images))

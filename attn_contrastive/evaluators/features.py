@@ -9,7 +9,9 @@ labels of every example, in the split's order, on every process.
 With ``cache_dir`` the features are written in shards of ``shard_size``
 examples (``<cache_dir>/<i:05d>.npz``, by process 0, atomically) and a shard
 already on disk is read back instead of recomputed, so a killed extraction
-restarted with the same arguments continues where it stopped. Memory: the
+restarted with the same arguments continues where it stopped, and removes
+the temporary file a kill during a write left (tested with SIGKILLs at random
+moments, ``tests/test_kills.py``). Memory: the
 returned arrays hold the whole split on every host (ImageNet's train split
 at D = 2048 in float32 is 10.5 GB).
 """
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import json
 import os
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from attn_contrastive import paths
 from attn_contrastive.evaluators import common
 from attn_contrastive.train import mesh as mesh_lib
 
@@ -92,9 +94,11 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
     for start in range(0, total, shard_size if cache_dir else total):
       stop = min(start + (shard_size if cache_dir else total), total)
       path = cache_dir and os.path.join(cache_dir, f"{start // shard_size:05d}.npz")
-      if path and os.path.exists(path):
-        with np.load(path) as cached:
-          f, lab = cached["features"], cached["labels"]
+      if path and jax.process_index() == 0:
+        paths.remove_temporaries(path)  # a half-written file of a killed run
+      if path and paths.exists(path):
+        cached = paths.load_npz(path)
+        f, lab = cached["features"], cached["labels"]
         if len(f) != stop - start:
           raise ValueError(f"{path} holds {len(f)} features, expected {stop - start}: it "
                            "comes from another split or shard size; delete the folder")
@@ -115,21 +119,17 @@ def check_cache_source(cache_root: str, source: dict[str, Any]) -> None:
   view); it is kept in ``<cache_root>/source.json`` by the first run.
   """
   path = os.path.join(cache_root, "source.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
+  if paths.exists(path):
+    cached = paths.read_json(path)
     if cached != source:
       raise ValueError(f"{cache_root} holds features of {cached}, not {source}; delete it "
                        "or choose another workdir")
   elif jax.process_index() == 0:
-    os.makedirs(cache_root, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(source, f, indent=2)
+    paths.makedirs(cache_root)
+    paths.write_json(path, source, sort_keys=False)
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-  """Writes an .npz next to ``path`` and renames it into place (a kill leaves no half file)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  """Writes an .npz at ``path`` atomically, local or remote (a kill leaves no half
+  file; see :func:`attn_contrastive.paths.save_npz_atomic`)."""
+  paths.save_npz_atomic(path, **arrays)

@@ -19,11 +19,12 @@ L2 grid of the cached-feature probe).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
 import jax
+
+from attn_contrastive import paths
 
 FILE = "results.json"
 #: The keys every evaluation's ``results.json`` has besides its metrics.
@@ -56,8 +57,7 @@ def write(workdir: str, *, task: str, source_workdir: str, source_step: int | No
   clash = set(metrics) & set(OUTLINE)
   if clash:
     raise ValueError(f"metric keys {sorted(clash)} would overwrite the outline")
-  if "://" not in source_workdir:
-    source_workdir = os.path.abspath(source_workdir)
+  source_workdir = paths.resolve(source_workdir)
   results = {"task": task, "source_workdir": source_workdir,
              "source_step": source_step, "source_config": dict(source_config),
              "dataset": dict(dataset), **metrics, "wall_time_s": float(wall_time_s)}
@@ -67,9 +67,7 @@ def write(workdir: str, *, task: str, source_workdir: str, source_step: int | No
 
 def write_json(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` from process 0, atomically (a kill leaves the
-  old file or the new one, never half of one)."""
+  old file or the new one, never half of one; see :mod:`attn_contrastive.paths`)."""
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    paths.makedirs(os.path.dirname(path) or ".")
+    paths.write_json(path, obj)

@@ -711,4 +711,12 @@ def resolve_impl(impl: str, what: str = "conv") -> str:
   if impl not in IMPLS:
     raise ValueError(
         f"Unknown {what} impl {impl!r}; valid values are {', '.join(map(repr, IMPLS))}.")
+  if impl == "auto" and jax.process_count() > 1:
+    # A batch split over processes: the custom gradients' tile loops then
+    # hold cross-process collectives, which XLA:CPU's gloo runs in an order
+    # that can differ between processes (seen: a 2-process SimCLR step
+    # aborted with gloo's "Received data size doesn't match expected size";
+    # with XLA's own gradient the same run matches one process). Multi-process
+    # runs are pods and clusters, where 'auto' means XLA's convolution anyway.
+    impl = "xla"
   return impl

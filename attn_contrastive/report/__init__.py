@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from attn_contrastive import paths as paths_lib
 from attn_contrastive.report import collect, figures, render, tables
 from attn_contrastive.report.collect import ROWS, row_of
 
@@ -48,21 +49,19 @@ def write_report(roots: Sequence[str], out_dir: str) -> dict[str, Any]:
   """
   roots = [str(roots)] if isinstance(roots, (str, os.PathLike)) else [str(r) for r in roots]
   for root in roots:
-    if not os.path.isdir(root):
+    if not paths_lib.isdir(root):
       raise FileNotFoundError(f"no folder {root!r} to search for results.json")
   collection = collect.scan(roots)
   built = tables.build(collection)
-  os.makedirs(out_dir, exist_ok=True)
+  paths_lib.makedirs(out_dir)
   paths, notes = {}, {}
   for name, draw in FIGURES.items():
     paths[name], notes[name] = draw(collection, os.path.join(out_dir, f"{name}.png"))
   md_path = os.path.join(out_dir, "report.md")
-  with open(md_path, "w") as f:
-    f.write(render.markdown(collection, built, paths, notes, roots))
+  paths_lib.write_text(md_path, render.markdown(collection, built, paths, notes, roots))
   lines = render.csv_lines(built)
   csv_path = os.path.join(out_dir, "report.csv")
-  with open(csv_path, "w", newline="") as f:
-    f.write(render.csv_text(lines))
+  paths_lib.write_text(csv_path, render.csv_text(lines))
   return {"markdown": md_path, "csv": csv_path, "figures": paths,
           "skipped": {n: notes[n] for n, p in paths.items() if p is None},
           "tables": {t.name: _as_data(t) for t in built}, "csv_lines": lines,

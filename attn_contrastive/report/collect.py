@@ -14,9 +14,10 @@ task's) is ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Iterator, Mapping, Sequence
+
+from attn_contrastive import paths
 
 #: The paper's rows, in its order.
 ROWS = ("Contrastive", "Contrastive attn. teacher", "Contrastive attn. co-train",
@@ -98,18 +99,17 @@ def _results_files(roots: Sequence[str]) -> Iterator[str]:
   """Every ``results.json`` under the roots, once each, in a stable order."""
   seen = set()
   for root in roots:
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in paths.walk(root):
       dirs[:] = sorted(d for d in dirs if d != "checkpoints")
       if RESULTS in files:
-        path = os.path.realpath(os.path.join(folder, RESULTS))
+        path = paths.real(os.path.join(folder, RESULTS))
         if path not in seen:
           seen.add(path)
           yield os.path.join(folder, RESULTS)
 
 
 def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
 
 
 def _evaluation(workdir: str, results: Mapping[str, Any]) -> Entry:
@@ -123,7 +123,7 @@ def _evaluation(workdir: str, results: Mapping[str, Any]) -> Entry:
 def _training_run(workdir: str, results: Mapping[str, Any]) -> Entry | None:
   """A teacher (as an alignment of the row "Teacher") or a training run; None otherwise."""
   config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  if not paths.exists(config_path):
     return None
   config = _read_json(config_path)
   task = _get(config, "task")
@@ -164,7 +164,7 @@ def _latest(entries: list[Entry]) -> tuple[list[Entry], list[tuple[Entry, Entry]
   """One entry per (kind, dataset, row, seed): the latest step, then the newest file."""
   def rank(e: Entry) -> tuple[float, float]:
     step = e.step if isinstance(e.step, (int, float)) else -1
-    return step, os.path.getmtime(os.path.join(e.workdir, RESULTS))
+    return step, paths.mtime(os.path.join(e.workdir, RESULTS))
   kept: dict[tuple, Entry] = {}
   replaced = []
   for e in entries:
@@ -191,9 +191,9 @@ def scan(roots: Sequence[str]) -> Collection:
       ignored += 1
     else:
       entries.append(entry)
-  evaluations = {os.path.realpath(e.workdir) for e in entries if e.kind in STAGES}
+  evaluations = {paths.real(e.workdir) for e in entries if e.kind in STAGES}
   nested = {id(e) for e in entries if e.kind == "train"
-            and _inside(os.path.realpath(e.workdir), evaluations)}
+            and _inside(paths.real(e.workdir), evaluations)}
   entries = [e for e in entries if id(e) not in nested]
   entries, replaced = _latest(entries)
   return Collection(entries=entries, skipped=skipped, ignored=ignored + len(nested),

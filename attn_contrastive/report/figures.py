@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from attn_contrastive import paths
 from attn_contrastive.report import collect
 from attn_contrastive.report import tables as tables_lib
 
@@ -49,8 +50,7 @@ def _save(fig: Figure, path: str) -> str:
       data = _palette(data)
     if len(data) <= MAX_BYTES:
       break
-  with open(path, "wb") as f:
-    f.write(data)
+  paths.write_atomic(path, data)
   return path
 
 
@@ -130,7 +130,7 @@ def robustness_severity(collection: collect.Collection, path: str) -> tuple[str 
 def _lowest_seed_examples(entries: Sequence[collect.Entry]) -> collect.Entry | None:
   """The entry of the lowest seed among those that saved ``examples.npz``."""
   for e in sorted(entries, key=lambda e: collect.seed_key(e.seed)):
-    if os.path.exists(os.path.join(e.workdir, collect.EXAMPLES)):
+    if paths.exists(os.path.join(e.workdir, collect.EXAMPLES)):
       return e
   return None
 
@@ -139,8 +139,7 @@ def _load_examples(entry: collect.Entry, kinds: Sequence[str]) -> tuple[dict, st
   """(arrays, the map key used), or the reason the file cannot serve."""
   path = os.path.join(entry.workdir, collect.EXAMPLES)
   try:
-    with np.load(path) as z:
-      arrays = {k: z[k] for k in z.files}
+    arrays = paths.load_npz(path)
   except (OSError, ValueError) as e:
     return f"`{path}` unreadable ({type(e).__name__})"
   key = next((f"map/{k}" for k in kinds if f"map/{k}" in arrays), None)

@@ -42,7 +42,6 @@ figure.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -54,6 +53,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from attn_contrastive import paths
 from attn_contrastive.data import sources
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
@@ -87,12 +87,11 @@ class EvalState:
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The ``config.json`` that a training run wrote into its workdir."""
   path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(
         f"{path} not found: --config.checkpoint must be the workdir of a pretrain or "
         "supervised run (it holds config.json and checkpoints/)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def activation_density(features: jnp.ndarray) -> jnp.ndarray:
@@ -178,11 +177,10 @@ def resolve_maps(config, run, has_logits: bool) -> tuple[tuple[str, ...], dict[s
 def _warn_if_other_run(classifier_dir: str, checkpoint: str) -> None:
   """A warning when the linear evaluation at ``classifier_dir`` evaluated another run."""
   path = os.path.join(classifier_dir, results.FILE)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
-  with open(path) as f:
-    source = json.load(f).get("source_workdir")
-  if source and os.path.abspath(source) != os.path.abspath(checkpoint):
+  source = paths.read_json(path).get("source_workdir")
+  if source and paths.resolve(source) != paths.resolve(checkpoint):
     logging.warning("alignment.classifier=%s is a linear evaluation of %s, not of %s",
                     classifier_dir, source, checkpoint)
 
@@ -199,7 +197,7 @@ def load_logits(config, run, model) -> tuple[dict[str, np.ndarray] | None, dict 
   where = config.alignment.classifier
   if not where:
     if run.task == "supervised":
-      return None, {"workdir": os.path.abspath(config.checkpoint), "protocol": "supervised"}
+      return None, {"workdir": paths.resolve(config.checkpoint), "protocol": "supervised"}
     return None, None
   try:
     kernel, bias, protocol = linear_eval.load_classifier(
@@ -213,7 +211,7 @@ def load_logits(config, run, model) -> tuple[dict[str, np.ndarray] | None, dict 
                      "another run?")
   _warn_if_other_run(where, config.checkpoint)
   classifier = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
-  return classifier, {"workdir": os.path.abspath(where), "protocol": protocol}
+  return classifier, {"workdir": paths.resolve(where), "protocol": protocol}
 
 
 def input_hw(config, run) -> tuple[int, int]:
@@ -286,7 +284,7 @@ def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: st
   Returns the results' dict.
   """
   start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   loop.write_config(workdir, config)
   run = load_run_config(config.checkpoint)
   model = build_model(run)
@@ -297,7 +295,8 @@ def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: st
   step = ckpt_lib.latest_step(config.checkpoint)
   if source is None:
     source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
-                                config.data.auto_prepare)
+                                config.data.auto_prepare,
+                                max_bad_images=config.data.get("max_bad_images"))
   evaluator = make_evaluator(model, config, run, source, kinds, stages, workdir, mesh)
   state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
                                    np.int32(step), classifier), mesh_lib.replicated(mesh))

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from attn_contrastive import losses
+from attn_contrastive import losses, paths
 from attn_contrastive.evaluators import classification, features, results
 from attn_contrastive.evaluators import softmax_regression
 from attn_contrastive.models.attention import WithAttention
@@ -178,15 +178,15 @@ def load_classifier(workdir: str, protocol: str = "auto") -> tuple[np.ndarray, n
   stage and Grad-CAM read a run's classes through it.
   """
   cached = os.path.join(workdir, CACHED_CLASSIFIER)
-  has_linear = os.path.isdir(os.path.join(workdir, "linear", "checkpoints"))
+  has_linear = paths.isdir(os.path.join(workdir, "linear", "checkpoints"))
   if protocol == "auto":
     protocol = "linear" if has_linear else "linear_cached"
   if protocol == "linear" and has_linear:
     head = ckpt_lib.load_variables(os.path.join(workdir, "linear"))["params"]["head"]
     return np.asarray(head["kernel"]), np.asarray(head["bias"]), protocol
-  if protocol == "linear_cached" and os.path.exists(cached):
-    with np.load(cached) as f:
-      return f["kernel"], f["bias"], protocol
+  if protocol == "linear_cached" and paths.exists(cached):
+    saved = paths.load_npz(cached)
+    return saved["kernel"], saved["bias"], protocol
   if protocol not in PROTOCOLS:
     raise ValueError(f"classifier protocol {protocol!r}: choose one of ('auto', *{PROTOCOLS})")
   raise FileNotFoundError(
@@ -213,7 +213,8 @@ def evaluate_supervised(config, model, variables, dtype, split, image_size: int,
 def _open_splits(config) -> dict[str, Any]:
   from attn_contrastive.data import sources
   return {s: sources.open_split(config.data.name, s, config.data.data_dir,
-                                config.data.auto_prepare)
+                                config.data.auto_prepare,
+                                max_bad_images=config.data.get("max_bad_images"))
           for s in (config.data.train_split, config.data.eval_split)}
 
 
@@ -236,7 +237,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   unknown = set(config.protocols) - set(PROTOCOLS)
   if unknown:
     raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   loop.write_config(workdir, config)
   run = alignment.load_run_config(config.checkpoint)
   model = alignment.build_model(run)
@@ -248,7 +249,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   image_size = int(config.data.image_size or run.data.image_size)
   splits = splits or _open_splits(config)
   num_classes = _num_classes(config)
-  source = {"checkpoint": os.path.abspath(config.checkpoint),
+  source = {"checkpoint": paths.resolve(config.checkpoint),
             "step": ckpt_lib.latest_step(config.checkpoint)}
   metrics = {}
   if run.task == "supervised":

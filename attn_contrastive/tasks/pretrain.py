@@ -189,16 +189,19 @@ def attention_targets(config) -> tuple[Any, str, str] | None:
   attn = config.attention
   if attn.labels == "human":
     return (sources.open_split(attn.human_data, "validation", config.data.data_dir,
-                               config.data.auto_prepare), "saliency_map",
-            f"{attn.human_data}/validation")
+                               config.data.auto_prepare,
+                               max_bad_images=config.data.get("max_bad_images")),
+            "saliency_map", f"{attn.human_data}/validation")
   if not attn.get("eval_maps_dir"):
     return None
   from attn_contrastive.data import attention_maps
   images = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
-                              config.data.auto_prepare)
+                              config.data.auto_prepare,
+                              max_bad_images=config.data.get("max_bad_images"))
   source = attention_maps.with_attention_maps(images, attn.eval_maps_dir,
                                               dataset=config.data.name,
-                                              split=config.data.eval_split)
+                                              split=config.data.eval_split,
+                                              teacher=attn.get("teacher_checkpoint"))
   return source, "attention_map", attn.eval_maps_dir
 
 
@@ -223,7 +226,8 @@ def make_evaluator(model, config, train_images, workdir: str | None = None,
   parts = []
   if int(config.data.get("num_classes", 0) or 0) > 0:
     val = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
-                             config.data.auto_prepare)
+                             config.data.auto_prepare,
+                             max_bad_images=config.data.get("max_bad_images"))
     parts.append(make_knn_evaluator(model, config, train_images, val, mesh))
   attn = config.get("attention")
   if attn is not None and attn.enabled and (targets := attention_targets(config)):
@@ -241,7 +245,8 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
   attn = config.get("attention")
   model = build_model(config)
   source = sources.open_split(config.data.name, config.data.train_split,
-                              config.data.data_dir, config.data.auto_prepare)
+                              config.data.data_dir, config.data.auto_prepare,
+                              max_bad_images=config.data.get("max_bad_images"))
   images = source
   size = config.data.image_size
   transform = pipeline.ContrastiveViews(size, config.aug)
@@ -250,11 +255,13 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
       # Imported here: only attention runs need the map dataset reader.
       from attn_contrastive.data import attention_maps
       source = attention_maps.with_attention_maps(
-          source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split)
+          source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split,
+          teacher=attn.get("teacher_checkpoint"))
       transform = pipeline.ContrastiveViews(size, config.aug, attn.map_size)
     elif attn.labels == "human":
       human = sources.open_split(attn.human_data, attn.human_split, config.data.data_dir,
-                                 config.data.auto_prepare)
+                                 config.data.auto_prepare,
+                                 max_bad_images=config.data.get("max_bad_images"))
       transform = pipeline.CoTrainViews(size, config.aug, attn.map_size, human)
     else:
       raise ValueError(f"attention.labels={attn.labels!r}: choose 'teacher' (maps from "

@@ -19,7 +19,6 @@ head output, pretraining runs only). Both splits' embeddings are cached in
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from attn_contrastive import paths
 from attn_contrastive.evaluators import features, results
 from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import alignment, linear_eval
@@ -71,18 +71,16 @@ def linear_eval_cache(config, step: int, image_size: int, split_name: str,
     return None
   root = os.path.join(linear_dir, "features")
   try:
-    with open(os.path.join(root, "source.json")) as f:
-      source = json.load(f)
-    with open(os.path.join(linear_dir, "config.json")) as f:
-      linear = json.load(f)
+    source = paths.read_json(os.path.join(root, "source.json"))
+    linear = paths.read_json(os.path.join(linear_dir, "config.json"))
   except FileNotFoundError:
     return None
-  same = (source.get("checkpoint") == os.path.abspath(config.checkpoint)
+  same = (source.get("checkpoint") == paths.resolve(config.checkpoint)
           and source.get("step") == step and source.get("image_size") == image_size
           and source.get("crop_fraction") == config.eval.crop_fraction
           and linear["eval"]["max_examples"] == max_examples
           and linear["linear_cached"]["shard_size"] == config.retrieval.shard_size
-          and os.path.exists(os.path.join(linear_dir, "results.json")))
+          and paths.exists(os.path.join(linear_dir, "results.json")))
   return os.path.join(root, split_name) if same else None
 
 
@@ -126,7 +124,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   tfds dataset (tests).
   """
   start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   run = alignment.load_run_config(config.checkpoint)
   model = alignment.build_model(run)
   mesh = mesh or mesh_lib.make_mesh()
@@ -139,9 +137,11 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   if splits is None:
     from attn_contrastive.data import sources
     splits = {s: sources.open_split(config.data.name, s, config.data.data_dir,
-                                    config.data.auto_prepare) for s in names}
+                                    config.data.auto_prepare,
+                                    max_bad_images=config.data.get("max_bad_images"))
+              for s in names}
   features.check_cache_source(os.path.join(workdir, "features"), {
-      "checkpoint": os.path.abspath(config.checkpoint), "step": step,
+      "checkpoint": paths.resolve(config.checkpoint), "step": step,
       "embedding": rc.embedding, "image_size": image_size,
       "crop_fraction": config.eval.crop_fraction})
   t0 = time.perf_counter()

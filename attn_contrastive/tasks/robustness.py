@@ -24,7 +24,6 @@ by cosine similarity: the CVPR paper's retrieval on ImageNet-C.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -34,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from attn_contrastive import config_checks
+from attn_contrastive import config_checks, paths
 from attn_contrastive.evaluators import corruption_errors, features, results
 from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import alignment, linear_eval
@@ -96,7 +95,8 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
   dataset = f"{rc.released_dataset}/{name}_{severity}"
   if rc.manual_dir:
     prepare.prepare(dataset, config.data.data_dir or None, manual_dir=rc.manual_dir)
-  source = sources.open_split(dataset, "validation", config.data.data_dir)
+  source = sources.open_split(dataset, "validation", config.data.data_dir,
+                              max_bad_images=config.data.get("max_bad_images"))
   return source, pipeline.EvalView(view.image_size, 1.0)
 
 
@@ -109,9 +109,8 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
     for severity in rc.severities:
       key = f"{name}_{severity}"
       path = os.path.join(workdir, "conditions", f"{key}.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          out[key] = json.load(f)
+      if paths.exists(path):
+        out[key] = paths.read_json(path)
         continue
       t0 = time.perf_counter()
       source, transform = _condition_source(config, name, severity, clean_source, view, cache)
@@ -164,7 +163,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   from attn_contrastive.data import pipeline
   start = time.perf_counter()
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   linear_dir = config.checkpoint
   lin = load_linear_config(linear_dir)
   mesh = mesh or mesh_lib.make_mesh()
@@ -175,10 +174,11 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   if splits is None:
     from attn_contrastive.data import sources
     names = (data.eval_split, data.train_split) if rc.retrieval else (data.eval_split,)
-    splits = {s: sources.open_split(data.name, s, data.data_dir, data.auto_prepare)
+    splits = {s: sources.open_split(data.name, s, data.data_dir, data.auto_prepare,
+                                    max_bad_images=data.get("max_bad_images"))
               for s in names}
   features.check_cache_source(os.path.join(workdir, "conditions"), {
-      "linear_eval": os.path.abspath(linear_dir), "step": scorer.step,
+      "linear_eval": paths.resolve(linear_dir), "step": scorer.step,
       "classifier": scorer.protocol, "source": rc.source, "seed": rc.seed,
       "image_size": image_size, "max_examples": config.eval.max_examples})
   clean_x, clean_y = scorer.features(splits[data.eval_split], view)
@@ -186,14 +186,14 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   clean_retrieval = None
   if rc.retrieval:
     linear_cache = os.path.join(linear_dir, "features", data.train_split)
-    cache = linear_cache if os.path.isdir(linear_cache) else os.path.join(
+    cache = linear_cache if paths.isdir(linear_cache) else os.path.join(
         workdir, "features", data.train_split)
     scorer.set_gallery(*scorer.features(splits[data.train_split], view, eval_cfg=lin.eval,
                                         cache_dir=cache))
     clean_retrieval = scorer.retrieval(clean_x, clean_y, rc)
   conditions = score_conditions(config, workdir, scorer, splits[data.eval_split], view)
   metrics = summarize(config, conditions, clean_top1, clean_retrieval)
-  metrics.update({"robustness/classifier": {"workdir": os.path.abspath(linear_dir),
+  metrics.update({"robustness/classifier": {"workdir": paths.resolve(linear_dir),
                                             "protocol": scorer.protocol},
                   "robustness/source": rc.source, "robustness/seed": rc.seed,
                   "robustness/num_images": int(len(clean_y))})

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from attn_contrastive import config_checks
+from attn_contrastive import config_checks, paths
 
 #: The tasks a study runs, by stage (as ``main.TASKS``).
 TASK_MODULES = {
@@ -48,7 +48,7 @@ STAGES = config_checks.STUDY_STAGES
 
 def is_done(workdir: str) -> bool:
   """A stage is done when its ``results.json`` is there (written last, atomically)."""
-  return os.path.exists(os.path.join(workdir, "results.json"))
+  return paths.exists(os.path.join(workdir, "results.json"))
 
 
 class Study:
@@ -56,7 +56,7 @@ class Study:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                run_stage: Callable[[ml_collections.ConfigDict, str], Any] | None = None):
-    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.config, self.workdir = config, paths.resolve(workdir)
     self.run_stage = run_stage or _run_stage
     self.timings: list[tuple[str, float, bool]] = []
     unknown = set(config.study.stages) - set(STAGES)
@@ -102,6 +102,7 @@ class Study:
     if train.get("attention") is not None and train.attention.enabled:
       if train.attention.labels == "teacher":
         train.attention.maps_dir = maps_dir
+        train.attention.teacher_checkpoint = self.path("teacher")
     run_dir = self.stage(f"{name}/seed{seed}/train", train, os.path.join(base, "train"))
     for evaluation in EVALUATIONS:
       cfg = self.config[evaluation].copy_and_resolve_references()
@@ -156,7 +157,7 @@ def headline(written: dict[str, Any]) -> list[str]:
 
 def _run_stage(config: ml_collections.ConfigDict, workdir: str) -> Any:
   """One stage, in this process, as ``main`` would run it."""
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   module = importlib.import_module(TASK_MODULES[config.task])
   return module.train_and_evaluate(config, workdir)
 
@@ -165,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any] | None:
   """Runs the study of ``config`` in ``workdir``; writes its report and ``results.json``."""
   if config.study.compilation_cache:
     # Seeds of a row compile the same programs: later seeds read them from disk.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir),
+    jax.config.update("jax_compilation_cache_dir", os.path.join(paths.resolve(workdir),
                                                                 "compilation_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   study = Study(config, workdir)

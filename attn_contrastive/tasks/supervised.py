@@ -57,7 +57,8 @@ def make_evaluator(model, config, mesh=None) -> ClassificationEvaluator:
   """Top-1 accuracy and loss of the classifier over ``data.eval_split``."""
   from attn_contrastive.data import pipeline, sources  # the data stack: see build_task
   source = sources.open_split(config.data.name, config.data.eval_split,
-                              config.data.data_dir, config.data.auto_prepare)
+                              config.data.data_dir, config.data.auto_prepare,
+                              max_bad_images=config.data.get("max_bad_images"))
   transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
   dtype = jnp.dtype(config.model.dtype)
 
@@ -77,7 +78,8 @@ def build_task(config) -> loop.TaskSpec:
   from attn_contrastive.train import loop
   model = build_model(config)
   source = sources.open_split(config.data.name, config.data.train_split,
-                              config.data.data_dir, config.data.auto_prepare)
+                              config.data.data_dir, config.data.auto_prepare,
+                              max_bad_images=config.data.get("max_bad_images"))
   attn, map_size = config.get("attention"), None
   if attn is not None and attn.enabled:
     if attn.labels != "teacher":
@@ -85,7 +87,8 @@ def build_task(config) -> loop.TaskSpec:
                        "teacher maps only; set attention.labels='teacher' and maps_dir")
     from attn_contrastive.data import attention_maps
     source = attention_maps.with_attention_maps(
-        source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split)
+        source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split,
+        teacher=attn.get("teacher_checkpoint"))
     map_size = attn.map_size
   size = config.data.image_size
   return loop.TaskSpec(

@@ -1,8 +1,11 @@
-"""Orbax checkpoints holding the train state and the data-iterator state.
+"""Orbax checkpoints of the train state, portable across devices and processes.
 
-Both are saved in one checkpoint so that a run killed at any step and started
-again in the same workdir continues with the same parameters *and* the same
-next batch. Resume order: the workdir's latest checkpoint, then an explicit
+A run killed at any step and started again in the same workdir continues
+with the same parameters *and* the same next batch: the input stream is a
+function of the seed and the step (``pipeline.train_iterator``'s
+``start_batch``), so no iterator state is saved, and the state is restored
+into the new run's own structure and shardings, so a checkpoint written by N
+devices or processes resumes on M. Resume order: the workdir's latest checkpoint, then an explicit
 ``init_checkpoint`` (parameters and BatchNorm statistics only), then scratch.
 """
 from __future__ import annotations
@@ -11,11 +14,12 @@ import contextlib
 import os
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from attn_contrastive import paths
 
 
 def _write_replicated_arrays_from_one_replica() -> None:
@@ -33,6 +37,22 @@ def _write_replicated_arrays_from_one_replica() -> None:
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
+def _use_distributed_barriers() -> None:
+  """Makes orbax's barriers use the coordination service, not device collectives.
+
+  By default orbax synchronises processes with ``sync_global_devices``, a
+  collective on the devices, and it does so from its background save thread
+  as well. On CPU (gloo) such a collective interleaves with the train step's
+  own collectives in an order that differs between processes, and gloo
+  aborts ("Received data size doesn't match expected size"); on any backend a
+  collective from a second thread can deadlock against the step's. The
+  distributed runtime's key-value barriers involve no device.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1 and "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be read."""
 
@@ -42,9 +62,10 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1000,
                async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(paths.resolve(workdir), "checkpoints")
     self.save_every, self.async_save = save_every, async_save
     _write_replicated_arrays_from_one_replica()
+    _use_distributed_barriers()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -55,16 +76,18 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, state: Any, data_iter: Any | None) -> tuple[Any, int]:
-    """Restores the latest checkpoint into ``state``'s structure and shardings."""
+  def restore(self, state: Any) -> tuple[Any, int]:
+    """Restores the latest checkpoint into ``state``'s structure and shardings.
+
+    Checkpoints of earlier versions also hold a data-iterator item (``iter``),
+    tied to their process layout; it is not read.
+    """
     step = self.manager.latest_step()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     args = {"state": ocp.args.StandardRestore(abstract)}
-    if data_iter is not None:
-      args["iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # orbax, tensorstore and grain raise many types for a bad file
+    except Exception as e:  # orbax and tensorstore raise many types for a bad file
       earlier = [s for s in self.manager.all_steps() if s < step]
       fix = (f"delete {self.directory}/{step} to resume from step {max(earlier)}" if earlier
              else f"delete {self.directory} to start over")
@@ -76,13 +99,11 @@ class Checkpointer:
     return restored["state"], step
 
   def should_save(self, step: int, last_step: int) -> bool:
-    return (step % self.save_every == 0 or step == last_step
-            or self.manager.reached_preemption(step))
+    """On schedule and at the last step (preemption: ``train/preemption.py``)."""
+    return step % self.save_every == 0 or step == last_step
 
-  def save(self, step: int, state: Any, data_iter: Any | None) -> None:
+  def save(self, step: int, state: Any) -> None:
     args = {"state": ocp.args.StandardSave(state)}
-    if data_iter is not None:
-      args["iter"] = grain.checkpoint.CheckpointSave(data_iter)
     self.wait()  # the previous save's error, if any, under its own step (orbax waits anyway)
     self._saving_step = step
     with self._reporting_save_errors():
@@ -139,10 +160,10 @@ def latest_step_dir(path: str) -> str:
   A step's folder (one holding ``state``) is returned as it is; its name is
   the step.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  path = paths.resolve(path)
+  if paths.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(os.path.join(path, "state")):
+  if not paths.isdir(os.path.join(path, "state")):
     with ocp.CheckpointManager(path) as mngr:
       step = mngr.latest_step()
     if step is None:

@@ -22,11 +22,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import paths
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import optim
+from attn_contrastive.train import preemption
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState, count_params, create_train_state
 
@@ -91,10 +93,10 @@ def _check_finite(metrics: dict[str, float], step: int, ckpt: ckpt_lib.Checkpoin
       "(or let a few bad steps pass with --config.train.skip_nonfinite_steps=N).")
 
 
-def _restore(config, state, data_iter, ckpt) -> TrainState:
+def _restore(config, state, ckpt) -> TrainState:
   """Resume order: workdir checkpoint, then init_checkpoint, then scratch."""
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(state, data_iter)
+    state, _ = ckpt.restore(state)
   elif config.init_checkpoint:
     variables = ckpt_lib.load_variables(
         config.init_checkpoint, target={"params": state.params, "batch_stats": state.batch_stats})
@@ -107,26 +109,24 @@ def write_config(workdir: str, config) -> None:
   """Saves the run's config as ``config.json``, so later stages (alignment,
   linear evaluation) can rebuild its model from the workdir alone."""
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    paths.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def write_results(workdir: str, results: dict[str, Any]) -> None:
   """Writes ``results.json`` (process 0 only)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
+    paths.write_text(os.path.join(workdir, "results.json"),
+                     json.dumps(results, indent=2, sort_keys=True))
 
 
 #: Keys that may change between a run and its resumption: where things are and how
-#: often the loop reports, never what it computes.
+#: often the loop reports, never what it computes (``data.max_bad_images`` only
+#: decides when to stop: which records are skipped depends on the data alone).
 RESUMABLE_CHANGES = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoint", "train.eval_every", "train.profile",
     "train.resume_with_changes", "input.num_threads", "input.prefetch", "input.num_workers",
-    "data.data_dir", "data.auto_prepare", "init_checkpoint", "eval")
+    "data.data_dir", "data.auto_prepare", "data.max_bad_images", "init_checkpoint", "eval")
 
 
 def config_changes(saved: dict[str, Any], config) -> list[str]:
@@ -153,10 +153,9 @@ def check_resume_config(workdir: str, config) -> None:
   """
   path = os.path.join(workdir, "config.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(path) and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+  if not (paths.exists(path) and paths.isdir(ckpt_dir) and paths.listdir(ckpt_dir)):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = paths.read_json(path)
   changed = config_changes(saved, config)
   if changed and not config.train.get("resume_with_changes", False):
     raise ValueError(
@@ -172,7 +171,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   ``stop_at`` ends the loop after that step without a final save, as a killed
   process would (used to test resume).
   """
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   check_resume_config(workdir, config)
   write_config(workdir, config)
   mesh = mesh or mesh_lib.make_mesh()
@@ -187,15 +186,15 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   state = create_train_state(task.model, tx, task.sample_input, config.seed,
                              mesh_lib.replicated(mesh))
   logging.info("Model parameters: %d", count_params(state.params))
-  data_iter = pipeline.train_iterator(
-      task.train_source, task.train_transform, seed=config.seed, global_batch=batch,
-      num_threads=config.input.num_threads, prefetch=config.input.prefetch,
-      num_workers=config.input.num_workers)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                save_every=config.train.checkpoint_every,
                                async_save=config.train.async_checkpoint)
-  state = _restore(config, state, data_iter, ckpt)
+  state = _restore(config, state, ckpt)
   first_step = int(state.step) + 1
+  data_iter = pipeline.train_iterator(
+      task.train_source, task.train_transform, seed=config.seed, global_batch=batch,
+      num_threads=config.input.num_threads, prefetch=config.input.prefetch,
+      num_workers=config.input.num_workers, start_batch=first_step - 1)
   train_step = step_lib.make_train_step(task.loss_fn, schedule,
                                         skip_nonfinite=skip_limit > 0)
   if task.frozen is None:
@@ -213,6 +212,50 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   if config.train.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
+  # A signal after the last step lets the final evaluation finish: the last
+  # checkpoint is written by then, and the run ends normally.
+  with preemption.Watcher() as watcher:
+    steps = _Steps(config, task, mesh, step_fn, frozen, step_rng, ckpt, writer, hooks,
+                   skip_limit)
+    state, last = _train(steps, state, data_iter, watcher, first_step, last_step, stop_at)
+    results = {}
+    if task.evaluate and (stop_at is None or int(state.step) == last_step):
+      eval_metrics = task.evaluate(state)
+      writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in eval_metrics.items()})
+      last.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+      results = task.evaluate.results
+  writer.flush()
+  if stop_at is None:
+    write_results(workdir, {"step": int(state.step), **last, **results})
+  return state, last
+
+
+@dataclasses.dataclass
+class _Steps:
+  """What every step of :func:`_train` uses."""
+  config: Any
+  task: TaskSpec
+  mesh: Any
+  step_fn: Callable
+  frozen: tuple
+  step_rng: jax.Array
+  ckpt: ckpt_lib.Checkpointer
+  writer: Any
+  hooks: list
+  skip_limit: int
+
+
+def _train(s: _Steps, state: TrainState, data_iter, watcher: preemption.Watcher,
+           first_step: int, last_step: int, stop_at: int | None):
+  """The steps ``first_step..last_step``; returns the state and the last logged metrics.
+
+  Saves on schedule, and on a preemption signal saves the agreed step, waits for
+  the save and raises :class:`preemption.Preempted`.
+  """
+  config, task, mesh, ckpt, writer = s.config, s.task, s.mesh, s.ckpt, s.writer
+  step_fn, frozen, step_rng, hooks, skip_limit = (s.step_fn, s.frozen, s.step_rng, s.hooks,
+                                                  s.skip_limit)
+  batch = config.input.global_batch_size
   metrics, last = {}, {}
   t0, t0_step = time.perf_counter(), first_step - 1
   for step in range(first_step, last_step + 1):
@@ -230,23 +273,19 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
       last["examples_per_s"] = (step - t0_step) * batch / max(elapsed, 1e-9)
       writer.write_scalars(step, last)
       t0, t0_step = time.perf_counter(), step
-    if ckpt.should_save(step, last_step):
+    preempted = watcher.reached(step)
+    if ckpt.should_save(step, last_step) or preempted:
       _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step, ckpt,
                     state, skip_limit)
-      ckpt.save(step, state, data_iter)
+      ckpt.save(step, state)
+    if preempted:
+      ckpt.close()  # waits until the save is committed on every process
+      writer.flush()
+      raise preemption.Preempted(step, ckpt.directory)
     if (task.evaluate and config.train.eval_every > 0
         and step % config.train.eval_every == 0 and step != last_step):
       writer.write_scalars(step, {f"eval/{k}": v for k, v in task.evaluate(state).items()})
     if stop_at is not None and step >= stop_at:
       break
   ckpt.close()
-  results = {}
-  if task.evaluate and (stop_at is None or int(state.step) == last_step):
-    eval_metrics = task.evaluate(state)
-    writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in eval_metrics.items()})
-    last.update({f"eval/{k}": v for k, v in eval_metrics.items()})
-    results = task.evaluate.results
-  writer.flush()
-  if stop_at is None:
-    write_results(workdir, {"step": int(state.step), **last, **results})
   return state, last

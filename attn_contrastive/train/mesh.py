@@ -35,13 +35,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
-  """Refuses a global batch that the devices and processes cannot split evenly."""
+  """Refuses a global batch that the devices and processes cannot split evenly.
+
+  Training and every evaluator call it; ``main`` has already refused such a
+  batch by its key (``config_checks.layout_problems``), so this guards calls
+  from elsewhere (tests, a mesh of some of the devices).
+  """
   n_dev, n_proc = mesh.size, jax.process_count()
   if global_batch % n_dev or global_batch % n_proc:
     raise ValueError(
         f"global batch {global_batch} is not divisible by the {n_dev} devices "
-        f"and {n_proc} processes; set --config.input.global_batch_size to a "
-        f"multiple of {np.lcm(n_dev, n_proc)}")
+        f"and {n_proc} processes; set the batch (--config.input.global_batch_size "
+        f"for training, --config.eval.batch_size for evaluation) to a multiple of "
+        f"{np.lcm(n_dev, n_proc)}")
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:

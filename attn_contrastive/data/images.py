@@ -1,0 +1,304 @@
+"""Decoding a dataset's stored images, and what happens to those that cannot be.
+
+Every image a task reads comes out of a tfds record's ``image`` feature, which
+holds the file's bytes as the dataset was built: ``imagenet2012`` and the
+released ImageNet-C keep each JPEG as downloaded, so a truncated or corrupt
+file, a grey-scale or CMYK JPEG or a PNG behind a ``.JPEG`` name reaches the
+reader unchanged. tfds's own NumPy decoder would hand such files on wrongly
+(16-bit PNGs wrapped modulo 256, RGBA with four channels, a failed decode as
+``None`` deep in the pipeline), so :func:`decode` replaces it:
+
+* every decodable image becomes uint8 ``H x W x 3`` RGB: grey-scale (``1``,
+  ``L``, ``LA``) is repeated over the three channels; alpha (``RGBA``,
+  ``LA``, ``PA``, palette transparency) is dropped, as Pillow's
+  ``convert("RGB")`` and torchvision's image loader do, so the pixels are the
+  colour values the file stores; CMYK becomes RGB by Pillow's conversion
+  (``(255 - C)(255 - K) / 255``, with Adobe's inverted CMYK undone on
+  decode); 16-bit samples keep their high byte (``>> 8``: 65535 -> 255, a
+  linear rescaling, where Pillow's ``convert`` of ``I;16`` clips every value
+  above 255 to white).
+* a file that cannot be decoded (corrupt, truncated, not an image, an
+  unsupported mode such as floating point) raises :class:`BadImageError`
+  naming the record's ``file_name``. The whole image is decoded, so a
+  truncated file is caught rather than returned with grey rows (unless some
+  code sets Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES``). EXIF orientation
+  is not applied, as in tfds and the reference ImageNet pipelines.
+
+A split opened by :func:`attn_contrastive.data.sources.open_split` is a
+:class:`SkippingSource`: a record whose image cannot be decoded is replaced by
+the next record that can (the whole record, label and joined attention map
+included), logged with its file name and counted in a :class:`BadImageLog`;
+past ``data.max_bad_images`` distinct bad records the read stops with
+:class:`TooManyBadImagesError`, naming the files and the key to raise.
+Replacing instead of dropping keeps every index valid, so a training batch
+stays full, the shuffled stream and its checkpointed position are unchanged
+(resume stays exact: which records are bad is a property of the bytes), the
+global batch is the same for any number of processes, and evaluations keep
+their split size, shard boundaries and every image with its own label (the
+neighbour then counts twice in a score: at most ``max_bad_images / N`` of
+it). The label task instead writes an all-zero map for a bad image
+(:func:`record_or_blank`), so its map dataset has exactly one map per key.
+Counts and the limit are per process and split (per grain worker process
+with ``input.num_workers > 0``).
+"""
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import numpy as np
+from absl import logging
+from PIL import Image as PILImage
+
+#: The default of ``data.max_bad_images``: undecodable records a split may skip.
+DEFAULT_MAX_BAD_IMAGES = 100
+
+#: How many file names an error message lists before summarising the rest.
+_LISTED = 10
+
+_ALPHA_MODES = ("RGBA", "RGBa", "RGBX", "PA")
+_GREY_ALPHA_MODES = ("LA", "La")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class BadImageError(ValueError):
+  """A record's image cannot be decoded; names the record and the reason."""
+
+  def __init__(self, name: str, reason: str):
+    super().__init__(f"{name}: cannot decode image ({reason})")
+    self.name, self.reason = name, reason
+
+  def __reduce__(self):
+    """Pickles by name and reason (grain's worker processes send errors back)."""
+    return type(self), (self.name, self.reason)
+
+
+class TooManyBadImagesError(RuntimeError):
+  """More records of a split than ``data.max_bad_images`` could not be decoded."""
+
+
+# ---------------------------------------------------------------------------
+# Decoding.
+# ---------------------------------------------------------------------------
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _high_byte(samples: np.ndarray) -> np.ndarray:
+  """16-bit samples as 8-bit: the high byte (a linear map, never a clip)."""
+  return (samples.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def to_rgb(img: PILImage.Image, name: str = "image") -> np.ndarray:
+  """A decoded Pillow image as uint8 ``H x W x 3`` RGB (see the module docstring).
+
+  ``I`` (32-bit integer, how some decoders give 16-bit grey) is read as 16-bit
+  when its values fit; floating-point (``F``) and other modes without an
+  agreed 8-bit range raise :class:`BadImageError`.
+  """
+  mode = img.mode
+  if mode == "RGB":
+    return np.asarray(img, np.uint8)
+  if mode == "L":
+    return _grey_to_rgb(np.asarray(img, np.uint8))
+  if mode in _GREY_ALPHA_MODES:
+    return _grey_to_rgb(np.asarray(img.getchannel(0), np.uint8))
+  if mode in _SIXTEEN_BIT_MODES:
+    return _grey_to_rgb(_high_byte(np.asarray(img)))
+  if mode == "I":
+    samples = np.asarray(img)
+    if samples.size and (samples.min() < 0 or samples.max() > 65535):
+      raise BadImageError(name, "32-bit integer samples outside the 16-bit range")
+    return _grey_to_rgb(_high_byte(samples))
+  if mode in _ALPHA_MODES or mode in ("1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+    return np.asarray(img.convert("RGB"), np.uint8)
+  raise BadImageError(name, f"unsupported image mode {mode!r}")
+
+
+def decode(data: bytes, name: str = "image") -> np.ndarray:
+  """An encoded image (JPEG, PNG, any format Pillow reads) as uint8 RGB.
+
+  Decodes the whole file, so a truncated one is caught here rather than
+  returned with its missing rows filled in. Raises :class:`BadImageError`
+  naming ``name`` for anything that cannot be decoded.
+  """
+  try:
+    with PILImage.open(io.BytesIO(data)) as img:
+      img.load()
+      return to_rgb(img, name)
+  except BadImageError:
+    raise
+  except PILImage.UnidentifiedImageError as err:
+    raise BadImageError(name, "not in an image format that Pillow can read") from err
+  except Exception as err:  # pylint: disable=broad-except
+    # Pillow raises OSError, SyntaxError, ValueError, struct.error,
+    # DecompressionBombError... for damaged files: any of them is a bad image.
+    raise BadImageError(name, f"{type(err).__name__}: {err}") from err
+
+
+def record_name(record: dict[str, Any], index: int, dataset: str = "") -> str:
+  """The record's ``file_name``, or ``'<dataset> record <index>'`` without one."""
+  key = record.get("file_name") if isinstance(record, dict) else None
+  if isinstance(key, np.ndarray):
+    key = key.item()
+  if isinstance(key, bytes):
+    key = key.decode(errors="replace")
+  if key:
+    return str(key)
+  return f"{dataset + ' ' if dataset else ''}record {index}"
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+# ---------------------------------------------------------------------------
+
+
+class DecodedSource:
+  """``source[i]`` with its ``image`` bytes decoded by :func:`decode`.
+
+  ``source`` is a tfds data source opened with the image left encoded
+  (``decoders={'image': tfds.decode.SkipDecoding()}``); an image that is
+  already an array is passed on as it is. An undecodable image raises
+  :class:`BadImageError` naming the record's file name.
+  """
+
+  def __init__(self, source, dataset: str = ""):
+    self.source, self.dataset = source, dataset
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = dict(self.source[index])
+    image = record.get("image")
+    if isinstance(image, (bytes, np.bytes_)):
+      record["image"] = decode(bytes(image), record_name(record, index, self.dataset))
+    return record
+
+
+class BadImageLog:
+  """The distinct bad records a process met in one split, with a limit.
+
+  Each is logged (a warning with its file name and the reason) the first time
+  it is met and counted once, however many epochs meet it again. Meeting one
+  more than ``limit`` raises :class:`TooManyBadImagesError`. Counts are per
+  process (per grain worker process with ``input.num_workers > 0``).
+  """
+
+  def __init__(self, dataset: str, limit: int = DEFAULT_MAX_BAD_IMAGES):
+    self.dataset, self.limit = dataset, int(limit)
+    self.bad: dict[int, tuple[str, str]] = {}
+    self._lock = threading.Lock()
+
+  def __getstate__(self) -> dict[str, Any]:
+    state = dict(self.__dict__)
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  @property
+  def count(self) -> int:
+    return len(self.bad)
+
+  def is_bad(self, index: int) -> bool:
+    return index in self.bad
+
+  def add(self, index: int, err: BadImageError) -> None:
+    """Counts record ``index`` as bad; raises once past the limit."""
+    with self._lock:
+      if index in self.bad:
+        return
+      self.bad[index] = (err.name, err.reason)
+      count = len(self.bad)
+    logging.warning("%s: record %d, %s, skipped: cannot decode its image (%s) "
+                    "[%d bad so far, data.max_bad_images=%d]", self.dataset, index,
+                    err.name, err.reason, count, self.limit)
+    if count > self.limit:
+      raise TooManyBadImagesError(self.message())
+
+  def message(self) -> str:
+    """What the error past the limit says: the count, the files, the key to raise."""
+    items = sorted(self.bad.items())
+    names = [f"{name} ({reason})" for _, (name, reason) in items[:_LISTED]]
+    more = f"\n  ... and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return (f"{self.dataset}: {len(items)} records whose image cannot be decoded, more "
+            f"than data.max_bad_images={self.limit}:\n  " + "\n  ".join(names) + more +
+            f"\nRepair or remove these files and prepare the dataset again, or skip "
+            f"more with --config.data.max_bad_images={max(2 * len(items), 1)}.")
+
+
+class SkippingSource:
+  """``source[i]``, or for a record that cannot be decoded the next one that can.
+
+  The next decodable record in index order (wrapping past the end) stands in
+  for a bad one; bad records are counted in ``log`` (a :class:`BadImageLog`),
+  which stops the read past its limit. The replacement depends only on which
+  records are bad, so every index maps to the same record in every epoch,
+  process and resumed run.
+  """
+
+  def __init__(self, source, log: BadImageLog):
+    self.source, self.log = source, log
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    n = len(self.source)
+    if not -n <= index < n:
+      raise IndexError(index)
+    index %= n
+    for step in range(n):
+      j = (index + step) % n
+      if self.log.is_bad(j):
+        continue
+      try:
+        return self.source[j]
+      except BadImageError as err:
+        self.log.add(j, err)
+    raise TooManyBadImagesError(f"{self.log.dataset}: no record of the split has an image "
+                                f"that can be decoded\n{self.log.message()}")
+
+  def record_or_blank(self, index: int) -> tuple[dict[str, Any], bool]:
+    """Record ``index`` itself, and whether its image was bad (see :func:`record_or_blank`)."""
+    try:
+      return self.source[index], False
+    except BadImageError as err:
+      self.log.add(int(index), err)
+      return {"file_name": err.name, "image": np.zeros((1, 1, 3), np.uint8)}, True
+
+  def joined(self, wrap) -> SkippingSource:
+    """``wrap(the unskipped source)`` under the same skipping and the same log.
+
+    A join (images + attention maps) goes *below* the skipping, so that a bad
+    image's record is replaced together with its map and keys keep matching.
+    """
+    return SkippingSource(wrap(self.source), self.log)
+
+
+def record_or_blank(source, index: int) -> tuple[dict[str, Any], bool]:
+  """``(record, False)``, or for an undecodable image ``(stand-in, True)``.
+
+  The stand-in has the record's ``file_name`` and a black 1 x 1 image; the
+  bad record is counted against the source's limit. For tasks that must keep
+  one output per record, in order (the label task). A source that does not
+  skip (a plain sequence) returns its record.
+  """
+  if isinstance(source, SkippingSource):
+    return source.record_or_blank(index)
+  return source[index], False
+
+
+def join_below_skipping(source, wrap):
+  """``wrap(source)``, put below ``source``'s skipping if it skips (see
+  :meth:`SkippingSource.joined`)."""
+  if isinstance(source, SkippingSource):
+    return source.joined(wrap)
+  return wrap(source)

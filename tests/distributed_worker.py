@@ -1,0 +1,175 @@
+"""One process of a multi-process or preemption test: runs a plan of stages and exits.
+
+    python tests/distributed_worker.py --plan='[["train", {...}], ...]' \
+        [--coordinator=127.0.0.1:PORT --num_processes=2 --process_id=0]
+
+Stages (each a real task on tiny in-memory data, as in the other tests):
+
+* ``train``: SimCLR through the training loop (``workdir``, ``steps``, optional
+  ``stop_at``, ``eval_every`` with a slow evaluation, ``slow_save``, a
+  per-example ``delay`` so that a signal lands mid-run). Process 0 then writes
+  ``final.npz`` (this process's replica of the parameters and BatchNorm
+  statistics) and the loop writes ``results.json``.
+* ``copy``: process 0 copies ``src`` to ``dst`` (a checkpoint taken to another
+  layout), then every process waits for it.
+* ``label``: the label task with a tiny teacher.
+* ``eval``: linear evaluation (cached features + the softmax probe) of ``checkpoint``.
+
+Markers for the tests: ``<workdir>/evaluating`` while an evaluation runs,
+``<workdir>/saving`` while a save is held. A preempted run exits 75, as main does.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_FLAGS = argparse.ArgumentParser()
+_FLAGS.add_argument("--plan", required=True)
+_FLAGS.add_argument("--coordinator")
+_FLAGS.add_argument("--num_processes", type=int, default=1)
+_FLAGS.add_argument("--process_id", type=int, default=0)
+
+
+class Colours:
+  """24-px images whose colour is the class (4 classes), with pixel noise and a key."""
+
+  def __init__(self, n, seed, delay=0.0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
+    self.labels = rng.integers(0, 4, n)
+    noise = rng.integers(-30, 30, (n, 24, 24, 3))
+    self.images = np.clip(palette[self.labels][:, None, None] + noise, 0, 255).astype(np.uint8)
+    self.delay = delay
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    if self.delay:
+      time.sleep(self.delay)
+    return {"image": self.images[i], "label": self.labels[i],
+            "file_name": f"img_{i:03d}.png".encode()}
+
+
+def _touch(path, on):
+  if on:
+    open(path, "w").close()
+  elif os.path.exists(path):
+    os.remove(path)
+
+
+def train(workdir, steps, stop_at=None, eval_every=-1, slow_save=0.0, delay=0.0, lr=0.05):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.tasks import pretrain
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  from attn_contrastive.train import loop
+  from helpers import SIZE, tiny_config
+
+  config = tiny_config()
+  config.train.update(dict(num_steps=steps, checkpoint_every=2, eval_every=eval_every))
+  config.optim.base_lr = lr  # small: float noise between layouts stays small
+  model = simclr_from_config(config.model)
+
+  def evaluate(state):
+    _touch(os.path.join(workdir, "evaluating"), True)
+    time.sleep(2.0)
+    _touch(os.path.join(workdir, "evaluating"), False)
+    return {"param_sum": float(sum(np.sum(x.addressable_data(0))
+                                   for x in jax.tree.leaves(state.params)))}
+
+  evaluate.results = {}
+  if slow_save:
+    real_save = ckpt_lib.Checkpointer.save
+
+    def held_save(self, step, state):
+      _touch(os.path.join(workdir, "saving"), True)
+      time.sleep(slow_save)
+      real_save(self, step, state)
+      _touch(os.path.join(workdir, "saving"), False)
+
+    ckpt_lib.Checkpointer.save = held_save
+  task = loop.TaskSpec(
+      model=model, loss_fn=pretrain.make_loss_fn(model, config),
+      train_source=Colours(64, 0, delay), train_transform=pipeline.ContrastiveViews(
+          SIZE, config.aug), sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
+      evaluate=evaluate if eval_every > 0 else None)
+  state, _ = loop.run(config, workdir, task, stop_at=stop_at)
+  if jax.process_index() == 0 and stop_at is None:
+    local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
+                         {"params": state.params, "batch_stats": state.batch_stats})
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(local)[0]}
+    np.savez(os.path.join(workdir, "final.npz"), **flat)
+
+
+def copy(src, dst):
+  import jax
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    shutil.copytree(src, dst)
+  multihost_utils.sync_global_devices("copied " + dst)
+
+
+def label(workdir):
+  import jax
+  import jax.numpy as jnp
+  from attn_contrastive import config as config_lib
+  from attn_contrastive.models.teacher import teacher_from_config
+  from attn_contrastive.tasks import label as label_task
+
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  c = config_lib.load_config_file(os.path.join(configs, "label.py"))
+  c.teacher.data.image_size = 16
+  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
+                              stem_pool=False, decoder_width=4, output_stride=2,
+                              conv_impl="xla"))
+  c.label.update(dict(map_size=8, batch_size=8, num_shards=5))
+  model = teacher_from_config(c.teacher.model)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  label_task.train_and_evaluate(c, workdir, teacher=(model, variables), source=Colours(37, 3))
+
+
+def evaluate(workdir, checkpoint):
+  from attn_contrastive import config as config_lib
+  from attn_contrastive.tasks import linear_eval
+
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  c = config_lib.load_config_file(os.path.join(configs, "linear_eval.py"))
+  c.checkpoint = checkpoint
+  c.protocols = ("linear_cached",)
+  c.data.num_classes = 4
+  c.eval.update(dict(batch_size=16, num_threads=1))
+  c.linear_cached.update(dict(l2_grid=(1e-4, 1e-2), max_iters=50, shard_size=32))
+  linear_eval.train_and_evaluate(
+      c, workdir, splits={"train": Colours(48, 1), "validation": Colours(20, 2)},
+      dataset_version="test")
+
+
+def main():
+  args = _FLAGS.parse_args()
+  import jax
+  if args.num_processes > 1:
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  from attn_contrastive.train import preemption
+  stages = {"train": train, "copy": copy, "label": label, "eval": evaluate}
+  try:
+    for name, kwargs in json.loads(args.plan):
+      start = time.perf_counter()
+      stages[name](**kwargs)
+      print(f"stage {name}: {time.perf_counter() - start:.1f} s", flush=True)
+  except preemption.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+  main()

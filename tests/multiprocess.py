@@ -1,0 +1,79 @@
+"""Starting real multi-process runs of ``distributed_worker.py`` on 127.0.0.1.
+
+Processes talk through ``jax.distributed`` (a coordinator on a free local port)
+and XLA:CPU's gloo collectives: the same code paths as hosts of a pod, on CPU
+devices.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(plan, processes: int, devices: int, log_dir: str, tag: str):
+  """Starts ``processes`` workers of ``devices`` CPU devices each; returns the Popens."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  port, procs = free_port(), []
+  for p in range(processes):
+    args = [sys.executable, WORKER, f"--plan={json.dumps(plan)}"]
+    if processes > 1:
+      args += [f"--coordinator=127.0.0.1:{port}", f"--num_processes={processes}",
+               f"--process_id={p}"]
+    log = open(os.path.join(log_dir, f"{tag}.p{p}.log"), "w")
+    procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
+  return procs
+
+
+def wait(procs, timeout: float = 300.0) -> list[int]:
+  """Every process's exit status (killing all of them past ``timeout``)."""
+  deadline = time.monotonic() + timeout
+  codes = []
+  for p in procs:
+    try:
+      codes.append(p.wait(max(deadline - time.monotonic(), 0.1)))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  return codes
+
+
+def run(plan, processes: int, devices: int, log_dir: str, tag: str) -> None:
+  """Runs a plan to the end; fails with the workers' logs if any process fails."""
+  codes = wait(start(plan, processes, devices, log_dir, tag))
+  if any(codes):
+    raise AssertionError(f"{tag}: exit statuses {codes}\n" + logs(log_dir, tag))
+
+
+def logs(log_dir: str, tag: str) -> str:
+  out = []
+  for name in sorted(os.listdir(log_dir)):
+    if name.startswith(tag + ".p"):
+      with open(os.path.join(log_dir, name)) as f:
+        out.append(f"--- {name}\n" + f.read()[-3000:])
+  return "\n".join(out)
+
+
+def wait_for(path: str, procs, timeout: float = 120.0) -> None:
+  """Waits until ``path`` exists (failing if the workers end first)."""
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    if all(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      raise AssertionError(f"{path} never appeared")
+    time.sleep(0.05)
+
+
+def send(proc, sig: signal.Signals) -> None:
+  proc.send_signal(sig)

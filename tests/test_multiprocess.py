@@ -1,0 +1,102 @@
+"""Two processes of one device each compute what one process of two devices does.
+
+Real processes on 127.0.0.1 (``jax.distributed``, gloo): training with a
+checkpoint and a resume in between, a checkpoint written by two processes
+resumed by one, the label task and a linear evaluation.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import multiprocess
+from attn_contrastive.data import attention_maps as am
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The same plan on 2 processes × 1 device and on 1 process × 2 devices."""
+  root = tmp_path_factory.mktemp("layouts")
+  two, one = str(root / "two"), str(root / "one")
+  phase1 = os.path.join(two, "phase1")
+  multiprocess.run([
+      ["train", {"workdir": phase1, "steps": 4, "stop_at": 2}],
+      ["copy", {"src": phase1, "dst": os.path.join(two, "run")}],
+      ["train", {"workdir": os.path.join(two, "run"), "steps": 4}],
+      ["label", {"workdir": os.path.join(two, "maps")}],
+      ["eval", {"workdir": os.path.join(two, "eval"), "checkpoint": phase1}],
+  ], processes=2, devices=1, log_dir=str(root), tag="two")
+  multiprocess.run([
+      ["copy", {"src": phase1, "dst": os.path.join(one, "from_two")}],
+      ["train", {"workdir": os.path.join(one, "from_two"), "steps": 4}],
+      ["train", {"workdir": os.path.join(one, "straight"), "steps": 4}],
+      ["label", {"workdir": os.path.join(one, "maps")}],
+      ["eval", {"workdir": os.path.join(one, "eval"), "checkpoint": phase1}],
+  ], processes=1, devices=2, log_dir=str(root), tag="one")
+  return two, one
+
+
+def _final(workdir):
+  with np.load(os.path.join(workdir, "final.npz")) as z:
+    return dict(z)
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
+def test_training_with_a_resume_matches_across_layouts(runs):
+  two, one = runs
+  straight = _final(os.path.join(one, "straight"))
+  for other in (os.path.join(two, "run"), os.path.join(one, "from_two")):
+    got = _final(other)
+    assert got.keys() == straight.keys()
+    for k in straight:  # float reductions in another order: not bit for bit
+      np.testing.assert_allclose(got[k], straight[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    assert _results(other)["step"] == 4
+    np.testing.assert_allclose(_results(other)["loss"], _results(
+        os.path.join(one, "straight"))["loss"], rtol=1e-4)
+  # The parameters moved, so equality above is not that of two untouched models.
+  first = _final(os.path.join(one, "straight"))
+  assert any(np.abs(v).sum() > 0 for v in first.values())
+
+
+def test_only_process_zero_writes_logs_and_results(runs):
+  two, _ = runs
+  phase1 = os.path.join(two, "phase1")  # ("run" also holds phase 1's copied files)
+  events = [f for f in os.listdir(phase1) if f.startswith("events.out.tfevents")]
+  assert len(events) == 1, os.listdir(phase1)
+  assert not os.path.exists(os.path.join(phase1, "results.json"))  # stopped at step 2
+  assert sorted(os.listdir(os.path.join(two, "run", "checkpoints"))) == ["2", "4"]
+
+
+def test_label_task_writes_every_map_once_whatever_the_layout(runs):
+  two, one = runs
+  a = am.AttentionMapSource(os.path.join(two, "maps"))
+  b = am.AttentionMapSource(os.path.join(one, "maps"))
+  keys = [a[i]["file_name"] for i in range(len(a))]
+  assert keys == [f"img_{i:03d}.png" for i in range(37)]
+  for i in range(len(a)):
+    assert b[i]["file_name"] == keys[i]
+    diff = np.abs(a[i]["attention_map"].astype(int) - b[i]["attention_map"].astype(int))
+    assert diff.max() <= 1, i
+  counts = _results(os.path.join(two, "maps"))
+  assert counts["images_labelled"] == 37 and counts["shards_written"] == 5, counts
+
+
+def test_evaluation_gives_the_same_metrics_on_two_processes(runs):
+  two, one = runs
+  for split, shards in (("train", 2), ("validation", 1)):  # 48 and 20 images, shards of 32
+    for i in range(shards):
+      name = os.path.join("eval", "features", split, f"{i:05d}.npz")
+      with np.load(os.path.join(two, name)) as x, np.load(os.path.join(one, name)) as y:
+        assert x.keys() == y.keys()
+        for k in x:
+          np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-5, err_msg=f"{name} {k}")
+  a, b = _results(os.path.join(two, "eval")), _results(os.path.join(one, "eval"))
+  assert a["linear_cached/top1"] == b["linear_cached/top1"]
+  assert a["linear_cached/l2"] == b["linear_cached/l2"]
+  for x, y in zip(a["linear_cached/grid"], b["linear_cached/grid"]):
+    np.testing.assert_allclose(x["heldout_loss"], y["heldout_loss"], rtol=1e-3)
