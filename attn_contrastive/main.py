@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
     logging.info("Config:\n%s", config)
   start = time.perf_counter()
   try:
-    importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
+    with preemption.stop_on_signal():  # a training loop takes over while it trains
+      importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
   except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
     sys.exit(f"error: {e}")
   except preemption.Preempted as e:  # saved: the launchers restart a run that exits 75

@@ -36,7 +36,7 @@ def start(plan, processes: int, devices: int, log_dir: str, tag: str):
   return procs
 
 
-def wait(procs, timeout: float = 300.0) -> list[int]:
+def wait(procs, timeout: float = 150.0) -> list[int]:
   """Every process's exit status (killing all of them past ``timeout``)."""
   deadline = time.monotonic() + timeout
   codes = []

@@ -41,12 +41,10 @@ def _use_distributed_barriers() -> None:
   """Makes orbax's barriers use the coordination service, not device collectives.
 
   By default orbax synchronises processes with ``sync_global_devices``, a
-  collective on the devices, and it does so from its background save thread
-  as well. On CPU (gloo) such a collective interleaves with the train step's
-  own collectives in an order that differs between processes, and gloo
-  aborts ("Received data size doesn't match expected size"); on any backend a
-  collective from a second thread can deadlock against the step's. The
-  distributed runtime's key-value barriers involve no device.
+  collective on the devices, while the train step's own collectives may be in
+  flight; orbax itself warns that collectives called concurrently can
+  deadlock. The distributed runtime's key-value barriers involve no device
+  and have a timeout.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1 and "experimental_orbax_use_distributed_barrier" in flags.FLAGS:

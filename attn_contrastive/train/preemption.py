@@ -24,6 +24,7 @@ boundary, after the evaluation or save: nothing in flight is cut.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -37,13 +38,44 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(Exception):
-  """The run saved the checkpoint of ``step`` and stopped on a preemption signal."""
+  """The run stopped on a preemption signal, after saving the checkpoint of ``step``
+  (a training loop) or between its resumable pieces (``step`` None)."""
 
-  def __init__(self, step: int, directory: str):
-    super().__init__(
-        f"preempted: saved the checkpoint of step {step} in {directory} and stopped; "
-        f"run the same command again to resume (exit status {EXIT_PREEMPTED})")
+  def __init__(self, step: int | None = None, directory: str | None = None):
+    done = (f"saved the checkpoint of step {step} in {directory} and stopped" if step
+            is not None else "stopped; its finished pieces (shards, conditions, stages) "
+            "are kept")
+    super().__init__(f"preempted: {done}; run the same command again to resume "
+                     f"(exit status {EXIT_PREEMPTED})")
     self.step, self.directory = step, directory
+
+
+def _raise_preempted(signum, frame) -> None:
+  del frame
+  logging.warning("Received %s: stopping", signal.Signals(signum).name)
+  raise Preempted()
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+  """Turns a preemption signal into :class:`Preempted` wherever the task is.
+
+  For the tasks that resume piece by piece (label, feature extraction,
+  robustness conditions, a study's stages): every piece is written whole, so
+  stopping anywhere loses at most the piece in flight. A training loop
+  replaces this with its :class:`Watcher` while it runs. With several
+  processes SIGTERM is left to JAX's preemption service (the loop's).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  wanted = (signal.SIGUSR1,) if _distributed() else SIGNALS
+  previous = {sig: signal.signal(sig, _raise_preempted) for sig in wanted}
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _distributed() -> bool:
@@ -76,7 +108,7 @@ class Watcher:
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     self._previous.clear()
 
   def _on_signal(self, signum, frame) -> None:

@@ -1,0 +1,103 @@
+"""Preemption: SIGTERM and SIGUSR1 mid-run, mid-evaluation and mid-save.
+
+Each interrupted run must save the checkpoint of an agreed step, exit 75, and
+the restarted run must end where an uninterrupted run ends: bit for bit on
+one process, within float noise on two processes (each signalled alone).
+"""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import multiprocess
+from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.train import preemption
+
+STEPS = 12
+EVAL_EVERY = 6
+
+
+def _plan(workdir, **kwargs):
+  return [["train", dict(workdir=workdir, steps=STEPS, eval_every=EVAL_EVERY, delay=0.01, **kwargs)]]
+
+
+def _final(workdir):
+  with np.load(os.path.join(workdir, "final.npz")) as z:
+    return dict(z)
+
+
+def _interrupt(tmp_path, workdir, tag, marker, sig, processes=1, to=(0,), **kwargs):
+  """Starts the run, sends ``sig`` to processes ``to`` once ``marker`` exists, and
+  returns the step of the checkpoint it left."""
+  procs = multiprocess.start(_plan(workdir, **kwargs), processes, 3 - processes,
+                             str(tmp_path), tag)
+  multiprocess.wait_for(os.path.join(workdir, marker), procs)
+  for p in to:
+    multiprocess.send(procs[p], sig)
+  codes = multiprocess.wait(procs)
+  assert codes == [preemption.EXIT_PREEMPTED] * processes, (
+      codes, multiprocess.logs(str(tmp_path), tag))
+  return ckpt_lib.latest_step(workdir)
+
+
+def _finish(tmp_path, workdir, tag, processes=1):
+  multiprocess.run(_plan(workdir), processes, 3 - processes, str(tmp_path), tag)
+  return _final(workdir)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted run on one process of two devices."""
+  root = tmp_path_factory.mktemp("straight")
+  return _finish(root, str(root / "run"), "straight")
+
+
+def test_one_process_resumes_to_the_uninterrupted_result(tmp_path, straight):
+  workdir = str(tmp_path / "run")
+  # SIGTERM mid-run: saved at the next step boundary, not at a scheduled save.
+  mid_run = _interrupt(tmp_path, workdir, "a", os.path.join("checkpoints", "2"), signal.SIGTERM)
+  assert 2 < mid_run < EVAL_EVERY
+  # SIGUSR1 during the evaluation at step 6: it ends, step 7 runs and is saved.
+  assert _interrupt(tmp_path, workdir, "b", "evaluating", signal.SIGUSR1) == 7
+  got = _finish(tmp_path, workdir, "c")
+  for k, v in straight.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_two_processes_agree_on_the_step_when_one_is_signalled(tmp_path, straight):
+  workdir = str(tmp_path / "run")
+  # Each signal reaches one process only; both save the same step and exit 75.
+  # SIGTERM to process 1 while the checkpoint of step 2 is being written: it is
+  # finished, and step 3 is saved.
+  assert _interrupt(tmp_path, workdir, "a", "saving", signal.SIGTERM, processes=2, to=(1,),
+                    slow_save=1.5) == 3
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+  # SIGUSR1 to process 0 during the evaluation at step 6.
+  second = _interrupt(tmp_path, workdir, "b", "evaluating", signal.SIGUSR1, processes=2,
+                      to=(0,))
+  assert second == EVAL_EVERY + 1
+  got = _finish(tmp_path, workdir, "c", processes=2)
+  for k, v in straight.items():  # 2 processes: float reductions in another order
+    np.testing.assert_allclose(got[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_a_signal_outside_a_training_loop_stops_the_task_keeping_its_pieces():
+  before = signal.getsignal(signal.SIGUSR1)
+  with pytest.raises(preemption.Preempted, match="finished pieces"):
+    with preemption.stop_on_signal():
+      os.kill(os.getpid(), signal.SIGUSR1)
+      for _ in range(100):  # the handler runs at the next bytecode boundary
+        time.sleep(0.01)
+  assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_the_watcher_flags_a_signal_and_restores_the_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with preemption.Watcher() as watcher:
+    assert not watcher.reached(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert watcher.signalled and watcher.reached(2)
+  assert signal.getsignal(signal.SIGTERM) is before
