@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any
 
@@ -50,11 +49,9 @@ from attn_contrastive import config as config_lib
 from attn_contrastive.data import augment, pipeline
 
 import imagenet_like  # beside this script
+from machine import cpu_info  # beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: SIMD flags shown with the CPU model (JPEG decoding and OpenCV use them).
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vl",
-              "avx512_vnni", "avx_vnni", "amx_tile")
 
 
 def transform_of_the_row():
@@ -69,23 +66,6 @@ def transform_of_the_row():
 # ---------------------------------------------------------------------------
 
 
-def cpu_info() -> dict[str, Any]:
-  """CPU model, SIMD flags (from /proc/cpuinfo) and the cores this process may use."""
-  model, flags = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() == "flags":
-          flags = set(value.split())
-          break
-  except OSError:
-    pass
-  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return {"model": model, "flags": [f for f in SIMD_FLAGS if f in flags],
-          "cpu_count": os.cpu_count(), "usable_cores": usable}
 
 
 def _process_cpu_seconds(pid: int) -> float:

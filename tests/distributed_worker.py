@@ -125,17 +125,11 @@ def copy(src, dst):
 def label(workdir):
   import jax
   import jax.numpy as jnp
-  from attn_contrastive import config as config_lib
   from attn_contrastive.models.teacher import teacher_from_config
   from attn_contrastive.tasks import label as label_task
 
-  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-  c = config_lib.load_config_file(os.path.join(configs, "label.py"))
-  c.teacher.data.image_size = 16
-  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
-                              stem_pool=False, decoder_width=4, output_stride=2,
-                              conv_impl="xla"))
-  c.label.update(dict(map_size=8, batch_size=8, num_shards=5))
+  from helpers import tiny_label_config
+  c = tiny_label_config(num_shards=5)
   model = teacher_from_config(c.teacher.model)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
   label_task.train_and_evaluate(c, workdir, teacher=(model, variables), source=Colours(37, 3))

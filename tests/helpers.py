@@ -94,3 +94,18 @@ class HumanSquares:
 
   def __getitem__(self, i):
     return self.items[i]
+
+
+def tiny_label_config(**label):
+  """configs/label.py with a ResNet-10 teacher of width 4 on 16-px images, 8-px maps;
+  ``label`` overrides fields of ``config.label`` (batch_size, num_shards, …)."""
+  import os  # pylint: disable=g-import-not-at-top
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  c = config_lib.load_config_file(os.path.join(configs, "label.py"))
+  c.teacher.data.image_size = SIZE
+  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
+                              stem_pool=False, decoder_width=4, output_stride=2,
+                              conv_impl="xla"))
+  c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
+  c.label.update(label)
+  return c

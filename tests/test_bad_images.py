@@ -251,18 +251,11 @@ def test_features_keep_each_image_with_its_own_label(dataset):
 
 
 def test_label_writes_one_map_per_key_and_the_join_skips_with_its_image(dataset, tmp_path):
-  import os
   from attn_contrastive.data import attention_maps as am
   from attn_contrastive.models.teacher import teacher_from_config
   from attn_contrastive.tasks import label
-  from helpers import filled_variables
-  c = config_lib.load_config_file(os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "label.py"))
-  c.teacher.data.image_size = 16
-  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
-                              stem_pool=False, decoder_width=4, output_stride=2,
-                              conv_impl="xla"))
-  c.label.update(dict(map_size=8, batch_size=4, num_shards=3))
+  from helpers import filled_variables, tiny_label_config
+  c = tiny_label_config(batch_size=4)
   model = teacher_from_config(c.teacher.model)
   teacher = (model, filled_variables(model, (1, 16, 16, 3)))
   source = _open(dataset)

@@ -11,7 +11,7 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
-from helpers import HumanSquares
+from helpers import HumanSquares, tiny_label_config
 
 
 class _Images:
@@ -32,13 +32,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _config():
-  c = config_lib.load_config_file(os.path.join(CONFIGS, "label.py"))
-  c.teacher.data.image_size = 16
-  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
-                              stem_pool=False, decoder_width=4, output_stride=2,
-                              conv_impl="xla"))
-  c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
-  return c
+  return tiny_label_config()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,11 @@ same stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import signal
+import threading
+import time
 from typing import Any, Callable
 
 import grain
@@ -161,5 +166,39 @@ def train_iterator(source, transform: Callable[[Example, np.random.Generator], E
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                prefetch_buffer_size=prefetch))
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                              worker_init_fn=functools.partial(init_worker, os.getpid()))
   return iter(it_ds)
+
+
+def init_worker(parent: int, worker_index: int, worker_count: int,
+                poll_s: float = 1.0) -> None:
+  """Sets up a grain worker process of the training process ``parent``
+  (``mp_prefetch``'s ``worker_init_fn``) so that it ends with it, however it ends.
+
+  grain stops its workers when their iterator is closed or the training
+  process exits, normally or on an error. Two cases it leaves open:
+
+  * Ctrl-C reaches every process of the terminal's process group: a worker
+    interrupted while it hands a batch over can leave that batch's shared
+    memory in ``/dev/shm`` for good (about one Ctrl-C in five here). Workers
+    ignore SIGINT; the training process stops them as it exits.
+  * A training process killed with SIGKILL (``kill -9``, the out-of-memory
+    killer) would leave them blocked on a full queue for ever, holding their
+    memory, and multiprocessing's resource tracker with them, so that their
+    shared-memory batches were never freed. A daemon thread of the worker
+    checks every ``poll_s`` seconds whether its parent has changed (an
+    orphan is adopted by another process) and then exits at once; the
+    resource tracker, its last user gone, frees the shared memory.
+
+  Tested in ``tests/test_workers.py``.
+  """
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(poll_s)
+    os._exit(1)  # nothing of an orphan's work is wanted
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

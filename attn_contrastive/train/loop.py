@@ -113,10 +113,10 @@ def write_config(workdir: str, config) -> None:
 
 
 def write_results(workdir: str, results: dict[str, Any]) -> None:
-  """Writes ``results.json`` (process 0 only)."""
+  """Writes ``results.json`` (process 0 only), atomically: a study skips a stage
+  whose results.json exists, so a half-written one must never be seen."""
   if jax.process_index() == 0:
-    paths.write_text(os.path.join(workdir, "results.json"),
-                     json.dumps(results, indent=2, sort_keys=True))
+    paths.write_json(os.path.join(workdir, "results.json"), results)
 
 
 #: Keys that may change between a run and its resumption: where things are and how
@@ -217,7 +217,10 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   with preemption.Watcher() as watcher:
     steps = _Steps(config, task, mesh, step_fn, frozen, step_rng, ckpt, writer, hooks,
                    skip_limit)
-    state, last = _train(steps, state, data_iter, watcher, first_step, last_step, stop_at)
+    try:
+      state, last = _train(steps, state, data_iter, watcher, first_step, last_step, stop_at)
+    finally:  # stops grain's worker processes now, whatever ended the steps
+      data_iter.close()
     results = {}
     if task.evaluate and (stop_at is None or int(state.step) == last_step):
       eval_metrics = task.evaluate(state)
