@@ -2,7 +2,7 @@
 
 Each interrupted run must save the checkpoint of an agreed step, exit 75, and
 the restarted run must end where an uninterrupted run ends: bit for bit on
-one process, within float noise on two processes (each signalled alone).
+one process, within float noise on two processes (one of them signalled).
 """
 import os
 import signal
@@ -68,17 +68,12 @@ def test_one_process_resumes_to_the_uninterrupted_result(tmp_path, straight):
 
 def test_two_processes_agree_on_the_step_when_one_is_signalled(tmp_path, straight):
   workdir = str(tmp_path / "run")
-  # Each signal reaches one process only; both save the same step and exit 75.
-  # SIGTERM to process 1 while the checkpoint of step 2 is being written: it is
-  # finished, and step 3 is saved.
-  assert _interrupt(tmp_path, workdir, "a", "saving", signal.SIGTERM, processes=2, to=(1,),
+  # SIGUSR1 to process 1 alone while the checkpoint of step 2 is being written:
+  # the save is finished, both processes save step 3 and exit 75.
+  assert _interrupt(tmp_path, workdir, "a", "saving", signal.SIGUSR1, processes=2, to=(1,),
                     slow_save=1.5) == 3
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
-  # SIGUSR1 to process 0 during the evaluation at step 6.
-  second = _interrupt(tmp_path, workdir, "b", "evaluating", signal.SIGUSR1, processes=2,
-                      to=(0,))
-  assert second == EVAL_EVERY + 1
-  got = _finish(tmp_path, workdir, "c", processes=2)
+  got = _finish(tmp_path, workdir, "b", processes=2)
   for k, v in straight.items():  # 2 processes: float reductions in another order
     np.testing.assert_allclose(got[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
 
