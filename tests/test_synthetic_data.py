@@ -228,3 +228,38 @@ def test_registered_configs():
           synthetic.HUMAN_ATTENTION.num_validation) == (2000, 500)
   assert (CFG.num_train, CFG.num_validation) == (10000, 2000)
   assert synthetic.CLASSIFICATION_SPURIOUS.spurious_strength == 0.9
+
+
+def test_first_use_build_happens_once_when_several_ask_at_once(tmp_path, monkeypatch):
+  """Processes of one run asking for unbuilt synthetic data: one builds, the others
+  wait for its lock and find the dataset prepared (threads here; flock works
+  across threads and processes alike)."""
+  import threading
+  import time
+  from attn_contrastive.data import sources
+  built, building = [], threading.Event()
+
+  class Builder:
+    def __init__(self):
+      self.data_dir = str(tmp_path)
+
+    def is_prepared(self):
+      return bool(built)
+
+    def download_and_prepare(self, file_format):
+      assert not building.is_set(), "two builds at once"
+      building.set()
+      time.sleep(0.3)
+      built.append(file_format)
+      building.clear()
+
+  monkeypatch.setattr(tfds, "builder", lambda name, data_dir: Builder())
+  got = []
+  threads = [threading.Thread(target=lambda: got.append(sources._build_once(
+      "salient_objects/classification", str(tmp_path)))) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert built == ["array_record"] and len(got) == 3
+  assert all(b.is_prepared() for b in got)

@@ -42,8 +42,7 @@ def get_builder(name: str, data_dir: str | None = None,
     raise DatasetMissingError(f"unknown dataset {name!r}: {e}") from e
   if not builder.is_prepared():
     if auto_prepare and name.startswith(SYNTHETIC_PREFIX):
-      logging.info("Building %s into %s (first use)", name, builder.data_dir)
-      builder.download_and_prepare(file_format="array_record")
+      builder = _build_once(name, data_dir)
     else:
       raise DatasetMissingError(
           f"dataset {name!r} is not prepared under {_data_dir(data_dir)}; "
@@ -53,6 +52,26 @@ def get_builder(name: str, data_dir: str | None = None,
         f"dataset {name!r} under {builder.data_dir} is stored as "
         f"{builder.info.file_format.value}; random access needs array_record: "
         f"delete that folder and run:\n  {prepare_command(name, data_dir)}")
+  return builder
+
+
+def _build_once(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Builds a synthetic dataset on first use, once however many processes ask.
+
+  The processes of a multi-process run on one host (or on hosts sharing a
+  folder) would otherwise all build it and collide when tfds renames its
+  finished folder into place: the first takes a lock file beside the data,
+  the others wait for it and then find the dataset prepared.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top  (POSIX; local data folders only)
+  root = _data_dir(data_dir)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{name.replace('/', '_')}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = tfds.builder(name, data_dir=root)
+    if not builder.is_prepared():
+      logging.info("Building %s into %s (first use)", name, builder.data_dir)
+      builder.download_and_prepare(file_format="array_record")
   return builder
 
 
