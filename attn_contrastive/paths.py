@@ -27,10 +27,11 @@ written whole through an in-memory buffer (the zip format seeks back and forth).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from typing import Any, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 import numpy as np
 from etils import epath
@@ -135,9 +136,18 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
     else:
       epath.Path(path).write_text(data)
     return
-  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-  with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+  with _replacing(path, "wb" if isinstance(data, bytes) else "w") as f:
     f.write(data)
+
+
+@contextlib.contextmanager
+def _replacing(path: PathLike, mode: str) -> Iterator[IO]:
+  """A local file to write, named ``<path>.tmp<pid>`` until the block ends, then
+  renamed to ``path`` (``os.replace``); a kill leaves the temporary file, which
+  :func:`remove_temporaries` clears."""
+  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+  with open(tmp, mode) as f:
+    yield f
   os.replace(tmp, path)
 
 
@@ -165,10 +175,8 @@ def save_npz_atomic(path: PathLike, **arrays: np.ndarray) -> None:
     write_atomic(path, buffer.getvalue())
     return
   makedirs(os.path.dirname(os.fspath(path)) or ".")
-  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with _replacing(path, "wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
 
 
 def remove_temporaries(path: PathLike) -> list[str]:

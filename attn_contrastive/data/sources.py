@@ -75,6 +75,14 @@ def _build_once(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def open_config_split(data, split: str, name: str | None = None) -> images.SkippingSource:
+  """``split`` of the dataset a config's ``data`` names (or of ``name``: the
+  human-attention data of the co-train row, ImageNet-C), opened with that
+  config's ``data_dir``, ``auto_prepare`` and ``max_bad_images``."""
+  return open_split(name or data.name, split, data.data_dir, data.get("auto_prepare", False),
+                    max_bad_images=data.get("max_bad_images"))
+
+
 def open_split(name: str, split: str, data_dir: str | None = None,
                auto_prepare: bool = False, *,
                max_bad_images: int | None = None) -> images.SkippingSource:

@@ -106,7 +106,7 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
         f, lab = _extract_range(embed_step, state, source, transform, start, stop,
                                 global_batch, pool, mesh)
         if path and jax.process_index() == 0:
-          save_npz_atomic(path, features=f, labels=lab)
+          paths.save_npz_atomic(path, features=f, labels=lab)
       parts_f.append(f)
       parts_l.append(lab)
   return np.concatenate(parts_f), np.concatenate(parts_l)
@@ -127,9 +127,3 @@ def check_cache_source(cache_root: str, source: dict[str, Any]) -> None:
   elif jax.process_index() == 0:
     paths.makedirs(cache_root)
     paths.write_json(path, source, sort_keys=False)
-
-
-def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-  """Writes an .npz at ``path`` atomically, local or remote (a kill leaves no half
-  file; see :func:`attn_contrastive.paths.save_npz_atomic`)."""
-  paths.save_npz_atomic(path, **arrays)

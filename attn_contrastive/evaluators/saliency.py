@@ -45,8 +45,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from attn_contrastive import paths
 from attn_contrastive.data import augment
-from attn_contrastive.evaluators import common, features
+from attn_contrastive.evaluators import common
 from attn_contrastive.saliency import metrics
 from attn_contrastive.train import mesh as mesh_lib
 
@@ -309,5 +310,5 @@ def write_examples(workdir: str, examples: dict[str, np.ndarray]) -> str | None:
     return None
   path = os.path.join(workdir, EXAMPLES_FILE)
   if jax.process_index() == 0:
-    features.save_npz_atomic(path, **examples)
+    paths.save_npz_atomic(path, **examples)
   return path

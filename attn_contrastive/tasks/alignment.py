@@ -294,9 +294,7 @@ def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: st
   variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
   step = ckpt_lib.latest_step(config.checkpoint)
   if source is None:
-    source = sources.open_split(config.data.name, config.data.split, config.data.data_dir,
-                                config.data.auto_prepare,
-                                max_bad_images=config.data.get("max_bad_images"))
+    source = sources.open_config_split(config.data, config.data.split)
   evaluator = make_evaluator(model, config, run, source, kinds, stages, workdir, mesh)
   state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
                                    np.int32(step), classifier), mesh_lib.replicated(mesh))

@@ -155,9 +155,7 @@ def train_and_evaluate(config, workdir: str, *, teacher=None, source=None,
   paths.makedirs(workdir)
   model, variables = teacher if teacher is not None else load_teacher(config)
   if source is None:
-    source = sources.open_split(config.data.name, config.data.split,
-                                config.data.data_dir, config.data.auto_prepare,
-                                max_bad_images=config.data.get("max_bad_images"))
+    source = sources.open_config_split(config.data, config.data.split)
   meta = metadata(config, len(source))
   _write_metadata(workdir, meta)
   mesh = Mesh(np.array(jax.local_devices()), ("data",))

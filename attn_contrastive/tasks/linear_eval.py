@@ -164,7 +164,7 @@ def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: 
   logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
                tuple(lc.l2_grid), time.perf_counter() - t0)
   if jax.process_index() == 0:
-    features.save_npz_atomic(os.path.join(workdir, CACHED_CLASSIFIER), **fit["classifier"])
+    paths.save_npz_atomic(os.path.join(workdir, CACHED_CLASSIFIER), **fit["classifier"])
   return fit
 
 
@@ -212,9 +212,7 @@ def evaluate_supervised(config, model, variables, dtype, split, image_size: int,
 
 def _open_splits(config) -> dict[str, Any]:
   from attn_contrastive.data import sources
-  return {s: sources.open_split(config.data.name, s, config.data.data_dir,
-                                config.data.auto_prepare,
-                                max_bad_images=config.data.get("max_bad_images"))
+  return {s: sources.open_config_split(config.data, s)
           for s in (config.data.train_split, config.data.eval_split)}
 
 

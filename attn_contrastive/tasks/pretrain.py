@@ -188,16 +188,12 @@ def attention_targets(config) -> tuple[Any, str, str] | None:
   from attn_contrastive.data import sources
   attn = config.attention
   if attn.labels == "human":
-    return (sources.open_split(attn.human_data, "validation", config.data.data_dir,
-                               config.data.auto_prepare,
-                               max_bad_images=config.data.get("max_bad_images")),
+    return (sources.open_config_split(config.data, "validation", attn.human_data),
             "saliency_map", f"{attn.human_data}/validation")
   if not attn.get("eval_maps_dir"):
     return None
   from attn_contrastive.data import attention_maps
-  images = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
-                              config.data.auto_prepare,
-                              max_bad_images=config.data.get("max_bad_images"))
+  images = sources.open_config_split(config.data, config.data.eval_split)
   source = attention_maps.with_attention_maps(images, attn.eval_maps_dir,
                                               dataset=config.data.name,
                                               split=config.data.eval_split,
@@ -225,9 +221,7 @@ def make_evaluator(model, config, train_images, workdir: str | None = None,
   from attn_contrastive.data import sources
   parts = []
   if int(config.data.get("num_classes", 0) or 0) > 0:
-    val = sources.open_split(config.data.name, config.data.eval_split, config.data.data_dir,
-                             config.data.auto_prepare,
-                             max_bad_images=config.data.get("max_bad_images"))
+    val = sources.open_config_split(config.data, config.data.eval_split)
     parts.append(make_knn_evaluator(model, config, train_images, val, mesh))
   attn = config.get("attention")
   if attn is not None and attn.enabled and (targets := attention_targets(config)):
@@ -244,9 +238,7 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
   from attn_contrastive.train import loop
   attn = config.get("attention")
   model = build_model(config)
-  source = sources.open_split(config.data.name, config.data.train_split,
-                              config.data.data_dir, config.data.auto_prepare,
-                              max_bad_images=config.data.get("max_bad_images"))
+  source = sources.open_config_split(config.data, config.data.train_split)
   images = source
   size = config.data.image_size
   transform = pipeline.ContrastiveViews(size, config.aug)
@@ -259,9 +251,7 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
           teacher=attn.get("teacher_checkpoint"))
       transform = pipeline.ContrastiveViews(size, config.aug, attn.map_size)
     elif attn.labels == "human":
-      human = sources.open_split(attn.human_data, attn.human_split, config.data.data_dir,
-                                 config.data.auto_prepare,
-                                 max_bad_images=config.data.get("max_bad_images"))
+      human = sources.open_config_split(config.data, attn.human_split, attn.human_data)
       transform = pipeline.CoTrainViews(size, config.aug, attn.map_size, human)
     else:
       raise ValueError(f"attention.labels={attn.labels!r}: choose 'teacher' (maps from "

@@ -136,10 +136,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   names = list(dict.fromkeys((rc.query_split, rc.gallery_split)))
   if splits is None:
     from attn_contrastive.data import sources
-    splits = {s: sources.open_split(config.data.name, s, config.data.data_dir,
-                                    config.data.auto_prepare,
-                                    max_bad_images=config.data.get("max_bad_images"))
-              for s in names}
+    splits = {s: sources.open_config_split(config.data, s) for s in names}
   features.check_cache_source(os.path.join(workdir, "features"), {
       "checkpoint": paths.resolve(config.checkpoint), "step": step,
       "embedding": rc.embedding, "image_size": image_size,

@@ -95,8 +95,7 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
   dataset = f"{rc.released_dataset}/{name}_{severity}"
   if rc.manual_dir:
     prepare.prepare(dataset, config.data.data_dir or None, manual_dir=rc.manual_dir)
-  source = sources.open_split(dataset, "validation", config.data.data_dir,
-                              max_bad_images=config.data.get("max_bad_images"))
+  source = sources.open_config_split(config.data, "validation", dataset)
   return source, pipeline.EvalView(view.image_size, 1.0)
 
 
@@ -174,9 +173,7 @@ def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = 
   if splits is None:
     from attn_contrastive.data import sources
     names = (data.eval_split, data.train_split) if rc.retrieval else (data.eval_split,)
-    splits = {s: sources.open_split(data.name, s, data.data_dir, data.auto_prepare,
-                                    max_bad_images=data.get("max_bad_images"))
-              for s in names}
+    splits = {s: sources.open_config_split(data, s) for s in names}
   features.check_cache_source(os.path.join(workdir, "conditions"), {
       "linear_eval": paths.resolve(linear_dir), "step": scorer.step,
       "classifier": scorer.protocol, "source": rc.source, "seed": rc.seed,

@@ -56,9 +56,7 @@ def make_loss_fn(model, config):
 def make_evaluator(model, config, mesh=None) -> ClassificationEvaluator:
   """Top-1 accuracy and loss of the classifier over ``data.eval_split``."""
   from attn_contrastive.data import pipeline, sources  # the data stack: see build_task
-  source = sources.open_split(config.data.name, config.data.eval_split,
-                              config.data.data_dir, config.data.auto_prepare,
-                              max_bad_images=config.data.get("max_bad_images"))
+  source = sources.open_config_split(config.data, config.data.eval_split)
   transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
   dtype = jnp.dtype(config.model.dtype)
 
@@ -77,9 +75,7 @@ def build_task(config) -> loop.TaskSpec:
   from attn_contrastive.data import pipeline, sources
   from attn_contrastive.train import loop
   model = build_model(config)
-  source = sources.open_split(config.data.name, config.data.train_split,
-                              config.data.data_dir, config.data.auto_prepare,
-                              max_bad_images=config.data.get("max_bad_images"))
+  source = sources.open_config_split(config.data, config.data.train_split)
   attn, map_size = config.get("attention"), None
   if attn is not None and attn.enabled:
     if attn.labels != "teacher":

@@ -198,9 +198,7 @@ def make_evaluator(model, config, source, workdir: str | None = None,
 
 def open_source(config, split: str):
   """A random-access source over ``split`` of ``config.data.name``."""
-  return sources.open_split(config.data.name, split, config.data.data_dir,
-                            config.data.auto_prepare,
-                            max_bad_images=config.data.get("max_bad_images"))
+  return sources.open_config_split(config.data, split)
 
 
 def build_task(config, workdir: str | None = None, *, train_source=None,
