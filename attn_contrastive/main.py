@@ -5,6 +5,12 @@ overrides any field, and ``config.task`` picks the stage to run.
 """
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__mp_main__":  # a worker process this run spawned (grain's): see below
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import importlib
 import sys
 import time
@@ -99,15 +105,11 @@ def main(argv: list[str]) -> None:
   else:
     logging.info("Config:\n%s", config)
   start = time.perf_counter()
+  task = importlib.import_module(TASKS[config.task])
   try:
-    with preemption.stop_on_signal():  # a training loop takes over while it trains
-      importlib.import_module(TASKS[config.task]).train_and_evaluate(config, workdir)
+    preemption.run_stoppable(lambda: task.train_and_evaluate(config, workdir))
   except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
     sys.exit(f"error: {e}")
-  except preemption.Preempted as e:  # saved: the launchers restart a run that exits 75
-    logging.warning("%s", e)
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_PREEMPTED)
   finally:
     summary.upload_log(workdir, process)
   if jax.process_index() == 0:
@@ -118,7 +120,11 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # while Python, JAX or TensorFlow were still loading
+    print(preemption.STOPPED_AT_ONCE, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

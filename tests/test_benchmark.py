@@ -41,8 +41,8 @@ def test_scan_body_counted_per_iteration():
 
 def test_torch_reference_mirrors_the_model():
   """The PyTorch SimCLR network has exactly the Flax model's parameter count,
-  and its NT-Xent equals the project's (runs where the bench extra is installed)."""
-  torch = __import__("pytest").importorskip("torch")
+  and its NT-Xent equals the project's."""
+  import torch
   from attn_contrastive import config as config_lib
   from attn_contrastive import losses
   from attn_contrastive.models.simclr import simclr_from_config

@@ -96,3 +96,64 @@ def test_the_watcher_flags_a_signal_and_restores_the_handlers():
     time.sleep(0.05)
     assert watcher.signalled and watcher.reached(2)
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _wait_for_handler():
+  for _ in range(100):  # the handler runs at the next bytecode boundary
+    time.sleep(0.001)
+
+
+@pytest.fixture
+def sigint_default():
+  """SIGINT at Python's default here, whatever this process inherited (a runner
+  started in the background has it ignored, and the tasks then leave it so)."""
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, inherited)
+
+
+def test_ctrl_c_stops_a_piecewise_task_at_its_next_piece_and_twice_at_once(sigint_default):
+  before = signal.getsignal(signal.SIGINT)
+  pieces = []
+  with pytest.raises(preemption.Interrupted, match="Ctrl-C.*finished pieces") as stopped:
+    with preemption.stop_on_signal():
+      for piece in range(5):
+        preemption.check()
+        pieces.append(piece)
+        if piece == 2:
+          os.kill(os.getpid(), signal.SIGINT)
+          _wait_for_handler()  # the piece in flight is not cut
+  assert pieces == [0, 1, 2] and stopped.value.exit_status == preemption.EXIT_INTERRUPTED
+  with pytest.raises(KeyboardInterrupt):
+    with preemption.stop_on_signal():
+      os.kill(os.getpid(), signal.SIGINT)
+      _wait_for_handler()
+      os.kill(os.getpid(), signal.SIGINT)
+      _wait_for_handler()
+  assert signal.getsignal(signal.SIGINT) is before
+  preemption.check()  # the flag ends with the task
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+  inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with preemption.stop_on_signal(), preemption.Watcher() as watcher:
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGINT)
+      _wait_for_handler()
+      assert not watcher.signalled
+  finally:
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_the_watcher_takes_ctrl_c_as_an_interruption_and_a_second_one_at_once(sigint_default):
+  with preemption.stop_on_signal():
+    with preemption.Watcher() as watcher:
+      os.kill(os.getpid(), signal.SIGINT)
+      _wait_for_handler()
+      assert watcher.reached(3) and watcher.interrupted
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for_handler()
+    with pytest.raises(preemption.Interrupted):  # and the task's next piece stops too
+      preemption.check()

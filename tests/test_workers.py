@@ -1,5 +1,5 @@
-"""grain worker processes end with the run: on its normal end, on Ctrl-C, on an error
-and when the training process itself is SIGKILLed.
+"""grain worker processes end with the run: on its normal end, on an error and when the
+training process itself is SIGKILLed (on Ctrl-C: ``tests/test_interrupt.py``).
 
 Each test starts ``tests/train_worker.py`` (a short SimCLR run with
 ``input.num_workers=2``, or only its input pipeline) in a session of its
@@ -19,20 +19,10 @@ import time
 
 import psutil
 
+import processes
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
 TIMEOUT_S = 120
-GRACE_S = 5.0
-
-
-def _alive(processes: dict[int, psutil.Process]) -> list[str]:
-  out = []
-  for p in processes.values():
-    try:
-      if p.status() != psutil.STATUS_ZOMBIE:
-        out.append(f"{p.pid} {p.info['cmdline'][:80]}")
-    except psutil.NoSuchProcess:
-      pass
-  return out
 
 
 def _run(tmp_path, *flags: str, action=None
@@ -59,13 +49,8 @@ def _run(tmp_path, *flags: str, action=None
   try:
     while proc.poll() is None:
       assert time.monotonic() < deadline, "the run did not end"
-      try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-      except psutil.NoSuchProcess:
-        children = []
-      for child in children:
-        _note(seen, child)
-      if not acted and progress.is_set() and len(_workers(seen)) >= 2:
+      processes.note_descendants(proc.pid, seen)
+      if not acted and progress.is_set() and len(processes.grain_workers(seen)) >= 2:
         action(proc, seen)
         acted = True
       time.sleep(0.05)
@@ -76,75 +61,16 @@ def _run(tmp_path, *flags: str, action=None
   return proc.wait(), seen, log.read_text(), lines
 
 
-def _note(seen: dict[int, psutil.Process], child: psutil.Process) -> None:
-  """Records ``child`` with its command line, kept for after it ends (read again while
-  it runs: a process just spawned shows its parent's until it executes its own)."""
-  line = " ".join(_cmdline(child))
-  known = seen.setdefault(child.pid, child)
-  if line or not hasattr(known, "info"):
-    known.info = {"cmdline": line}
-
-
-def _workers(seen: dict[int, psutil.Process]) -> list[psutil.Process]:
-  return [p for p in seen.values() if "spawn_main" in p.info["cmdline"]]
-
-
 def _assert_none_survives(seen: dict[int, psutil.Process], stderr: str) -> None:
-  assert len(_workers(seen)) >= 2, f"no grain worker processes were seen: {stderr[-2000:]}"
-  deadline = time.monotonic() + GRACE_S
-  while _alive(seen) and time.monotonic() < deadline:
-    time.sleep(0.1)
-  survivors = _alive(seen)
-  for p in seen.values():  # never leave one behind, even when the test fails
-    try:
-      p.kill()
-    except psutil.NoSuchProcess:
-      pass
-  assert not survivors, f"still running {GRACE_S} s after the run ended: {survivors}"
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-  try:
-    return p.cmdline()
-  except psutil.Error:
-    return []
-
-
-def _shared_memory() -> set[str]:
-  """The names of the shared-memory segments of grain's batches (``/dev/shm/psm_*``)."""
-  shm = "/dev/shm"
-  return {n for n in os.listdir(shm) if n.startswith("psm_")} if os.path.isdir(shm) else set()
+  assert len(processes.grain_workers(seen)) >= 2, (
+      f"no grain worker processes were seen: {stderr[-2000:]}")
+  processes.assert_none_survives(seen)
 
 
 def test_workers_end_with_a_finished_run(tmp_path):
   rc, seen, stderr, _ = _run(tmp_path, "--steps=8")
   assert rc == 0, stderr[-3000:]
-  _assert_none_survives(seen, stderr)
-
-
-def _press_ctrl_c(proc: subprocess.Popen, seen) -> None:
-  """SIGINT to the run's process group, as Ctrl-C in a terminal sends it, and again
-  every 5 s while the run lasts, as a user would press it again: Python ignores a
-  KeyboardInterrupt raised inside a garbage-collection callback (JAX has one)."""
-  del seen
-
-  def press():
-    while proc.poll() is None:
-      try:
-        os.killpg(proc.pid, signal.SIGINT)
-      except ProcessLookupError:
-        return
-      time.sleep(5)
-
-  threading.Thread(target=press, daemon=True).start()
-
-
-def test_workers_end_on_ctrl_c(tmp_path):
-  """Ctrl-C mid-run: the run stops, and its workers (which ignore SIGINT themselves,
-  ``pipeline.init_worker``) with it."""
-  rc, seen, stderr, lines = _run(tmp_path, "--steps=2000", action=_press_ctrl_c)
-  assert rc != 0 and "KeyboardInterrupt" in stderr, stderr[-3000:]
-  assert lines[-1] != "2000"
+  assert "leaked shared_memory" not in stderr  # every batch's blocks freed before the end
   _assert_none_survives(seen, stderr)
 
 
@@ -160,11 +86,11 @@ def test_workers_end_when_the_training_process_is_sigkilled(tmp_path):
   """Without a parent, each worker exits within a second (``pipeline.init_worker``),
   and the resource tracker after them, which frees the shared-memory batches that
   were in flight when the training process was killed."""
-  before, in_flight = _shared_memory(), set()
+  before, in_flight = processes.shared_memory(), set()
 
   def kill(proc, seen):
     time.sleep(0.5)  # batches queue up behind the reader
-    in_flight.update(_shared_memory() - before)
+    in_flight.update(processes.shared_memory() - before)
     proc.kill()
 
   rc, seen, stderr, _ = _run(tmp_path, "--steps=2000", "--pipeline_only", action=kill)
@@ -173,7 +99,7 @@ def test_workers_end_when_the_training_process_is_sigkilled(tmp_path):
   if not os.path.isdir("/dev/shm"):
     return
   assert in_flight, "no shared-memory batch was in flight at the kill"
-  deadline = time.monotonic() + GRACE_S
-  while in_flight & _shared_memory() and time.monotonic() < deadline:
+  deadline = time.monotonic() + processes.GRACE_S
+  while in_flight & processes.shared_memory() and time.monotonic() < deadline:
     time.sleep(0.1)
-  assert not in_flight & _shared_memory(), "shared memory left behind"
+  assert not in_flight & processes.shared_memory(), "shared memory left behind"

@@ -67,6 +67,16 @@ def read_batches(config, source, steps: int) -> None:
       print(f"batch {step}", flush=True)
 
 
+def make_config(steps: int):
+  """The run's config: a ResNet of width 4 on 16-px views, two grain workers."""
+  import memory
+  config = memory.make_config(steps, 2, num_workers=2, batch=BATCH, image_size=16,
+                              conv_impl="xla")
+  config.model.update(dict(width=4, proj_hidden_dim=16, proj_out_dim=8))
+  config.input.update(dict(num_threads=1, prefetch=1))
+  return config
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("workdir")
@@ -77,10 +87,7 @@ def main() -> None:
   from absl import flags as absl_flags
   import memory
   absl_flags.FLAGS(["train_worker"])  # grain's worker processes read absl flags
-  config = memory.make_config(args.steps, 2, num_workers=2, batch=BATCH, image_size=16,
-                              conv_impl="xla")
-  config.model.update(dict(width=4, proj_hidden_dim=16, proj_out_dim=8))
-  config.input.update(dict(num_threads=1, prefetch=1))
+  config = make_config(args.steps)
   bad = record_of_step(args.fail_at_step, config.seed) if args.fail_at_step else -1
   if args.pipeline_only:
     read_batches(config, Images(bad=bad), args.steps)

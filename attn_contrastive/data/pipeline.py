@@ -168,7 +168,20 @@ def train_iterator(source, transform: Callable[[Example, np.random.Generator], E
   if num_workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                               worker_init_fn=functools.partial(init_worker, os.getpid()))
+    it_ds = it_ds.map(_out_of_shared_memory)
   return iter(it_ds)
+
+
+def _out_of_shared_memory(batch: Example) -> Example:
+  """The batch in this process's own memory, its shared-memory blocks freed now.
+
+  A worker hands each batch over in ``/dev/shm`` blocks that are freed when
+  the last array viewing them is collected. Arrays on the CPU backend alias
+  host memory, so the blocks of the last batches would outlive the run's end
+  and be reported leaked (and freed) by multiprocessing's resource tracker;
+  one copy per batch keeps the blocks' lifetime to this call.
+  """
+  return jax.tree.map(np.array, batch)
 
 
 def init_worker(parent: int, worker_index: int, worker_count: int,
@@ -181,8 +194,13 @@ def init_worker(parent: int, worker_index: int, worker_count: int,
 
   * Ctrl-C reaches every process of the terminal's process group: a worker
     interrupted while it hands a batch over can leave that batch's shared
-    memory in ``/dev/shm`` for good (about one Ctrl-C in five here). Workers
-    ignore SIGINT; the training process stops them as it exits.
+    memory in ``/dev/shm`` for good, and one interrupted while it starts
+    dies with a traceback. Workers ignore SIGINT; the training process stops
+    them as it exits. A worker starts by running the main module of the
+    process that spawned it as ``__mp_main__``, before it unpickles its
+    pipeline (which imports JAX and grain, seconds): ``attn_contrastive.main``
+    ignores SIGINT there already, and a script of a user's that trains with
+    workers should do the same.
   * A training process killed with SIGKILL (``kill -9``, the out-of-memory
     killer) would leave them blocked on a full queue for ever, holding their
     memory, and multiprocessing's resource tracker with them, so that their

@@ -28,6 +28,7 @@ import numpy as np
 from attn_contrastive import paths
 from attn_contrastive.evaluators import common
 from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import preemption
 
 #: ``(state, uint8 images [B, H, W, 3]) -> features [B, D]``.
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
@@ -92,6 +93,7 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
   parts_f, parts_l = [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for start in range(0, total, shard_size if cache_dir else total):
+      preemption.check()
       stop = min(start + (shard_size if cache_dir else total), total)
       path = cache_dir and os.path.join(cache_dir, f"{start // shard_size:05d}.npz")
       if path and jax.process_index() == 0:

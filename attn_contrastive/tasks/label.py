@@ -38,6 +38,7 @@ from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
+from attn_contrastive.train import preemption
 
 
 def metadata(config, num_examples: int) -> dict[str, Any]:
@@ -167,6 +168,7 @@ def train_and_evaluate(config, workdir: str, *, teacher=None, source=None,
   map_hw = (config.label.map_size, config.label.map_size)
   with concurrent.futures.ThreadPoolExecutor(config.label.get("num_threads", 8)) as pool:
     for index in range(jax.process_index(), num_shards, jax.process_count()):
+      preemption.check()
       path = am.shard_path(workdir, index, num_shards)
       start, stop = ranges[index]
       paths.remove_temporaries(path)  # a half-written file of a killed run

@@ -39,6 +39,7 @@ from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import alignment, linear_eval
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
+from attn_contrastive.train import preemption
 
 SOURCES = config_checks.ROBUSTNESS_SOURCES
 
@@ -106,6 +107,7 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
   out, cache = {}, {}
   for name in rc.corruptions:
     for severity in rc.severities:
+      preemption.check()
       key = f"{name}_{severity}"
       path = os.path.join(workdir, "conditions", f"{key}.json")
       if paths.exists(path):

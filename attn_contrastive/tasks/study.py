@@ -29,6 +29,7 @@ import ml_collections
 from absl import logging
 
 from attn_contrastive import config_checks, paths
+from attn_contrastive.train import preemption
 
 #: The tasks a study runs, by stage (as ``main.TASKS``).
 TASK_MODULES = {
@@ -76,6 +77,7 @@ class Study:
     kind = "train" if kind.startswith("train") else kind
     if kind not in self.config.study.stages:
       return workdir
+    preemption.check()
     if is_done(workdir):
       logging.info("Study: %s done already (%s)", name, workdir)
       self.timings.append((name, 0.0, True))

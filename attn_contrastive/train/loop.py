@@ -214,6 +214,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
 
   # A signal after the last step lets the final evaluation finish: the last
   # checkpoint is written by then, and the run ends normally.
+  preemption.check()  # a Ctrl-C while the run was being set up
   with preemption.Watcher() as watcher:
     steps = _Steps(config, task, mesh, step_fn, frozen, step_rng, ckpt, writer, hooks,
                    skip_limit)
@@ -284,7 +285,8 @@ def _train(s: _Steps, state: TrainState, data_iter, watcher: preemption.Watcher,
     if preempted:
       ckpt.close()  # waits until the save is committed on every process
       writer.flush()
-      raise preemption.Preempted(step, ckpt.directory)
+      stop = preemption.Interrupted if watcher.interrupted else preemption.Preempted
+      raise stop(step, ckpt.directory)
     if (task.evaluate and config.train.eval_every > 0
         and step % config.train.eval_every == 0 and step != last_step):
       writer.write_scalars(step, {f"eval/{k}": v for k, v in task.evaluate(state).items()})

@@ -21,18 +21,33 @@ Agreeing on the step:
 
 A signal during an evaluation or a save is acted on at the next step
 boundary, after the evaluation or save: nothing in flight is cut.
+
+Ctrl-C (SIGINT) stops a run the same way, with exit status
+:data:`EXIT_INTERRUPTED` (130, as a shell reports a job ended by SIGINT) so
+that the launchers do not restart it: a training loop saves at the next step
+boundary; the piecewise tasks stop at their next piece boundary, keeping
+their finished pieces. A second Ctrl-C stops at once (``KeyboardInterrupt``), leaving the
+last committed checkpoint. A process whose parent started it with SIGINT
+ignored (``nohup``, a background job of a non-interactive shell) keeps
+ignoring it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 import threading
+from typing import Callable, TypeVar
 
 from absl import logging
 
+T = TypeVar("T")
+
 #: The exit status of a run that saved and stopped because it was preempted.
 EXIT_PREEMPTED = 75
+#: The exit status of a run stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -48,12 +63,59 @@ class Preempted(Exception):
     super().__init__(f"preempted: {done}; run the same command again to resume "
                      f"(exit status {EXIT_PREEMPTED})")
     self.step, self.directory = step, directory
+    self.exit_status = EXIT_PREEMPTED
 
 
-def _raise_preempted(signum, frame) -> None:
+class Interrupted(Preempted):
+  """The run stopped on Ctrl-C, as :class:`Preempted` does, with exit status 130."""
+
+  def __init__(self, step: int | None = None, directory: str | None = None):
+    super().__init__(step, directory)
+    done = (f"saved the checkpoint of step {step} in {directory}" if step is not None
+            else "finished pieces (shards, conditions, stages) are kept")
+    self.args = (f"stopped by Ctrl-C: {done}; run the same command again to resume",)
+    self.exit_status = EXIT_INTERRUPTED
+
+
+#: Set by the first Ctrl-C; :func:`check` raises at the next piece boundary once it is.
+_interrupted = threading.Event()
+
+
+def _sigint_ignored() -> bool:
+  """Whether this process was started with SIGINT ignored (then it stays ignored)."""
+  return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def _on_second_interrupt() -> None:
+  """A second Ctrl-C: stop at once (a third one is the system's default: terminate)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  raise KeyboardInterrupt("second Ctrl-C")
+
+
+def _on_signal(signum, frame) -> None:
+  """A preemption signal stops the task where it is; Ctrl-C at the next :func:`check`."""
   del frame
+  if signum == signal.SIGINT:
+    if _interrupted.is_set():
+      _on_second_interrupt()
+    _interrupted.set()
+    logging.warning("Ctrl-C: stopping at the next shard, condition or stage boundary, "
+                    "keeping the finished ones (Ctrl-C again to stop at once)")
+    return
   logging.warning("Received %s: stopping", signal.Signals(signum).name)
   raise Preempted()
+
+
+def check() -> None:
+  """Raises :class:`Interrupted` if Ctrl-C was pressed; called between the pieces
+  of a task (label shards, feature shards, robustness conditions, study stages)."""
+  if _interrupted.is_set():
+    raise Interrupted()
+
+
+def _wanted(distributed: bool) -> tuple[signal.Signals, ...]:
+  wanted = (signal.SIGUSR1,) if distributed else SIGNALS
+  return wanted if _sigint_ignored() else (*wanted, signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -62,20 +124,51 @@ def stop_on_signal():
 
   For the tasks that resume piece by piece (label, feature extraction,
   robustness conditions, a study's stages): every piece is written whole, so
-  stopping anywhere loses at most the piece in flight. A training loop
-  replaces this with its :class:`Watcher` while it runs. With several
-  processes SIGTERM is left to JAX's preemption service (the loop's).
+  stopping anywhere loses at most the piece in flight. A preemption signal
+  stops the task at once (a scheduler's grace period is short); Ctrl-C at
+  the next piece boundary (:func:`check`), or at once when pressed again.
+  A training loop replaces this with its :class:`Watcher` while it runs.
+  With several processes SIGTERM is left to JAX's preemption service (the
+  loop's).
   """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  wanted = (signal.SIGUSR1,) if _distributed() else SIGNALS
-  previous = {sig: signal.signal(sig, _raise_preempted) for sig in wanted}
+  _interrupted.clear()
+  previous = {sig: signal.signal(sig, _on_signal) for sig in _wanted(_distributed())}
   try:
     yield
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    _interrupted.clear()
+
+
+#: What a run says when a second Ctrl-C (or one before the task began) stopped it.
+STOPPED_AT_ONCE = ("stopped by Ctrl-C at once: the last committed checkpoint and the "
+                   "finished pieces are kept; run the same command again to resume")
+
+
+def run_stoppable(task: Callable[[], T]) -> T:
+  """Runs ``task()`` under :func:`stop_on_signal`; a stop ends the process.
+
+  A preemption or Ctrl-C becomes one line on stderr (no traceback) and
+  ``SystemExit`` with :data:`EXIT_PREEMPTED` or :data:`EXIT_INTERRUPTED`.
+  """
+  try:
+    with stop_on_signal():  # a training loop takes over while it trains
+      return task()
+  except Preempted as e:  # saved: the launchers restart a run that exits 75
+    _say(str(e))
+    raise SystemExit(e.exit_status) from None
+  except KeyboardInterrupt:  # a second Ctrl-C: what was committed is kept
+    _say(STOPPED_AT_ONCE)
+    raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _say(message: str) -> None:
+  logging.warning("%s", message)
+  print(message, file=sys.stderr, flush=True)
 
 
 def _distributed() -> bool:
@@ -95,14 +188,14 @@ class Watcher:
 
   def __init__(self):
     self._signalled = threading.Event()
+    self._interrupted = False
     self._previous: dict[int, object] = {}
     self._distributed = _distributed()
 
   def __enter__(self) -> "Watcher":
     if threading.current_thread() is not threading.main_thread():
       return self
-    wanted = (signal.SIGUSR1,) if self._distributed else SIGNALS
-    for sig in wanted:
+    for sig in _wanted(self._distributed):
       self._previous[sig] = signal.signal(sig, self._on_signal)
     return self
 
@@ -113,12 +206,23 @@ class Watcher:
 
   def _on_signal(self, signum, frame) -> None:
     del frame
+    if signum == signal.SIGINT:
+      if _interrupted.is_set():
+        _on_second_interrupt()
+      self._interrupted = True
+      _interrupted.set()
     if not self._signalled.is_set():
-      logging.warning("Received %s: saving at the next step boundary, then stopping",
-                      signal.Signals(signum).name)
+      name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+      logging.warning("%s: saving at the next step boundary, then stopping%s", name,
+                      " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
     self._signalled.set()
     if self._distributed:  # JAX's preemption service listens for SIGTERM only
       os.kill(os.getpid(), signal.SIGTERM)
+
+  @property
+  def interrupted(self) -> bool:
+    """Whether the signal was Ctrl-C (the run then stops with :class:`Interrupted`)."""
+    return self._interrupted
 
   @property
   def signalled(self) -> bool:
