@@ -1,11 +1,39 @@
-"""Test setup: eight virtual CPU devices for sharding tests, and a persistent
-compilation cache so that identical programs compile once per machine."""
+"""Test setup: eight virtual CPU devices for sharding tests, a persistent compilation
+cache so that identical programs compile once per machine, and XLA:CPU's quickest
+compilation (LLVM at -O0: the suite's tiny programs compile for much longer than
+they run: only faster machine code is given up)."""
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "attn_contrastive_test_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+#: Modules whose tests share a costly module fixture (several processes, an
+#: emulator, a trained run): each runs on one xdist worker, which builds it once
+#: (``--dist loadgroup``, pyproject.toml).
+SHARED_FIXTURE_MODULES = ("test_multiprocess", "test_preemption", "test_linear_eval",
+                          "test_remote_paths", "test_alignment", "test_report", "test_label",
+                          "test_salicon", "test_bad_images")
+#: The longest modules first (minutes of subprocess runs): the short tests then fill
+#: the workers' ends, instead of one worker finishing a long test alone.
+LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_interrupt", "test_train_step",
+                 "test_workers", "test_kills", "test_remote_paths", "test_attention")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  import pytest  # pylint: disable=g-import-not-at-top
+
+  def module(item):
+    return item.module.__name__.rsplit(".", 1)[-1]
+
+  for item in items:
+    if module(item) in SHARED_FIXTURE_MODULES:
+      item.add_marker(pytest.mark.xdist_group(module(item)))
+  rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: keeps the rest

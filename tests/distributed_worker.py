@@ -84,7 +84,7 @@ def train(workdir, steps, stop_at=None, eval_every=-1, slow_save=0.0, delay=0.0,
 
   def evaluate(state):
     _touch(os.path.join(workdir, "evaluating"), True)
-    time.sleep(2.0)
+    time.sleep(0.5)  # long enough for a test to signal the run while it evaluates
     _touch(os.path.join(workdir, "evaluating"), False)
     return {"param_sum": float(sum(np.sum(x.addressable_data(0))
                                    for x in jax.tree.leaves(state.params)))}
@@ -123,15 +123,13 @@ def copy(src, dst):
 
 
 def label(workdir):
-  import jax
-  import jax.numpy as jnp
   from attn_contrastive.models.teacher import teacher_from_config
   from attn_contrastive.tasks import label as label_task
 
-  from helpers import tiny_label_config
+  from helpers import filled_variables, tiny_label_config
   c = tiny_label_config(num_shards=5)
   model = teacher_from_config(c.teacher.model)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  variables = filled_variables(model, (1, 16, 16, 3))  # the same on every process
   label_task.train_and_evaluate(c, workdir, teacher=(model, variables), source=Colours(37, 3))
 
 

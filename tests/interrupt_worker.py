@@ -29,7 +29,7 @@ if __name__ == "__mp_main__":  # a grain worker: Ctrl-C is for the run (as main.
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-PRETRAIN_STEPS = 48
+PRETRAIN_STEPS = 24
 
 
 def pretrain(workdir: str) -> None:

@@ -24,7 +24,8 @@ def free_port() -> int:
 def start(plan, processes: int, devices: int, log_dir: str, tag: str):
   """Starts ``processes`` workers of ``devices`` CPU devices each; returns the Popens."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_backend_optimization_level=0")  # as tests/conftest.py
   port, procs = free_port(), []
   for p in range(processes):
     args = [sys.executable, WORKER, f"--plan={json.dumps(plan)}"]

@@ -2,6 +2,7 @@
 outlives it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -11,14 +12,21 @@ import psutil
 GRACE_S = 5.0
 
 
-def default_sigint() -> None:
-  """``preexec_fn`` of a child that must see Ctrl-C: SIGINT at its default.
+@contextlib.contextmanager
+def children_sigint(disposition=signal.default_int_handler):
+  """Children started inside get SIGINT at its default (or ignored, with
+  ``signal.SIG_IGN``), whatever this process inherited.
 
-  A child inherits an ignored SIGINT (a test runner's worker, a background job
-  of a non-interactive shell may ignore it), and Python then never raises
-  ``KeyboardInterrupt``: a test of Ctrl-C would measure nothing.
+  A child inherits an ignored SIGINT (a test runner started in the
+  background ignores it), and Python then never raises ``KeyboardInterrupt``:
+  a test of Ctrl-C would measure nothing. A handled signal is reset to its
+  default when a child executes its program; an ignored one stays ignored.
   """
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  inherited = signal.signal(signal.SIGINT, disposition)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, inherited)
 
 
 def note_descendants(pid: int, seen: dict[int, psutil.Process]) -> None:

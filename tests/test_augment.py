@@ -106,7 +106,7 @@ def test_sample_crop_box_statistics(hw):
 def test_sample_crop_box_matches_tensorflow_sampler():
   """Our sampler and TensorFlow's sample_distorted_bounding_box (SimCLR's call)
   give the same distribution of crop areas and aspect ratios."""
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf  # a dependency of the project (tfds image datasets)
   h, w, n = 375, 500, 1500
   tf_areas, tf_aspects = [], []
   for i in range(n):
@@ -378,7 +378,7 @@ def test_individual_jitter_ops():
 
 def test_jitter_ops_match_tensorflow():
   """Each colour op equals TensorFlow's adjust_* op that SimCLR calls (then clipped)."""
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf  # a dependency of the project (tfds image datasets)
   img = _rng(8).random((24, 32, 3)).astype(np.float32)
   cases = [
       (_only(delta=0.3), lambda x: tf.image.adjust_brightness(x, 0.3)),

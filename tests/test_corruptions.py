@@ -73,7 +73,7 @@ def reference(monkeypatch):
   """imagecorruptions, with the names its code needs under numpy 2 / scikit-image >= 0.19."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    ic = pytest.importorskip("imagecorruptions")
+    import imagecorruptions as ic  # the test extra installs it
     import imagecorruptions.corruptions as icc
     from skimage.filters import gaussian
   saved = np.random.get_state()

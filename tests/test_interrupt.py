@@ -48,12 +48,12 @@ STUDY_STAGES = ("teacher", "maps_train", "contrastive/seed0/train",
 class Run:
   """One start of the worker: follows its output and its descendants until it ends."""
 
-  def __init__(self, job: str, workdir: str, log: str, preexec=processes.default_sigint):
+  def __init__(self, job: str, workdir: str, log: str, sigint=signal.default_int_handler):
     self.err = open(log, "w")
-    self.proc = subprocess.Popen([sys.executable, WORKER, job, workdir],
-                                 stdout=subprocess.PIPE, stderr=self.err, text=True,
-                                 env=dict(os.environ), start_new_session=True,
-                                 preexec_fn=preexec)
+    with processes.children_sigint(sigint):
+      self.proc = subprocess.Popen([sys.executable, WORKER, job, workdir],
+                                   stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                   env=dict(os.environ), start_new_session=True)
     self.log, self.out, self.seen = log, [], {}
     self.ready = threading.Event()
     threading.Thread(target=self._follow, daemon=True).start()
@@ -152,8 +152,7 @@ def test_ctrl_c_stops_the_task_cleanly_and_the_rerun_finishes(tmp_path, job):
 
 def test_ctrl_c_is_ignored_when_the_parent_ignores_it(tmp_path):
   """``nohup`` and background jobs start a run with SIGINT ignored: it stays ignored."""
-  run = Run("features", str(tmp_path / "run"), str(tmp_path / "err"),
-            preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+  run = Run("features", str(tmp_path / "run"), str(tmp_path / "err"), sigint=signal.SIG_IGN)
   run.wait_ready()
   os.killpg(run.proc.pid, signal.SIGINT)
   rc, _ = run.wait(TIMEOUT_S)

@@ -11,7 +11,7 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
-from helpers import HumanSquares, tiny_label_config
+from helpers import HumanSquares, filled_variables, tiny_label_config
 
 
 class _Images:
@@ -39,8 +39,7 @@ def _config():
 def teacher():
   c = _config()
   model = teacher_from_config(c.teacher.model)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
-  return model, variables
+  return model, filled_variables(model, (1, 16, 16, 3))
 
 
 def _files(d):

@@ -49,7 +49,11 @@ def test_kernel_equals_xla_weight_gradient(n, h, w, c, o, kh, kw, sh, sw, thread
   _, vjp = jax.vjp(conv, jnp.zeros((kh, kw, c, o)))
   (want,) = vjp(g)
   got = jax.jit(lambda x, g: native.weight_grad(x, g, (kh, kw), (sh, sw), threads))(x, g)
-  assert _rel_err(got, want) < 2e-6
+  # Each gradient entry sums K = n·ho·wo products; the kernel and XLA sum them in
+  # orders that depend on the host's vector width: about sqrt(K)·eps of the
+  # largest entry apart, bounded here with a factor of 8.
+  k = n * ho * wo
+  assert _rel_err(got, want) < 8 * np.sqrt(k) * np.finfo(np.float32).eps
 
 
 def _grads(conv, x, k, strides, padding):

@@ -333,7 +333,7 @@ def test_jax_density_nss(batch):
       atol=1e-5)
   # Binary weights give the binary NSS; scaling the weights changes nothing.
   np.testing.assert_allclose(
-      jm.nss(pred, 5.0 * fix.astype(np.float32)), jm.nss(pred, fix), rtol=1e-5)
+      jm.nss(pred, 5.0 * fix.astype(np.float32)), jm.nss(pred, fix), rtol=1e-5, atol=1e-6)
 
 
 def test_jax_conventions():
