@@ -13,12 +13,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "attn_contrastive_test_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-#: Modules whose tests share a costly module fixture (several processes, an
-#: emulator, a trained run): each runs on one xdist worker, which builds it once
-#: (``--dist loadgroup``, pyproject.toml).
-SHARED_FIXTURE_MODULES = ("test_multiprocess", "test_preemption", "test_linear_eval",
-                          "test_remote_paths", "test_alignment", "test_report", "test_label",
-                          "test_salicon", "test_bad_images")
 #: The longest modules first (minutes of subprocess runs): the short tests then fill
 #: the workers' ends, instead of one worker finishing a long test alone.
 LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_interrupt", "test_train_step",
@@ -26,14 +20,14 @@ LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_interrupt", "test
 
 
 def pytest_collection_modifyitems(config, items):
+  """Longest modules first. (A module whose tests share a costly module fixture
+  marks itself ``pytestmark = pytest.mark.xdist_group(...)``: with ``--dist
+  loadgroup``, pyproject.toml, one worker runs it and builds the fixture once.)"""
   del config
-  import pytest  # pylint: disable=g-import-not-at-top
 
   def module(item):
     return item.module.__name__.rsplit(".", 1)[-1]
 
-  for item in items:
-    if module(item) in SHARED_FIXTURE_MODULES:
-      item.add_marker(pytest.mark.xdist_group(module(item)))
   rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: keeps the rest
+

@@ -9,8 +9,8 @@ as ``python -m attn_contrastive.main`` (:func:`preemption.run_stoppable`).
 * ``features``: ``tests/kill_worker.py``'s feature extraction into a cache, the
   first part of a linear evaluation.
 * ``study``: :class:`attn_contrastive.tasks.study.Study` over one row of
-  ``configs/study.py`` without the report, each of its 7 stages a label job
-  (as above) into the stage's folder.
+  ``configs/study.py`` and four of its stages (teacher, label, training,
+  linear evaluation), each a label job (as above) into the stage's folder.
 
 ``ready`` is printed when the work begins (after the imports), ``done`` when it
 ends; the exit status is main's (0, or 130 after Ctrl-C). Only the standard
@@ -48,7 +48,7 @@ def study(workdir: str) -> None:
   from attn_contrastive.tasks import study as study_lib
   c = config_lib.load_config_file(os.path.join(os.path.dirname(HERE), "configs", "study.py"))
   c.study.rows = ("contrastive",)
-  c.study.stages = tuple(s for s in study_lib.STAGES if s != "report")
+  c.study.stages = ("teacher", "label", "train", "linear_eval")
   study_lib.Study(c, workdir, run_stage=lambda _, stage_dir: kill_worker.run_label(
       stage_dir, kill_worker.READ_S)).run()
 

@@ -82,6 +82,20 @@ def assert_none_survives(seen: dict[int, psutil.Process]) -> None:
   assert not survivors, f"still running {GRACE_S} s after the run ended: {survivors}"
 
 
+def mapped_shared_memory(pids) -> set[str]:
+  """The grain batch segments (``/dev/shm/psm_*``) that processes ``pids`` have mapped
+  now: theirs, unlike a listing of ``/dev/shm``, which holds other runs' too."""
+  names = set()
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/maps") as f:
+        names.update(os.path.basename(line.split()[-1]) for line in f
+                     if "/dev/shm/psm_" in line)
+    except OSError:  # ended, or no /proc
+      pass
+  return names
+
+
 def shared_memory() -> set[str]:
   """The names of the shared-memory segments of grain's batches (``/dev/shm/psm_*``)."""
   shm = "/dev/shm"

@@ -19,6 +19,9 @@ from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from helpers import SIZE, HumanSquares, filled_variables, tiny_config
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_alignment")
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from PIL import Image
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import augment, images, pipeline
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_bad_images")
+
 DATASET = "imagenet_c/gaussian_noise_3"
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)

@@ -13,6 +13,9 @@ from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
 from helpers import HumanSquares, filled_variables, tiny_label_config
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_label")
+
 
 class _Images:
   """An in-memory image source with keys: 20 random 20-px images."""

@@ -21,6 +21,9 @@ from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import init_key
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_linear_eval")
+
 EPS32 = float(np.finfo(np.float32).eps)
 
 

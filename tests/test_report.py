@@ -14,6 +14,9 @@ from matplotlib import image as mpl_image
 
 from attn_contrastive import report
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 CLASSIFICATION = "salient_objects/classification"
 HUMAN = "salient_objects/human_attention"
 CONFIGS = {

@@ -10,6 +10,9 @@ import tensorflow_datasets as tfds
 
 from attn_contrastive.data import salicon
 
+# Its tests share a costly module fixture: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_salicon")
+
 H, W = 48, 64  # Reduced from 480 x 640; `resolution` in the .mat files matches.
 
 

@@ -1,5 +1,5 @@
-"""grain worker processes end with the run: on its normal end, on an error and when the
-training process itself is SIGKILLed (on Ctrl-C: ``tests/test_interrupt.py``).
+"""grain worker processes end with the run: on an error and when the training process
+itself is SIGKILLed (on its normal end and on Ctrl-C: ``tests/test_interrupt.py``).
 
 Each test starts ``tests/train_worker.py`` (a short SimCLR run with
 ``input.num_workers=2``, or only its input pipeline) in a session of its
@@ -67,13 +67,6 @@ def _assert_none_survives(seen: dict[int, psutil.Process], stderr: str) -> None:
   processes.assert_none_survives(seen)
 
 
-def test_workers_end_with_a_finished_run(tmp_path):
-  rc, seen, stderr, _ = _run(tmp_path, "--steps=8")
-  assert rc == 0, stderr[-3000:]
-  assert "leaked shared_memory" not in stderr  # every batch's blocks freed before the end
-  _assert_none_survives(seen, stderr)
-
-
 def test_workers_end_when_a_record_fails_mid_run(tmp_path):
   """A worker's reader raises for a record of step 7: the run stops with its error."""
   rc, seen, stderr, lines = _run(tmp_path, "--steps=12", "--fail_at_step=7")
@@ -86,11 +79,11 @@ def test_workers_end_when_the_training_process_is_sigkilled(tmp_path):
   """Without a parent, each worker exits within a second (``pipeline.init_worker``),
   and the resource tracker after them, which frees the shared-memory batches that
   were in flight when the training process was killed."""
-  before, in_flight = processes.shared_memory(), set()
+  in_flight = set()
 
   def kill(proc, seen):
     time.sleep(0.5)  # batches queue up behind the reader
-    in_flight.update(processes.shared_memory() - before)
+    in_flight.update(processes.mapped_shared_memory([proc.pid, *seen]))
     proc.kill()
 
   rc, seen, stderr, _ = _run(tmp_path, "--steps=2000", "--pipeline_only", action=kill)
