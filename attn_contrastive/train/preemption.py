@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from typing import Callable, TypeVar
 
@@ -152,23 +151,19 @@ STOPPED_AT_ONCE = ("stopped by Ctrl-C at once: the last committed checkpoint and
 def run_stoppable(task: Callable[[], T]) -> T:
   """Runs ``task()`` under :func:`stop_on_signal`; a stop ends the process.
 
-  A preemption or Ctrl-C becomes one line on stderr (no traceback) and
-  ``SystemExit`` with :data:`EXIT_PREEMPTED` or :data:`EXIT_INTERRUPTED`.
+  A preemption or Ctrl-C becomes one warning line (stderr and the run's log;
+  no traceback) and ``SystemExit`` with :data:`EXIT_PREEMPTED` or
+  :data:`EXIT_INTERRUPTED`.
   """
   try:
     with stop_on_signal():  # a training loop takes over while it trains
       return task()
   except Preempted as e:  # saved: the launchers restart a run that exits 75
-    _say(str(e))
+    logging.warning("%s", e)
     raise SystemExit(e.exit_status) from None
   except KeyboardInterrupt:  # a second Ctrl-C: what was committed is kept
-    _say(STOPPED_AT_ONCE)
+    logging.warning("%s", STOPPED_AT_ONCE)
     raise SystemExit(EXIT_INTERRUPTED) from None
-
-
-def _say(message: str) -> None:
-  logging.warning("%s", message)
-  print(message, file=sys.stderr, flush=True)
 
 
 def _distributed() -> bool:
