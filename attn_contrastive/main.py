@@ -5,12 +5,6 @@ overrides any field, and ``config.task`` picks the stage to run.
 """
 from __future__ import annotations
 
-import signal
-
-if __name__ == "__mp_main__":  # a worker process this run spawned (grain's): see below
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import importlib
 import sys
 import time

@@ -5,7 +5,7 @@ as ``python -m attn_contrastive.main`` (:func:`preemption.run_stoppable`).
 
 * ``pretrain``: ``tests/train_worker.py``'s SimCLR run with two grain worker
   processes, :data:`PRETRAIN_STEPS` steps, a checkpoint every 4.
-* ``label``: ``tests/kill_worker.py``'s label job (8 slowly read shards).
+* ``label``: ``tests/kill_worker.py``'s label job (8 shards, read slowly).
 * ``features``: ``tests/kill_worker.py``'s feature extraction into a cache, the
   first part of a linear evaluation.
 * ``study``: :class:`attn_contrastive.tasks.study.Study` over one row of
@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-
-if __name__ == "__mp_main__":  # a grain worker: Ctrl-C is for the run (as main.py)
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 PRETRAIN_STEPS = 24
+#: Seconds per record read: label and feature extraction last over a second (8
+#: shards of 8 records), each study stage about half as long.
+READ_S = 0.02
+STUDY_READ_S = 0.01
 
 
 def pretrain(workdir: str) -> None:
@@ -50,7 +50,7 @@ def study(workdir: str) -> None:
   c.study.rows = ("contrastive",)
   c.study.stages = ("teacher", "label", "train", "linear_eval")
   study_lib.Study(c, workdir, run_stage=lambda _, stage_dir: kill_worker.run_label(
-      stage_dir, kill_worker.READ_S)).run()
+      stage_dir, STUDY_READ_S)).run()
 
 
 def main() -> None:
@@ -65,8 +65,8 @@ def main() -> None:
     from absl import flags as absl_flags
     absl_flags.FLAGS(["interrupt_worker"])  # grain's worker processes read absl flags
   jobs = {"pretrain": pretrain, "study": study,
-          "label": lambda w: kill_worker.run_label(w, kill_worker.READ_S),
-          "features": lambda w: kill_worker.extract_features(w, kill_worker.READ_S)}
+          "label": lambda w: kill_worker.run_label(w, READ_S),
+          "features": lambda w: kill_worker.extract_features(w, READ_S)}
   print("ready", flush=True)
   preemption.run_stoppable(lambda: jobs[args.job](args.workdir))
   print("done", flush=True)

@@ -23,7 +23,6 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 import interrupt_worker

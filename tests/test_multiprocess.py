@@ -60,7 +60,11 @@ def test_training_with_a_resume_matches_across_layouts(runs):
   for other in (os.path.join(two, "run"), os.path.join(one, "from_two")):
     got = _final(other)
     assert got.keys() == straight.keys()
-    for k in straight:  # float reductions in another order: not bit for bit
+    # Rows sit on other devices: BatchNorm's, the gradient's and NT-Xent's sums run
+    # in another order (about n·eps relative each), and 4 LARS steps at a low rate
+    # (0.05 · 16/256) carry that into the parameters without amplifying it past
+    # ~1e-6: rtol 2e-4, atol 2e-5 for the entries near zero leave a wide margin.
+    for k in straight:
       np.testing.assert_allclose(got[k], straight[k], rtol=2e-4, atol=2e-5, err_msg=k)
     assert _results(other)["step"] == 4
     np.testing.assert_allclose(_results(other)["loss"], _results(

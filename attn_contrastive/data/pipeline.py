@@ -16,8 +16,10 @@ same stream.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import multiprocessing.util as mp_util
 import os
 import signal
 import threading
@@ -169,7 +171,61 @@ def train_iterator(source, transform: Callable[[Example, np.random.Generator], E
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                               worker_init_fn=functools.partial(init_worker, os.getpid()))
     it_ds = it_ds.map(_out_of_shared_memory)
+    with _sigint_blocked():  # the workers start here, by the first batch
+      it = iter(it_ds)
+      first = next(it)
+    return _Started(first, it)
   return iter(it_ds)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+  """Processes spawned meanwhile, from any thread, start with SIGINT blocked.
+
+  A Ctrl-C reaches every process of the terminal's process group, grain's
+  workers too, and a worker still starting (Python's own imports, before
+  ``init_worker`` ignores SIGINT) would die of it with a traceback. grain
+  spawns its workers from its own threads, whose signal mask this thread
+  cannot set, so the spawn itself (``multiprocessing.util.spawnv_passfds``,
+  which the ``spawn`` start method calls) blocks SIGINT in the calling thread
+  for its duration, as CPython's resource tracker does for its own process:
+  a child inherits the mask, and it stays blocked across ``exec``. Nothing is
+  lost here: the signal reaches this process through its other threads.
+  """
+  if not hasattr(signal, "pthread_sigmask"):
+    yield
+    return
+  spawn = mp_util.spawnv_passfds
+
+  def spawn_blocked(path, args, passfds):
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+      return spawn(path, args, passfds)
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+  mp_util.spawnv_passfds = spawn_blocked
+  try:
+    yield
+  finally:
+    mp_util.spawnv_passfds = spawn
+
+
+class _Started:
+  """A started iterator: its first batch (already taken), then the rest."""
+
+  def __init__(self, first: Example, rest):
+    self._first, self._rest = [first], rest
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Example:
+    return self._first.pop() if self._first else next(self._rest)
+
+  def close(self) -> None:
+    self._first.clear()
+    self._rest.close()
 
 
 def _out_of_shared_memory(batch: Example) -> Example:
@@ -195,12 +251,9 @@ def init_worker(parent: int, worker_index: int, worker_count: int,
   * Ctrl-C reaches every process of the terminal's process group: a worker
     interrupted while it hands a batch over can leave that batch's shared
     memory in ``/dev/shm`` for good, and one interrupted while it starts
-    dies with a traceback. Workers ignore SIGINT; the training process stops
-    them as it exits. A worker starts by running the main module of the
-    process that spawned it as ``__mp_main__``, before it unpickles its
-    pipeline (which imports JAX and grain, seconds): ``attn_contrastive.main``
-    ignores SIGINT there already, and a script of a user's that trains with
-    workers should do the same.
+    dies with a traceback. Workers start with SIGINT blocked
+    (:func:`_sigint_blocked`) and ignore it from here on; the training
+    process stops them as it exits.
   * A training process killed with SIGKILL (``kill -9``, the out-of-memory
     killer) would leave them blocked on a full queue for ever, holding their
     memory, and multiprocessing's resource tracker with them, so that their
