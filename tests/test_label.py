@@ -53,6 +53,38 @@ def _files(d):
   return out
 
 
+def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teacher):
+  """Each written map against an independent chain: the teacher on one image
+  (``model.apply``, no mesh), the exponentiated log-density resized by Pillow's
+  antialiased bilinear filter, scaled so that its peak is 255, rounded.
+
+  The two chains round floats differently (about 1e-6 relative), which can move
+  a value across a rounding boundary only where 255·d/peak lies within 1e-3 of
+  a half: there one level apart is allowed, elsewhere the bytes are equal.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  model, variables = teacher
+  c = _config()
+  size, map_size = c.teacher.data.image_size, c.label.map_size
+  rng = np.random.default_rng(7)
+  src = _Images(12)
+  src.images = rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8)  # the input size
+  label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
+  written = am.AttentionMapSource(str(tmp_path))
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False)["log_density"])
+  for i in range(len(src)):
+    log_density = np.asarray(apply(step_lib.normalize_images(src.images[i:i + 1])))[0]
+    density = np.exp(log_density.astype(np.float64)).astype(np.float32)
+    small = np.asarray(Image.fromarray(density, mode="F").resize((map_size, map_size),
+                                                                 Image.BILINEAR), np.float64)
+    scaled = 255.0 * np.maximum(small, 0) / small.max()
+    want = np.round(scaled)
+    got = written[i]["attention_map"].astype(np.float64)
+    assert written[i]["file_name"] == f"img_{i:03d}.png" and got.shape == want.shape
+    near_half = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-3
+    assert np.all(np.abs(got - want) <= near_half), (i, np.abs(got - want).max())
+
+
 def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
   c, src = _config(), _Images()
   label.train_and_evaluate(c, str(tmp_path / "straight"), teacher=teacher, source=src)
