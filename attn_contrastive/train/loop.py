@@ -212,9 +212,9 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   if config.train.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
 
+  preemption.check()  # a Ctrl-C while the run was being set up
   # A signal after the last step lets the final evaluation finish: the last
   # checkpoint is written by then, and the run ends normally.
-  preemption.check()  # a Ctrl-C while the run was being set up
   with preemption.Watcher() as watcher:
     steps = _Steps(config, task, mesh, step_fn, frozen, step_rng, ckpt, writer, hooks,
                    skip_limit)

@@ -55,25 +55,30 @@ class Preempted(Exception):
   """The run stopped on a preemption signal, after saving the checkpoint of ``step``
   (a training loop) or between its resumable pieces (``step`` None)."""
 
+  exit_status = EXIT_PREEMPTED
+
   def __init__(self, step: int | None = None, directory: str | None = None):
+    super().__init__(self._message(step, directory))
+    self.step, self.directory = step, directory
+
+  @staticmethod
+  def _message(step: int | None, directory: str | None) -> str:
     done = (f"saved the checkpoint of step {step} in {directory} and stopped" if step
             is not None else "stopped; its finished pieces (shards, conditions, stages) "
             "are kept")
-    super().__init__(f"preempted: {done}; run the same command again to resume "
-                     f"(exit status {EXIT_PREEMPTED})")
-    self.step, self.directory = step, directory
-    self.exit_status = EXIT_PREEMPTED
+    return (f"preempted: {done}; run the same command again to resume "
+            f"(exit status {EXIT_PREEMPTED})")
 
 
 class Interrupted(Preempted):
   """The run stopped on Ctrl-C, as :class:`Preempted` does, with exit status 130."""
+  exit_status = EXIT_INTERRUPTED
 
-  def __init__(self, step: int | None = None, directory: str | None = None):
-    super().__init__(step, directory)
+  @staticmethod
+  def _message(step: int | None, directory: str | None) -> str:
     done = (f"saved the checkpoint of step {step} in {directory}" if step is not None
             else "finished pieces (shards, conditions, stages) are kept")
-    self.args = (f"stopped by Ctrl-C: {done}; run the same command again to resume",)
-    self.exit_status = EXIT_INTERRUPTED
+    return f"stopped by Ctrl-C: {done}; run the same command again to resume"
 
 
 #: Set by the first Ctrl-C; :func:`check` raises at the next piece boundary once it is.
@@ -183,7 +188,6 @@ class Watcher:
 
   def __init__(self):
     self._signalled = threading.Event()
-    self._interrupted = False
     self._previous: dict[int, object] = {}
     self._distributed = _distributed()
 
@@ -204,7 +208,6 @@ class Watcher:
     if signum == signal.SIGINT:
       if _interrupted.is_set():
         _on_second_interrupt()
-      self._interrupted = True
       _interrupted.set()
     if not self._signalled.is_set():
       name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -216,8 +219,11 @@ class Watcher:
 
   @property
   def interrupted(self) -> bool:
-    """Whether the signal was Ctrl-C (the run then stops with :class:`Interrupted`)."""
-    return self._interrupted
+    """Whether the signal was Ctrl-C (the run then stops with :class:`Interrupted`).
+
+    The loop calls :func:`check` before it starts watching, so a Ctrl-C seen
+    here came while it watched."""
+    return _interrupted.is_set()
 
   @property
   def signalled(self) -> bool:
