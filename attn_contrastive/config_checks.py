@@ -94,13 +94,25 @@ STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retri
 #: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
 ROBUSTNESS_SOURCES = ("generate", "released")
 
-#: Tasks that evaluate another run, and what ``checkpoint`` must name for each.
+#: The tasks whose networks later stages evaluate.
+TRAINED_TASKS = ("pretrain", "supervised")
+
+#: Tasks that evaluate another run, and the tasks of the runs their ``checkpoint`` may name.
 EVALUATES = {
-    "linear_eval": "the workdir of a pretrain or supervised run",
-    "retrieval": "the workdir of a pretrain or supervised run",
-    "alignment": "the workdir of a pretrain or supervised run",
-    "robustness": "the workdir of a linear_eval run",
+    "linear_eval": TRAINED_TASKS,
+    "retrieval": TRAINED_TASKS,
+    "alignment": TRAINED_TASKS,
+    "robustness": ("linear_eval",),
 }
+
+#: A linear evaluation's protocols (``tasks/linear_eval.py``); a reader of its
+#: classifier may also ask for ``auto`` (``linear`` if it ran, else ``linear_cached``).
+LINEAR_PROTOCOLS = ("linear", "linear_cached")
+
+
+def evaluated_run(task: str) -> str:
+  """What the ``checkpoint`` of evaluation ``task`` must name, in words."""
+  return f"the workdir of a {' or '.join(EVALUATES[task])} run"
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
@@ -124,7 +136,7 @@ def _links(config, prefix: str) -> Iterable[str]:
   task = config.get("task")
   if task in EVALUATES and not config.get("checkpoint"):
     yield (f"{prefix}checkpoint is empty: set --config.{prefix}checkpoint to "
-           f"{EVALUATES[task]}")
+           f"{evaluated_run(task)}")
   if task == "label" and not config.get("teacher_checkpoint"):
     yield (f"{prefix}teacher_checkpoint is empty: set it to the workdir of a teacher run "
            "(configs/teacher.py)")

@@ -5,7 +5,6 @@ overrides any field, and ``config.task`` picks the stage to run.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 
@@ -16,6 +15,7 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive import paths
 from attn_contrastive import summary
+from attn_contrastive import tasks
 from attn_contrastive.data.images import TooManyBadImagesError
 from attn_contrastive.train import preemption
 
@@ -28,18 +28,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-
-TASKS = {
-    "pretrain": "attn_contrastive.tasks.pretrain",
-    "supervised": "attn_contrastive.tasks.supervised",
-    "teacher": "attn_contrastive.tasks.teacher",
-    "label": "attn_contrastive.tasks.label",
-    "alignment": "attn_contrastive.tasks.alignment",
-    "linear_eval": "attn_contrastive.tasks.linear_eval",
-    "retrieval": "attn_contrastive.tasks.retrieval",
-    "robustness": "attn_contrastive.tasks.robustness",
-    "study": "attn_contrastive.tasks.study",
-}
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -75,8 +63,8 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("error: pass --config=configs/<file>.py[:arg] and --workdir=DIR")
   config, workdir = _CONFIG.value, _WORKDIR.value
-  if config.task not in TASKS:
-    sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(TASKS)}")
+  if config.task not in tasks.TASKS:
+    sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(tasks.TASKS)}")
   bad = config_checks.problems(config)
   if bad:
     sys.exit(f"error: {len(bad)} config value(s) to fix before anything runs:\n  "
@@ -99,9 +87,9 @@ def main(argv: list[str]) -> None:
   else:
     logging.info("Config:\n%s", config)
   start = time.perf_counter()
-  task = importlib.import_module(TASKS[config.task])
+  run_task = tasks.entry(config.task)
   try:
-    preemption.run_stoppable(lambda: task.train_and_evaluate(config, workdir))
+    preemption.run_stoppable(lambda: run_task(config, workdir))
   except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
     sys.exit(f"error: {e}")
   finally:

@@ -119,9 +119,10 @@ def make_task(config, source, monitor: MemoryMonitor):
   import jax
   import jax.numpy as jnp
   from attn_contrastive.data import pipeline
+  from attn_contrastive.models.build import build_model
   from attn_contrastive.tasks import pretrain
   from attn_contrastive.train import loop
-  model = pretrain.build_model(config)
+  model = build_model(config)
   size = config.data.image_size
   return loop.TaskSpec(
       model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=source,

@@ -38,7 +38,7 @@ import train_step  # noqa: E402  (the sibling benchmark: the project's compiled 
 from attn_contrastive import main as main_lib  # noqa: E402
 from attn_contrastive.models.resnet import STAGE_SIZES, STAGE_STRIDES  # noqa: E402
 from attn_contrastive.train import optim  # noqa: E402
-from attn_contrastive.train.step import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from attn_contrastive.models.forward import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 # --steps and --warmup are train_step.py's flags (per round with --alternate).
 _ALTERNATE = flags.DEFINE_integer("alternate", 0, "Rounds of JAX then PyTorch; 0: PyTorch only.")

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from attn_contrastive import main as main_lib  # noqa: E402
+from attn_contrastive.models.build import build_model  # noqa: E402
 from attn_contrastive.tasks import pretrain, supervised  # noqa: E402
 from attn_contrastive.train import mesh as mesh_lib, optim, step as step_lib  # noqa: E402
 from attn_contrastive.train.state import count_params, create_train_state  # noqa: E402
@@ -53,10 +54,10 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device, in TFLOP
 def build(config):
   """(model, loss_fn, views per image) for the config's task."""
   if config.task == "pretrain":
-    model = pretrain.build_model(config)
+    model = build_model(config)
     return model, pretrain.make_loss_fn(model, config), 2
   if config.task == "supervised":
-    model = supervised.build_model(config)
+    model = build_model(config)
     return model, supervised.make_loss_fn(model, config), 1
   raise ValueError(f"no benchmark for task {config.task!r}")
 

@@ -130,7 +130,7 @@ def label(workdir):
   c = tiny_label_config(num_shards=5)
   model = teacher_from_config(c.teacher.model)
   variables = filled_variables(model, (1, 16, 16, 3))  # the same on every process
-  label_task.train_and_evaluate(c, workdir, teacher=(model, variables), source=Colours(37, 3))
+  label_task.write_maps(c, workdir, teacher=(model, variables), source=Colours(37, 3))
 
 
 def evaluate(workdir, checkpoint):
@@ -144,7 +144,7 @@ def evaluate(workdir, checkpoint):
   c.data.num_classes = 4
   c.eval.update(dict(batch_size=16, num_threads=1))
   c.linear_cached.update(dict(l2_grid=(1e-4, 1e-2), max_iters=50, shard_size=32))
-  linear_eval.train_and_evaluate(
+  linear_eval.evaluate(
       c, workdir, splits={"train": Colours(48, 1), "validation": Colours(20, 2)},
       dataset_version="test")
 

@@ -69,7 +69,7 @@ def teacher(config):
 def run_label(workdir: str, read_s: float = 0.0) -> None:
   from attn_contrastive.tasks import label
   c = label_config()
-  label.train_and_evaluate(c, workdir, teacher=teacher(c), source=Images(read_s=read_s))
+  label.write_maps(c, workdir, teacher=teacher(c), source=Images(read_s=read_s))
 
 
 def encoder():

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import runs as runs_lib
 from attn_contrastive import summary
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
+from attn_contrastive.models.build import build_model
 from attn_contrastive.models.resnet import ResNet, stage_output_block
-from attn_contrastive.tasks import alignment, pretrain, supervised
+from attn_contrastive.tasks import alignment
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
@@ -171,7 +173,7 @@ def test_all_zero_map_becomes_uniform():
 def _write_run(workdir, task):
   """A run's workdir (config.json, a checkpoint at step 3) of a tiny ``task`` model."""
   config = tiny_config(task)
-  model = (supervised if task == "supervised" else pretrain).build_model(config)
+  model = build_model(config)
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
   os.makedirs(workdir)
   loop.write_config(str(workdir), config)
@@ -199,8 +201,8 @@ def _config(checkpoint, **alignment_keys):
 
 
 def _align(config, workdir):
-  return alignment.train_and_evaluate(config, str(workdir), source=HumanSquares(),
-                                      dataset_version="test", mesh=mesh_lib.make_mesh(1))
+  return alignment.evaluate(config, str(workdir), splits={"validation": HumanSquares()},
+                            dataset_version="test", mesh=mesh_lib.make_mesh(1))
 
 
 def _check_examples(workdir, kinds, map_hw):
@@ -271,9 +273,9 @@ def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
                   {"activations": (8, 8), "gradcam": (4, 4)})
   # The maps are Grad-CAM of the linear classifier's predicted class at conv4.
   images = np.stack([HumanSquares()[i]["image"] for i in range(3)])
-  state = alignment.EvalState(variables["params"], variables["batch_stats"], 0,
-                              {"kernel": kernel, "bias": bias})
-  predict = alignment.make_predict(model, alignment.load_run_config(run_dir), ("gradcam",),
+  state = runs_lib.EvalState(variables["params"], variables["batch_stats"], 0,
+                             {"kernel": kernel, "bias": bias})
+  predict = alignment.make_predict(model, runs_lib.read_config(run_dir), ("gradcam",),
                                    {"gradcam": ("conv4",)})
   with np.load(tmp_path / "align" / "examples.npz") as z:
     np.testing.assert_allclose(jax.jit(predict)(state, images)["gradcam"], z["map/gradcam"],
@@ -283,7 +285,7 @@ def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
 def test_gradcam_without_logits_is_skipped_by_default_and_refused_when_asked(runs, tmp_path,
                                                                             caplog):
   run_dir = runs["pretrain"][0]
-  run = alignment.load_run_config(run_dir)
+  run = runs_lib.read_config(run_dir)
   with caplog.at_level("INFO"):
     kinds, stages = alignment.resolve_maps(_config(run_dir), run, has_logits=False)
   assert kinds == ("activations",) and stages == {"activations": ("conv3", "conv4")}

@@ -139,16 +139,17 @@ def test_contrastive_views_carry_aligned_maps():
 def test_supervised_loss_is_cross_entropy_plus_attention():
   """The supervised attention row's loss: CE + L_attn of the resized crop maps,
   each term against NumPy; the heads get a non-zero gradient."""
+  from attn_contrastive.models.build import build_model
+  from attn_contrastive.models.forward import normalize_images
   from attn_contrastive.tasks import supervised
-  from attn_contrastive.train import step as step_lib
   c = _tiny_attn_config()
   c.task = "supervised"
-  model = supervised.build_model(c)
+  model = build_model(c)
   rng = np.random.default_rng(2)
   batch = {"image": rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 10, 6).astype(np.int32),
            "map": rng.random((6, 8, 8)).astype(np.float32)}
-  x = step_lib.normalize_images(batch["image"])
+  x = normalize_images(batch["image"])
   variables = filled_variables(model, x.shape)
   loss_fn = supervised.make_loss_fn(model, c)
   (loss, (_, metrics)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
@@ -246,8 +247,8 @@ def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads(cotrain_
   images together. The reference runs the encoder, projection head and
   attention heads as separate modules."""
   from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.models.forward import normalize_images
   from attn_contrastive.tasks import pretrain
-  from attn_contrastive.train import step as step_lib
   c = _tiny_attn_config()
   c.attention.labels = "human"
   c.attention.cotrain_bn = cotrain_bn
@@ -256,8 +257,8 @@ def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads(cotrain_
   batch = {k: rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
            for k in ("view1", "view2", "human_image")}
   batch["human_map"] = rng.random((4, 8, 8)).astype(np.float32)
-  views = step_lib.normalize_images(np.concatenate([batch["view1"], batch["view2"]]))
-  human = step_lib.normalize_images(batch["human_image"])
+  views = normalize_images(np.concatenate([batch["view1"], batch["view2"]]))
+  human = normalize_images(batch["human_image"])
   variables = filled_variables(model, views.shape)
   loss, (stats, metrics) = jax.jit(pretrain.make_loss_fn(model, c))(
       variables["params"], variables["batch_stats"], batch, None)

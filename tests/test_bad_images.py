@@ -262,7 +262,7 @@ def test_label_writes_one_map_per_key_and_the_join_skips_with_its_image(dataset,
   model = teacher_from_config(c.teacher.model)
   teacher = (model, filled_variables(model, (1, 16, 16, 3)))
   source = _open(dataset)
-  label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=source)
+  label.write_maps(c, str(tmp_path), teacher=teacher, source=source)
   names = _raw_names(source)
   maps = am.AttentionMapSource(str(tmp_path))
   assert [maps[i]["file_name"] for i in range(len(maps))] == names  # every key once, in order

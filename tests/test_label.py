@@ -8,9 +8,9 @@ import pytest
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import attention_maps as am
+from attn_contrastive.models.forward import normalize_images
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
-from attn_contrastive.train import step as step_lib
 from helpers import HumanSquares, filled_variables, tiny_label_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
@@ -69,11 +69,11 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
   rng = np.random.default_rng(7)
   src = _Images(12)
   src.images = rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8)  # the input size
-  label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
+  label.write_maps(c, str(tmp_path), teacher=teacher, source=src)
   written = am.AttentionMapSource(str(tmp_path))
   apply = jax.jit(lambda x: model.apply(variables, x, train=False)["log_density"])
   for i in range(len(src)):
-    log_density = np.asarray(apply(step_lib.normalize_images(src.images[i:i + 1])))[0]
+    log_density = np.asarray(apply(normalize_images(src.images[i:i + 1])))[0]
     density = np.exp(log_density.astype(np.float64)).astype(np.float32)
     small = np.asarray(Image.fromarray(density, mode="F").resize((map_size, map_size),
                                                                  Image.BILINEAR), np.float64)
@@ -87,13 +87,13 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
 
 def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
   c, src = _config(), _Images()
-  label.train_and_evaluate(c, str(tmp_path / "straight"), teacher=teacher, source=src)
+  label.write_maps(c, str(tmp_path / "straight"), teacher=teacher, source=src)
   killed = str(tmp_path / "killed")
-  r = label.train_and_evaluate(c, killed, teacher=teacher, source=src, stop_after_shards=1)
+  r = label.write_maps(c, killed, teacher=teacher, source=src, stop_after_shards=1)
   assert r["shards_written"] == 1
   with pytest.raises(FileNotFoundError, match="incomplete"):
     am.AttentionMapSource(killed)
-  r = label.train_and_evaluate(c, killed, teacher=teacher, source=src)
+  r = label.write_maps(c, killed, teacher=teacher, source=src)
   assert r["shards_written"] == 2  # the finished shard is not redone
   a, b = _files(tmp_path / "straight"), _files(killed)
   for i in range(3):
@@ -114,7 +114,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
   with pytest.raises(ValueError, match="made differently"):
     c2 = _config()
     c2.label.map_size = 4
-    label.train_and_evaluate(c2, killed, teacher=teacher, source=src)
+    label.write_maps(c2, killed, teacher=teacher, source=src)
 
 
 def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
@@ -123,7 +123,7 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
   counts the run's shards and images (summed over processes: one here)."""
   import json
   c, src, d = _config(), _Images(), str(tmp_path)
-  r = label.train_and_evaluate(c, d, teacher=teacher, source=src)
+  r = label.write_maps(c, d, teacher=teacher, source=src)
   assert (r["shards_written"], r["images_labelled"], r["processes"]) == (3, 20, 1)
   with open(os.path.join(d, "results.json")) as f:
     assert json.load(f) == r
@@ -136,7 +136,7 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
     f.write(data[:len(data) - 100])
   with pytest.raises(am.ShardError, match=f"{path}.*re-run the label task"):
     am.AttentionMapSource(d)
-  r = label.train_and_evaluate(c, d, teacher=teacher, source=src)
+  r = label.write_maps(c, d, teacher=teacher, source=src)
   start, stop = am.shard_ranges(20, 3)[1]
   assert (r["shards_written"], r["images_labelled"]) == (1, stop - start)
   assert os.path.getmtime(am.shard_path(d, 0, 3)) == whole
@@ -162,7 +162,7 @@ class _Shuffled:
 
 def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
   c, src = _config(), _Images()
-  label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
+  label.write_maps(c, str(tmp_path), teacher=teacher, source=src)
   perm = np.random.default_rng(0).permutation(20)
   joined = am.JoinedSource(src, _Shuffled(am.AttentionMapSource(str(tmp_path)), perm))
   i = int(np.flatnonzero(perm != np.arange(20))[0])
@@ -207,14 +207,14 @@ def _check_alignment(run_dir, out_dir, model, c):
   ac.checkpoint = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
   human = HumanSquares()
-  r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
+  r = alignment.evaluate(ac, out_dir, splits={"validation": human}, dataset_version="test")
   # A SimCLR run without a classifier: the default maps skip Grad-CAM.
   assert r["alignment/kinds"] == ["heads"] and r["alignment/primary"] == "heads"
   assert r["alignment/stages"] == {"heads": ["conv3", "conv4"]}
   assert r["alignment/classifier"] is None and "alignment/gradcam" not in r
   variables = ckpt_lib.load_variables(run_dir)
   images = np.stack([h["image"] for h in human.items])
-  out = model.apply(variables, step_lib.normalize_images(images), train=False)
+  out = model.apply(variables, normalize_images(images), train=False)
   dens = _np_head_density(out["attention_logits"])
   assert dens.shape == (6, 8, 8)
   np.testing.assert_allclose(alignment.model_density(out, ("conv3", "conv4"), "heads"), dens,
@@ -231,7 +231,7 @@ def _check_alignment(run_dir, out_dir, model, c):
   assert r["alignment/heads"] == model_scores
   assert r["alignment/center_bias"]["nss"] != model_scores["nss"]
   ac.alignment.maps = ("activations",)
-  r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
+  r = alignment.evaluate(ac, out_dir, splits={"validation": human}, dataset_version="test")
   assert r["alignment/primary"] == "activations"
   assert np.isfinite(r["alignment/model"]["cc"])
 
@@ -244,7 +244,7 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
   from attn_contrastive.tasks import pretrain
   from attn_contrastive.train import loop
   src = _Images(32)
-  label.train_and_evaluate(_config(), str(tmp_path / "maps"), teacher=teacher, source=src)
+  label.write_maps(_config(), str(tmp_path / "maps"), teacher=teacher, source=src)
   c = config_lib.load_config_file(os.path.join(CONFIGS, "contrastive_attn_teacher.py"))
   assert c.attention.enabled and c.model.depth == 18
   c.data.image_size = 16

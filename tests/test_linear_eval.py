@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from attn_contrastive import config as config_lib
-from attn_contrastive import summary
+from attn_contrastive import runs, summary
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import features, results, softmax_regression
+from attn_contrastive.models import forward
 from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
+from attn_contrastive.models.build import encoder_of
 from attn_contrastive.models.resnet import resnet_from_config
 from attn_contrastive.models.simclr import simclr_from_config
 from attn_contrastive.tasks import linear_eval, pretrain
@@ -107,7 +109,7 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
 
   monkeypatch.setattr(loop, "run", recording_run)
   workdir = str(tmp_path / "eval")
-  out = linear_eval.train_and_evaluate(
+  out = linear_eval.evaluate(
       _linear_config(run_dir), workdir, splits={"train": _Colours(48, 1),
                                                 "validation": _Colours(20, 2)},
       dataset_version="test", mesh=mesh_lib.make_mesh(1))
@@ -140,10 +142,10 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   # Each protocol's classifier reads back as one linear map of the pooled features;
   # the cached one (standardisation folded in) gives the written top-1 on the cached
   # validation features.
-  kernel, bias, protocol = linear_eval.load_classifier(workdir)
+  kernel, bias, protocol = runs.load_classifier(workdir)
   assert protocol == "linear"
   np.testing.assert_array_equal(kernel, seen["head"]["head"]["kernel"])
-  kernel, bias, _ = linear_eval.load_classifier(workdir, "linear_cached")
+  kernel, bias, _ = runs.load_classifier(workdir, "linear_cached")
   with np.load(os.path.join(workdir, "features", "validation", "00000.npz")) as f:
     val_x, val_y = f["features"], f["labels"]
   top1 = np.mean(np.argmax(val_x @ kernel + bias, -1) == val_y)
@@ -152,20 +154,20 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   ties = _near_ties(val_x, kernel, bias, val_x.shape[1] * EPS32)
   assert abs(top1 - written["linear_cached/top1"]) <= ties + 1e-6  # (written in float32)
   with pytest.raises(FileNotFoundError, match="linear_eval run"):
-    linear_eval.load_classifier(str(tmp_path), "linear_cached")
+    runs.load_classifier(str(tmp_path), "linear_cached")
 
 
 def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):
   run_dir, config = simclr_run
   model = simclr_from_config(config.model)
-  embed = linear_eval.make_embed(model.encoder, jnp.float32)
+  embed = forward.predict(model.encoder, jnp.float32, "pooled")
   src = _Colours(24, 3)
   feats = {}
   for n in (1, 8):
     mesh = mesh_lib.make_mesh(n)
     variables = ckpt_lib.load_variables(run_dir, sharding=mesh_lib.replicated(mesh))
     assert all(x.sharding.mesh.size == n for x in jax.tree.leaves(variables))
-    _, frozen = linear_eval.encoder_of(model, variables)
+    _, frozen = encoder_of(model, variables)
     eval_cfg = config_lib.base_config().eval
     eval_cfg.update(dict(batch_size=8, num_threads=1))
     feats[n], _ = features.extract(embed, frozen, src, pipeline.EvalView(SIZE), eval_cfg,
@@ -200,7 +202,7 @@ def test_encoder_of_a_supervised_model_is_its_trunk(kind):
     model = WithAttention(model, attention_heads_from_config(config.attention, config.model))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
   variables = jax.jit(lambda rng: model.init(rng, x, train=False))(init_key(0))
-  encoder, part = linear_eval.encoder_of(model, variables)
+  encoder, part = encoder_of(model, variables)
   assert isinstance(encoder, nn.Module) and "classifier" not in part["params"]
   pooled = jax.jit(lambda m, v: m.apply(v, x, train=False)["pooled"], static_argnums=0)
   np.testing.assert_array_equal(pooled(encoder, part), pooled(model, variables))
@@ -240,7 +242,7 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   c.retrieval.update(dict(knn_k=5, chunk=8, shard_size=16))
   c.eval.update(dict(batch_size=16, num_threads=1))
   splits = {"train": _Colours(32, 3), "validation": _Colours(12, 4)}
-  out = retrieval.train_and_evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
+  out = retrieval.evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
                                      mesh=mesh_lib.make_mesh(8))
   assert set(results_lib.OUTLINE) <= set(out) and out["task"] == "retrieval"
   assert len(out["retrieval/pr_curve"]) == 11
@@ -282,7 +284,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   lin_cfg = _linear_config(run_dir)
   lin_cfg.protocols = ("linear_cached",)
   linear_dir = str(tmp_path / "linear")
-  linear_eval.train_and_evaluate(lin_cfg, linear_dir, splits=splits, dataset_version="0",
+  linear_eval.evaluate(lin_cfg, linear_dir, splits=splits, dataset_version="0",
                                  mesh=mesh_lib.make_mesh(1))
   c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py"))
   c.checkpoint = linear_dir
@@ -290,20 +292,20 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
                            severities=(1, 5), retrieval_severities=(5,), chunk=8))
   c.eval.update(dict(batch_size=16, num_threads=1))
   workdir = str(tmp_path / "robust")
-  out = robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+  out = robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
                                       mesh=mesh_lib.make_mesh(1))
   assert out["task"] == "robustness" and out["source_workdir"] == os.path.abspath(run_dir)
   assert out["robustness/classifier"]["protocol"] == "linear_cached"
   # By hand: corrupted centre crops → encoder → the cached classifier.
   model = simclr_from_config(config.model)
-  encoder, frozen = linear_eval.encoder_of(model, ckpt_lib.load_variables(run_dir))
-  kernel, bias, _ = linear_eval.load_classifier(linear_dir)
+  encoder, frozen = encoder_of(model, ckpt_lib.load_variables(run_dir))
+  kernel, bias, _ = runs.load_classifier(linear_dir)
   view = pipeline.EvalView(SIZE, lin_cfg.aug.eval_crop_fraction)
   val = splits["validation"]
   images = np.stack([corruptions.corrupt(view(val[i])["image"], "gaussian_noise", 5,
                                          corruption_rng(0, "gaussian_noise", 5, i))
                      for i in range(len(val))])
-  feats = np.asarray(linear_eval.make_embed(encoder, jnp.float32)(frozen, images))
+  feats = np.asarray(forward.predict(encoder, jnp.float32, "pooled")(frozen, images))
   top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
   top1s = out["robustness/top1"]
   # The task's features come from a jitted program, these op by op: the same
@@ -319,13 +321,13 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   # Resume: finished conditions are read back, not recomputed; another seed is refused.
   cond = os.path.join(workdir, "conditions")
   stamps = {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
-  again = robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+  again = robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
                                         mesh=mesh_lib.make_mesh(1))
   assert again["robustness/top1"] == top1s
   assert stamps == {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
   c.robustness.seed = 1
   with pytest.raises(ValueError, match="holds features of"):
-    robustness.train_and_evaluate(c, workdir, splits=splits, dataset_version="0",
+    robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
                                   mesh=mesh_lib.make_mesh(1))
   # Retrieval reads the linear evaluation's cached features of the same run and view
   # (nothing extracted again) and scores as it does on its own extraction.
@@ -334,10 +336,10 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   r.checkpoint = run_dir
   r.retrieval.update(dict(knn_k=5, chunk=8, shard_size=32))
   r.eval.update(dict(batch_size=16, num_threads=1))
-  own = retrieval.train_and_evaluate(r, str(tmp_path / "own"), splits=splits,
+  own = retrieval.evaluate(r, str(tmp_path / "own"), splits=splits,
                                      dataset_version="0", mesh=mesh_lib.make_mesh(1))
   r.retrieval.features_from = linear_dir
-  reused = retrieval.train_and_evaluate(r, str(tmp_path / "reused"), splits=splits,
+  reused = retrieval.evaluate(r, str(tmp_path / "reused"), splits=splits,
                                         dataset_version="0", mesh=mesh_lib.make_mesh(1))
   assert os.listdir(tmp_path / "own" / "features") != ["source.json"]
   assert os.listdir(tmp_path / "reused" / "features") == ["source.json"]

@@ -17,6 +17,7 @@ from attn_contrastive import config as config_lib
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import attention_heads, knn
 from attn_contrastive.models.attention import spatial_softmax
+from attn_contrastive.models.build import build_model
 from attn_contrastive.saliency import jax_metrics, metrics as np_metrics
 from attn_contrastive.tasks import pretrain
 from attn_contrastive.train import loop, mesh as mesh_lib, optim
@@ -33,7 +34,7 @@ def _tiny_config(online_probe=True):
 
 
 def _two_steps(config, batch):
-  model = pretrain.build_model(config)
+  model = build_model(config)
   # The schedule of the 3-step run below (64 examples, batch 16), so that its
   # step is this program again (one compilation, with the persistent cache).
   return run_steps(1, config, model, pretrain.make_loss_fn(model, config), batch,
@@ -57,7 +58,7 @@ def test_probe_leaves_the_encoder_and_heads_unchanged():
   assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(probe0),
                                                  jax.tree.leaves(probe1))) > 1e-4
   # In evaluation mode the network needs no probe variables (alignment, linear eval).
-  model = pretrain.build_model(_tiny_config(online_probe=True))
+  model = build_model(_tiny_config(online_probe=True))
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
                        {"params": p1, "batch_stats": s1}, jnp.zeros((2, SIZE, SIZE, 3)))
   assert "probe_logits" not in out and out["embedding"].shape == (2, 8)
@@ -67,7 +68,7 @@ def test_probe_leaves_the_encoder_and_heads_unchanged():
 
 
 def test_probe_gets_no_weight_decay_and_no_trust_ratio():
-  model = pretrain.build_model(_tiny_config())
+  model = build_model(_tiny_config())
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              jnp.zeros((1, SIZE, SIZE, 3)), train=False))
   mask = optim.decay_mask(params["params"])
@@ -189,7 +190,7 @@ def test_run_writes_the_monitor_to_results(tmp_path):
   """Three steps with the probe; the monitor at step 2 and at the end."""
   config = _tiny_config()
   config.train.eval_every = 2
-  model = pretrain.build_model(config)
+  model = build_model(config)
   train, val = _Labelled(64, 0), _Labelled(24, 1)
   workdir, mesh = str(tmp_path / "run"), mesh_lib.make_mesh(1)
   task = loop.TaskSpec(

@@ -338,7 +338,7 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   tc = _teacher_config()
   teacher.train_and_evaluate(tc, teacher_dir, train_source=HumanSquares(8),
                              eval_source=HumanSquares(6), mesh=mesh)
-  label.train_and_evaluate(_label_config(tc, teacher_dir), maps_dir, source=_Images())
+  label.write_maps(_label_config(tc, teacher_dir), maps_dir, source=_Images())
   assert paths.read_json(f"{maps_dir}/{am.METADATA}")["teacher_checkpoint"] == teacher_dir
 
   c = _pretrain_config(init_dir)
@@ -363,8 +363,8 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   ac.checkpoint = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, num_images=3, shuffle_pool=6,
                       shuffle_others=2))
-  out = alignment.train_and_evaluate(ac, align_dir, source=HumanSquares(),
-                                     dataset_version="test", mesh=mesh)
+  out = alignment.evaluate(ac, align_dir, splits={"validation": HumanSquares()},
+                           dataset_version="test", mesh=mesh)
   written = paths.read_json(f"{align_dir}/{results.FILE}")
   assert written == json.loads(json.dumps(out)) and set(results.OUTLINE) <= set(written)
   assert written["source_workdir"] == run_dir and written["source_step"] == 4

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from attn_contrastive import config as config_lib
+from attn_contrastive import tasks
 from attn_contrastive.data import augment, sources
-from attn_contrastive import main as main_lib
 from attn_contrastive.models.teacher import SaliencyTeacher, teacher_from_config
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.saliency import metrics
@@ -259,7 +259,7 @@ def test_configs_load(arg, name, size):
   assert c.task == "teacher" and c.data.name == name
   assert teacher.input_hw(c) == size
   assert c.input.global_batch_size % 8 == 0 and c.eval.batch_size % 8 == 0
-  assert main_lib.TASKS["teacher"] == "attn_contrastive.tasks.teacher"
+  assert tasks.TASKS["teacher"] == ("attn_contrastive.tasks.teacher", "train_and_evaluate")
 
 
 def test_missing_salicon_names_the_prepare_command(tmp_path):

@@ -41,57 +41,28 @@ figure.
 """
 from __future__ import annotations
 
-import functools
 import os
-import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from attn_contrastive import paths
-from attn_contrastive.data import sources
+from attn_contrastive import paths, runs
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
+from attn_contrastive.models import forward
 from attn_contrastive.models.attention import spatial_softmax
+from attn_contrastive.models.build import encoder_of
 from attn_contrastive.models.resnet import stage_output_block
 from attn_contrastive.saliency import jax_metrics
-from attn_contrastive.tasks import pretrain, supervised
-from attn_contrastive.train import checkpoint as ckpt_lib
-from attn_contrastive.train import loop
+from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import mesh as mesh_lib
-from attn_contrastive.train import step as step_lib
 
 MAP_KINDS = ("auto", "heads", "activations", "gradcam")
 #: ``alignment.maps``'s default: Grad-CAM is skipped, not refused, where there are no logits.
 DEFAULT_MAPS = ("auto", "gradcam")
-
-
-@flax.struct.dataclass
-class EvalState:
-  """The parts of a train state the evaluator reads, and the classifier of Grad-CAM.
-
-  ``classifier``: ``{"kernel": [D, K], "bias": [K]}`` of a linear
-  classifier of the pooled feature, or None (a supervised run's own logits).
-  """
-  params: Any
-  batch_stats: Any
-  step: Any
-  classifier: Any = None
-
-
-def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` that a training run wrote into its workdir."""
-  path = os.path.join(run_dir, "config.json")
-  if not paths.exists(path):
-    raise FileNotFoundError(
-        f"{path} not found: --config.checkpoint must be the workdir of a pretrain or "
-        "supervised run (it holds config.json and checkpoints/)")
-  return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def activation_density(features: jnp.ndarray) -> jnp.ndarray:
@@ -118,15 +89,6 @@ def model_density(out: dict[str, Any], stages: tuple[str, ...], kind: str) -> jn
   return mean_density([activation_density(out[s]) for s in stages])
 
 
-def build_model(run: ml_collections.ConfigDict):
-  """The run's network, rebuilt from its config."""
-  if run.task == "pretrain":
-    return pretrain.build_model(run)
-  if run.task == "supervised":
-    return supervised.build_model(run)
-  raise ValueError(f"alignment needs a pretrain or supervised run, not task {run.task!r}")
-
-
 def requested_kinds(config) -> tuple[str, ...]:
   """``alignment.maps`` as a tuple of known kinds.
 
@@ -142,13 +104,15 @@ def requested_kinds(config) -> tuple[str, ...]:
   return kinds
 
 
-def resolve_maps(config, run, has_logits: bool) -> tuple[tuple[str, ...], dict[str, tuple]]:
-  """(kinds to score, primary first; ``{kind: stages}``) from ``config.alignment`` and the run.
+def resolve_maps(config, run_config, has_logits: bool
+                 ) -> tuple[tuple[str, ...], dict[str, tuple]]:
+  """(kinds to score, primary first; ``{kind: stages}``) from ``config.alignment`` and the
+  evaluated run's config.
 
   ``has_logits``: whether Grad-CAM has a classifier (see :func:`load_logits`).
   """
   requested = requested_kinds(config)
-  attn = run.get("attention")
+  attn = run_config.get("attention")
   has_heads = attn is not None and bool(attn.enabled)
   kinds = []
   for kind in requested:
@@ -162,9 +126,9 @@ def resolve_maps(config, run, has_logits: bool) -> tuple[tuple[str, ...], dict[s
               "a linear_eval run of this checkpoint")
       if requested != DEFAULT_MAPS:
         raise ValueError(f"alignment.maps asks for 'gradcam' but {config.checkpoint} is a "
-                         f"{run.task} run without a classifier. {hint}")
+                         f"{run_config.task} run without a classifier. {hint}")
       logging.info("Grad-CAM skipped: %s is a %s run without a classifier. %s",
-                   config.checkpoint, run.task, hint)
+                   config.checkpoint, run_config.task, hint)
       continue
     if kind not in kinds:
       kinds.append(kind)
@@ -174,49 +138,48 @@ def resolve_maps(config, run, has_logits: bool) -> tuple[tuple[str, ...], dict[s
   return tuple(kinds), {k: stages[k] for k in kinds}
 
 
-def _warn_if_other_run(classifier_dir: str, checkpoint: str) -> None:
+def _warn_if_other_run(classifier_dir: str, run_dir: str) -> None:
   """A warning when the linear evaluation at ``classifier_dir`` evaluated another run."""
   path = os.path.join(classifier_dir, results.FILE)
   if not paths.exists(path):
     return
   source = paths.read_json(path).get("source_workdir")
-  if source and paths.resolve(source) != paths.resolve(checkpoint):
+  if source and paths.resolve(source) != paths.resolve(run_dir):
     logging.warning("alignment.classifier=%s is a linear evaluation of %s, not of %s",
-                    classifier_dir, source, checkpoint)
+                    classifier_dir, source, run_dir)
 
 
-def load_logits(config, run, model) -> tuple[dict[str, np.ndarray] | None, dict | None]:
-  """(classifier arrays for :class:`EvalState`, ``{"workdir", "protocol"}``) of Grad-CAM.
+def load_logits(config, run: runs.Run) -> tuple[dict[str, np.ndarray] | None, dict | None]:
+  """(classifier arrays for :class:`~attn_contrastive.runs.EvalState`, ``{"workdir",
+  "protocol"}``) of Grad-CAM.
 
   ``alignment.classifier`` set: the linear evaluation's classifier of the
   pooled feature (an unreadable one is an error). Otherwise a supervised
   run's own classifier (arrays None, protocol ``supervised``), or no logits
   at all: ``(None, None)``.
   """
-  from attn_contrastive.tasks import linear_eval  # it imports this module
   where = config.alignment.classifier
   if not where:
     if run.task == "supervised":
-      return None, {"workdir": paths.resolve(config.checkpoint), "protocol": "supervised"}
+      return None, {"workdir": run.run_dir, "protocol": "supervised"}
     return None, None
   try:
-    kernel, bias, protocol = linear_eval.load_classifier(
-        where, config.alignment.classifier_protocol)
+    kernel, bias, protocol = runs.load_classifier(where, config.alignment.classifier_protocol)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"alignment.classifier={where!r}: {e}") from e
-  dim = linear_eval.encoder_of(model, {})[0].feature_dim
+  dim = encoder_of(run.model, {})[0].feature_dim
   if kernel.shape[0] != dim:
     raise ValueError(f"alignment.classifier={where!r} classifies {kernel.shape[0]}-d "
                      f"features; the run's pooled feature has {dim}: a classifier of "
                      "another run?")
-  _warn_if_other_run(where, config.checkpoint)
+  _warn_if_other_run(where, run.run_dir)
   classifier = {"kernel": np.asarray(kernel, np.float32), "bias": np.asarray(bias, np.float32)}
   return classifier, {"workdir": paths.resolve(where), "protocol": protocol}
 
 
-def input_hw(config, run) -> tuple[int, int]:
+def input_hw(config, run: runs.Run) -> tuple[int, int]:
   """The model's input: ``data.image_size`` × ``data.image_width``; 0 = the run's, square."""
-  h = int(config.data.image_size or run.data.image_size)
+  h = int(config.data.image_size or run.image_size)
   return h, int(config.data.image_width or h)
 
 
@@ -227,25 +190,25 @@ def logits_of(classifier: dict[str, jax.Array] | None, out: dict[str, Any]) -> j
   return out["pooled"].astype(jnp.float32) @ classifier["kernel"] + classifier["bias"]
 
 
-def make_predict(model, run, kinds: tuple[str, ...], stages: dict[str, tuple]):
+def make_predict(model, run_config, kinds: tuple[str, ...], stages: dict[str, tuple]):
   """``predict(state, images) -> {kind: density}``: one forward pass (and, for
-  Grad-CAM, one backward pass) gives every kind's maps."""
-  dtype = jnp.dtype(run.model.dtype)
+  Grad-CAM, one backward pass) gives every kind's maps. ``run_config``: the
+  config of the run whose ``model`` it is."""
+  dtype = jnp.dtype(run_config.model.dtype)
   if "gradcam" in kinds:
     (stage,) = stages["gradcam"]
-    block = stage_output_block(int(run.model.depth), stage)
+    block = stage_output_block(int(run_config.model.depth), stage)
 
   def predict(state, images):
-    x = step_lib.normalize_images(images, dtype)
-    forward = functools.partial(
-        model.apply, {"params": state.params, "batch_stats": state.batch_stats}, x,
-        train=False)
+    def outputs():
+      return forward.apply(model, forward.variables_of(state), images, dtype, train=False)
+
     maps = {}
     if "gradcam" in kinds:
-      maps["gradcam"], out = gradcam.gradcam(forward, stage, block,
-                                             functools.partial(logits_of, state.classifier))
+      maps["gradcam"], out = gradcam.gradcam(outputs, stage, block,
+                                             lambda o: logits_of(state.classifier, o))
     else:
-      out = forward()
+      out = outputs()
     for kind in kinds:
       if kind != "gradcam":
         maps[kind] = model_density(out, stages[kind], kind)
@@ -254,13 +217,13 @@ def make_predict(model, run, kinds: tuple[str, ...], stages: dict[str, tuple]):
   return predict
 
 
-def make_evaluator(model, config, run, source, kinds: tuple[str, ...],
+def make_evaluator(config, run: runs.Run, source, kinds: tuple[str, ...],
                    stages: dict[str, tuple], workdir: str | None = None,
                    mesh=None) -> saliency_eval.SaliencyEvaluator:
   """The run's attention densities (``kinds``) scored as the teacher's is, in one pass."""
-  return saliency_eval.SaliencyEvaluator(make_predict(model, run, kinds, stages), source,
-                                         config.eval, input_hw(config, run), name="model",
-                                         mesh=mesh, workdir=workdir)
+  return saliency_eval.SaliencyEvaluator(make_predict(run.model, run.config, kinds, stages),
+                                         source, config.eval, input_hw(config, run),
+                                         name="model", mesh=mesh, workdir=workdir)
 
 
 def alignment_metrics(config, scores: dict[str, Any], kinds: tuple[str, ...],
@@ -276,40 +239,30 @@ def alignment_metrics(config, scores: dict[str, Any], kinds: tuple[str, ...],
   return metrics
 
 
-def train_and_evaluate(config, workdir: str, *, source=None, dataset_version: str | None = None,
-                       mesh=None) -> dict[str, Any]:
-  """Scores the run at ``config.checkpoint``; writes ``results.json`` and ``examples.npz``.
-
-  ``source`` and ``dataset_version`` replace the tfds split (tests).
-  Returns the results' dict.
-  """
-  start = time.perf_counter()
-  paths.makedirs(workdir)
-  loop.write_config(workdir, config)
-  run = load_run_config(config.checkpoint)
-  model = build_model(run)
-  classifier, classifier_info = load_logits(config, run, model)
-  kinds, stages = resolve_maps(config, run, classifier_info is not None)
-  mesh = mesh or mesh_lib.make_mesh()
-  variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
-  step = ckpt_lib.latest_step(config.checkpoint)
-  if source is None:
-    source = sources.open_config_split(config.data, config.data.split)
-  evaluator = make_evaluator(model, config, run, source, kinds, stages, workdir, mesh)
-  state = jax.device_put(EvalState(variables["params"], variables["batch_stats"],
-                                   np.int32(step), classifier), mesh_lib.replicated(mesh))
-  evaluator(state)
+def score(ev: evaluation.Evaluation) -> dict[str, Any]:
+  """Every kind's maps of the run scored on ``data.split``; ``examples.npz`` written."""
+  config, run = ev.config, ev.run
+  classifier, classifier_info = load_logits(config, run)
+  kinds, stages = resolve_maps(config, run.config, classifier_info is not None)
+  evaluator = make_evaluator(config, run, ev.split(config.data.split), kinds, stages,
+                             ev.workdir, ev.mesh)
+  evaluator(jax.device_put(run.state(classifier), mesh_lib.replicated(ev.mesh)))
   metrics = alignment_metrics(config, evaluator.results, kinds, stages, classifier_info)
-  saliency_eval.write_examples(workdir, evaluator.examples)
-  dataset = results.dataset_entry(config.data.name, [config.data.split],
-                                  data_dir=config.data.data_dir, version=dataset_version)
-  out = results.write(workdir, task=config.task, source_workdir=config.checkpoint,
-                      source_step=step, source_config=run, dataset=dataset, metrics=metrics,
-                      wall_time_s=time.perf_counter() - start)
+  saliency_eval.write_examples(ev.workdir, evaluator.examples)
   for kind in kinds:
-    logging.info("Alignment of %s, %s %s: NSS %.3f CC %.3f", config.checkpoint, kind,
+    logging.info("Alignment of %s, %s %s: NSS %.3f CC %.3f", run.run_dir, kind,
                  stages[kind], metrics[f"alignment/{kind}"]["nss"],
                  metrics[f"alignment/{kind}"]["cc"])
   logging.info("Centre bias: NSS %.3f CC %.3f", metrics["alignment/center_bias"]["nss"],
                metrics["alignment/center_bias"]["cc"])
-  return out
+  return metrics
+
+
+def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
+  """Scores the run at ``config.checkpoint``; writes ``results.json`` and ``examples.npz``.
+
+  ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
+  (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.
+  """
+  return evaluation.run_evaluation(config, workdir, score, split_names=[config.data.split],
+                                   **kwargs)

@@ -144,8 +144,8 @@ def load_teacher(config):
       config.teacher_checkpoint)
 
 
-def train_and_evaluate(config, workdir: str, *, teacher=None, source=None,
-                       stop_after_shards: int | None = None) -> dict[str, Any]:
+def write_maps(config, workdir: str, *, teacher=None, source=None,
+               stop_after_shards: int | None = None) -> dict[str, Any]:
   """Labels ``config.data.split``; returns what ``results.json`` holds: shards
   written, images labelled and images/s, summed over processes.
 

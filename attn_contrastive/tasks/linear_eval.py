@@ -35,24 +35,15 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
-from attn_contrastive import losses, paths
-from attn_contrastive.evaluators import classification, features, results
+from attn_contrastive import config_checks, losses, paths, runs
+from attn_contrastive.evaluators import classification, features
 from attn_contrastive.evaluators import softmax_regression
-from attn_contrastive.models.attention import WithAttention
-from attn_contrastive.models.resnet import ResNet
-from attn_contrastive.models.simclr import SimCLR
-from attn_contrastive.tasks import alignment
-from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import loop
-from attn_contrastive.train import mesh as mesh_lib
-from attn_contrastive.train import step as step_lib
 
-PROTOCOLS = ("linear", "linear_cached")
-#: The cached-feature probe's classifier in a linear evaluation's workdir.
-CACHED_CLASSIFIER = os.path.join("linear_cached", "classifier.npz")
+PROTOCOLS = config_checks.LINEAR_PROTOCOLS
 
 
 class LinearHead(nn.Module):
@@ -70,36 +61,6 @@ class ProbeState:
   """What the linear protocol's evaluator reads: the head's and the encoder's variables."""
   head: Any
   encoder: Any
-
-
-def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dict[str, Any]]:
-  """The ResNet encoder of a pretrain or supervised model, and its part of ``variables``.
-
-  SimCLR's ``encoder``; a supervised ResNet without its classifier; the
-  network inside :class:`WithAttention`. The variables are the same arrays,
-  not copies.
-  """
-  def part(name):
-    return {k: v[name] for k, v in variables.items() if name in v}
-
-  if isinstance(model, SimCLR):
-    return model.encoder, part("encoder")
-  if isinstance(model, WithAttention):
-    return encoder_of(model.network, part("network"))
-  if isinstance(model, ResNet):
-    trunk = {k: {n: x for n, x in v.items() if n != "classifier"} for k, v in variables.items()}
-    return model.clone(num_classes=None), trunk
-  raise TypeError(f"no ResNet encoder in {type(model).__name__}")
-
-
-def make_embed(encoder: ResNet, dtype) -> features.EmbedFn:
-  """``(encoder variables, uint8 images) -> pooled features``, BatchNorm in inference mode."""
-
-  def embed(variables, images):
-    x = step_lib.normalize_images(images, dtype)
-    return encoder.apply(variables, x, train=False)["pooled"]
-
-  return embed
 
 
 class _Probe:
@@ -164,56 +125,18 @@ def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: 
   logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
                tuple(lc.l2_grid), time.perf_counter() - t0)
   if jax.process_index() == 0:
-    paths.save_npz_atomic(os.path.join(workdir, CACHED_CLASSIFIER), **fit["classifier"])
+    paths.save_npz_atomic(os.path.join(workdir, runs.CACHED_CLASSIFIER), **fit["classifier"])
   return fit
 
 
-def load_classifier(workdir: str, protocol: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
-  """``(kernel [D, C], bias [C], protocol)``: a linear evaluation's classifier of pooled features.
-
-  ``protocol``: ``linear`` (the head trained in ``<workdir>/linear``),
-  ``linear_cached`` (the softmax regression, standardisation folded in) or
-  ``auto`` (``linear`` if that protocol ran, else ``linear_cached``). The
-  logits of a frozen feature ``x`` are ``x @ kernel + bias``; the robustness
-  stage and Grad-CAM read a run's classes through it.
-  """
-  cached = os.path.join(workdir, CACHED_CLASSIFIER)
-  has_linear = paths.isdir(os.path.join(workdir, "linear", "checkpoints"))
-  if protocol == "auto":
-    protocol = "linear" if has_linear else "linear_cached"
-  if protocol == "linear" and has_linear:
-    head = ckpt_lib.load_variables(os.path.join(workdir, "linear"))["params"]["head"]
-    return np.asarray(head["kernel"]), np.asarray(head["bias"]), protocol
-  if protocol == "linear_cached" and paths.exists(cached):
-    saved = paths.load_npz(cached)
-    return saved["kernel"], saved["bias"], protocol
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"classifier protocol {protocol!r}: choose one of ('auto', *{PROTOCOLS})")
-  raise FileNotFoundError(
-      f"no {protocol} classifier in {workdir}: point at the workdir of a finished "
-      f"linear_eval run whose config.protocols included {protocol!r}")
-
-
-def evaluate_supervised(config, model, variables, dtype, split, image_size: int,
+def evaluate_supervised(config, run: runs.Run, split, image_size: int,
                         mesh) -> dict[str, float]:
   """A supervised run's own classifier on centre crops of ``split``."""
   from attn_contrastive.data import pipeline
-
-  def predict(state, images):
-    x = step_lib.normalize_images(images, dtype)
-    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                       train=False)["logits"]
-
   evaluator = classification.ClassificationEvaluator(
-      predict, split, pipeline.EvalView(image_size, config.aug.eval_crop_fraction),
-      config.eval, mesh=mesh)
-  return evaluator(alignment.EvalState(variables["params"], variables["batch_stats"], 0))
-
-
-def _open_splits(config) -> dict[str, Any]:
-  from attn_contrastive.data import sources
-  return {s: sources.open_config_split(config.data, s)
-          for s in (config.data.train_split, config.data.eval_split)}
+      run.predict("logits"), split,
+      pipeline.EvalView(image_size, config.aug.eval_crop_fraction), config.eval, mesh=mesh)
+  return evaluator(run.state())
 
 
 def _num_classes(config) -> int:
@@ -224,57 +147,48 @@ def _num_classes(config) -> int:
              .info.features["label"].num_classes)
 
 
-def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = None,
-                       dataset_version: str | None = None, mesh=None) -> dict[str, Any]:
-  """Runs ``config.protocols`` on the run at ``config.checkpoint``; writes ``results.json``.
-
-  ``splits`` (``{split name: source}``) and ``dataset_version`` replace the
-  tfds dataset (tests). Returns the results' dict.
-  """
-  start = time.perf_counter()
-  unknown = set(config.protocols) - set(PROTOCOLS)
-  if unknown:
-    raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
-  paths.makedirs(workdir)
-  loop.write_config(workdir, config)
-  run = alignment.load_run_config(config.checkpoint)
-  model = alignment.build_model(run)
-  mesh = mesh or mesh_lib.make_mesh()
-  variables = ckpt_lib.load_variables(config.checkpoint, sharding=mesh_lib.replicated(mesh))
-  encoder, frozen = encoder_of(model, variables)
-  dtype = jnp.dtype(run.model.dtype)
-  embed = make_embed(encoder, dtype)
-  image_size = int(config.data.image_size or run.data.image_size)
-  splits = splits or _open_splits(config)
+def score(ev: evaluation.Evaluation) -> dict[str, Any]:
+  """Every protocol of ``config.protocols`` (and a supervised run's own classifier)."""
+  config, run, mesh = ev.config, ev.run, ev.mesh
+  embed, frozen = run.embedding("pooled")
+  splits = {s: ev.split(s) for s in (config.data.train_split, config.data.eval_split)}
   num_classes = _num_classes(config)
-  source = {"checkpoint": paths.resolve(config.checkpoint),
-            "step": ckpt_lib.latest_step(config.checkpoint)}
   metrics = {}
   if run.task == "supervised":
     t0 = time.perf_counter()
-    scores = evaluate_supervised(config, model, variables, dtype,
-                                 splits[config.data.eval_split], image_size, mesh)
+    scores = evaluate_supervised(config, run, splits[config.data.eval_split], ev.image_size,
+                                 mesh)
     metrics.update({"supervised/top1": scores["accuracy"], "supervised/top5": scores["top5"],
                     "supervised/wall_time_s": time.perf_counter() - t0})
   if "linear" in config.protocols:
     t0 = time.perf_counter()
-    task = linear_task(config, embed, frozen, splits, num_classes, image_size, mesh)
-    _, last = loop.run(config, os.path.join(workdir, "linear"), task, mesh=mesh)
+    task = linear_task(config, embed, frozen, splits, num_classes, ev.image_size, mesh)
+    _, last = loop.run(config, os.path.join(ev.workdir, "linear"), task, mesh=mesh)
     metrics.update({"linear/top1": last["eval/accuracy"], "linear/top5": last["eval/top5"],
                     "linear/wall_time_s": time.perf_counter() - t0})
   if "linear_cached" in config.protocols:
     t0 = time.perf_counter()
-    fit = run_linear_cached(config, workdir, embed, frozen, splits, num_classes, image_size,
-                            source, mesh)
+    source = {"checkpoint": run.run_dir, "step": run.step}
+    fit = run_linear_cached(config, ev.workdir, embed, frozen, splits, num_classes,
+                            ev.image_size, source, mesh)
     metrics.update({f"linear_cached/{k}": fit[k] for k in ("top1", "top5", "l2", "grid")})
     metrics["linear_cached/wall_time_s"] = time.perf_counter() - t0
   for name in ("supervised", *config.protocols):
     if f"{name}/top1" in metrics:
       logging.info("%s: top-1 %.4f, top-5 %.4f (%.1f s)", name, metrics[f"{name}/top1"],
                    metrics[f"{name}/top5"], metrics[f"{name}/wall_time_s"])
-  dataset = results.dataset_entry(
-      config.data.name, [config.data.train_split, config.data.eval_split],
-      data_dir=config.data.data_dir, version=dataset_version)
-  return results.write(workdir, task=config.task, source_workdir=config.checkpoint,
-                       source_step=source["step"], source_config=run, dataset=dataset,
-                       metrics=metrics, wall_time_s=time.perf_counter() - start)
+  return metrics
+
+
+def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
+  """Runs ``config.protocols`` on the run at ``config.checkpoint``; writes ``results.json``.
+
+  ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
+  (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.
+  """
+  unknown = set(config.protocols) - set(PROTOCOLS)
+  if unknown:
+    raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
+  return evaluation.run_evaluation(
+      config, workdir, score,
+      split_names=[config.data.train_split, config.data.eval_split], **kwargs)

@@ -22,25 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from attn_contrastive import losses
-from attn_contrastive.models.simclr import PROBE, SimCLR, simclr_from_config
-from attn_contrastive.train import step as step_lib
+from attn_contrastive.models import forward
+from attn_contrastive.models.build import build_model
+from attn_contrastive.models.simclr import PROBE
 
 if TYPE_CHECKING:
   from attn_contrastive.evaluators import attention_heads, knn
   from attn_contrastive.train import loop
-
-
-def probe_classes(config) -> int:
-  """Classes of the online linear probe: ``data.num_classes`` if it is on, else 0."""
-  if not config.train.get("online_probe", False):
-    return 0
-  return max(int(config.data.get("num_classes", 0) or 0), 0)
-
-
-def build_model(config) -> SimCLR:
-  """SimCLR network; attention heads if ``config.attention`` enables them, and the
-  online probe if ``config.train.online_probe`` is on."""
-  return simclr_from_config(config.model, config.get("attention"), probe_classes(config))
 
 
 def probe_loss(logits: jnp.ndarray, labels: jnp.ndarray
@@ -81,21 +69,20 @@ def make_loss_fn(model, config):
   if cotrain_bn not in COTRAIN_BN:
     raise ValueError(f"attention.cotrain_bn={cotrain_bn!r}: choose one of {COTRAIN_BN}")
 
-  def forward(params, batch_stats, images, **rows):
-    x = step_lib.normalize_images(images, dtype)
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"], **rows)
+  def train_forward(params, batch_stats, images, **rows):
+    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats}, images,
+                                 dtype, train=True, mutable=["batch_stats"], **rows)
     return out, updates["batch_stats"]
 
   def cotrain_forward(params, batch_stats, views, human):
     """(outputs with the views' embedding, head logits on the human images, stats)."""
     n2 = views.shape[0]
     if cotrain_bn == "joint":
-      out, stats = forward(params, batch_stats, jnp.concatenate([views, human]),
-                           project=slice(0, n2), attend=slice(n2, None))
+      out, stats = train_forward(params, batch_stats, jnp.concatenate([views, human]),
+                                 project=slice(0, n2), attend=slice(n2, None))
       return out, out["attention_logits"], stats
-    out, stats = forward(params, batch_stats, views, attend=None)
-    human_out, human_stats = forward(params, batch_stats, human, project=None)
+    out, stats = train_forward(params, batch_stats, views, attend=None)
+    human_out, human_stats = train_forward(params, batch_stats, human, project=None)
     # Running statistics: the encoder's and projection head's from the views,
     # the attention heads' from the human images they learn on.
     return out, human_out["attention_logits"], dict(stats, attention=human_stats["attention"])
@@ -107,7 +94,7 @@ def make_loss_fn(model, config):
       out, logits, stats = cotrain_forward(params, batch_stats, views, batch["human_image"])
       maps = batch["human_map"]
     else:
-      out, stats = forward(params, batch_stats, views)
+      out, stats = train_forward(params, batch_stats, views)
       logits = out.get("attention_logits")
       maps = jnp.concatenate([batch["map1"], batch["map2"]]) if logits is not None else None
     z1, z2 = jnp.split(out["embedding"], 2)
@@ -145,28 +132,13 @@ class Monitor:
     return flat
 
 
-def _predict_outputs(model, config):
-  """``(state, uint8 images, **rows) -> model outputs`` in evaluation mode."""
-  dtype = jnp.dtype(config.model.dtype)
-
-  def outputs(state, images, **rows):
-    x = step_lib.normalize_images(images, dtype)
-    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                       train=False, **rows)
-
-  return outputs
-
-
 def make_knn_evaluator(model, config, bank_source, query_source,
                        mesh=None) -> knn.KnnEvaluator:
   """The kNN monitor on pooled features, with the online probe's top-1 if there is one."""
   from attn_contrastive.data import pipeline
   from attn_contrastive.evaluators import knn
-  outputs = _predict_outputs(model, config)
-
-  def embed(state, images):
-    return outputs(state, images, project=None, attend=None)["pooled"]
-
+  embed = forward.predict(model, jnp.dtype(config.model.dtype), "pooled", project=None,
+                          attend=None)
   classifiers = {}
   if model.probe is not None:
     classifiers["online_probe"] = lambda state, feats: model.probe.apply(
@@ -206,13 +178,12 @@ def make_attention_monitor(model, config, source, map_key: str, name: str,
                            mesh=None) -> attention_heads.AttentionHeadsMonitor:
   """The attention heads' KLD and CC on the first ``eval.attention_examples`` images."""
   from attn_contrastive.evaluators import attention_heads
-  outputs = _predict_outputs(model, config)
   size = config.data.image_size
   images, targets = attention_heads.fixed_batch(source, config.eval.attention_examples,
                                                 (size, size), map_key)
   return attention_heads.AttentionHeadsMonitor(
-      lambda state, x: outputs(state, x, project=None)["attention_logits"], images, targets,
-      config.eval, targets_name=name, mesh=mesh, workdir=workdir)
+      forward.predict(model, jnp.dtype(config.model.dtype), "attention_logits", project=None),
+      images, targets, config.eval, targets_name=name, mesh=mesh, workdir=workdir)
 
 
 def make_evaluator(model, config, train_images, workdir: str | None = None,

@@ -24,47 +24,29 @@ by cosine similarity: the CVPR paper's retrieval on ImageNet-C.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from attn_contrastive import config_checks, paths
+from attn_contrastive import paths, runs
 from attn_contrastive.evaluators import corruption_errors, features, results
 from attn_contrastive.evaluators import retrieval_metrics as rm
-from attn_contrastive.tasks import alignment, linear_eval
-from attn_contrastive.train import checkpoint as ckpt_lib
+from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import preemption
 
-SOURCES = config_checks.ROBUSTNESS_SOURCES
-
-
-def load_linear_config(linear_dir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` of a linear evaluation, refusing any other kind of workdir."""
-  cfg = alignment.load_run_config(linear_dir)
-  if cfg.get("task") != "linear_eval":
-    raise ValueError(f"{linear_dir} is a {cfg.get('task')!r} run; robustness needs the "
-                     "workdir of a linear_eval run (its encoder and classifier)")
-  return cfg
-
-
 class _Scorer:
-  """The frozen encoder + classifier, and the clean gallery for corrupted queries."""
+  """The frozen encoder + the linear evaluation's classifier, and the clean gallery for
+  corrupted queries."""
 
-  def __init__(self, config, linear_dir: str, lin, mesh):
-    self.run_dir = lin.checkpoint
-    self.run = alignment.load_run_config(self.run_dir)
-    model = alignment.build_model(self.run)
-    variables = ckpt_lib.load_variables(self.run_dir, sharding=mesh_lib.replicated(mesh))
-    self.step = ckpt_lib.latest_step(self.run_dir)
-    encoder, self.frozen = linear_eval.encoder_of(model, variables)
-    self.embed = linear_eval.make_embed(encoder, jnp.dtype(self.run.model.dtype))
-    self.kernel, self.bias, self.protocol = linear_eval.load_classifier(
+  def __init__(self, config, linear_dir: str, run: runs.Run, mesh):
+    self.embed, self.frozen = run.embedding("pooled")
+    self.kernel, self.bias, self.protocol = runs.load_classifier(
         linear_dir, config.robustness.classifier)
     self.eval_cfg, self.mesh = config.eval, mesh
     self.gallery = None
@@ -147,61 +129,59 @@ def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
   return metrics
 
 
-def _check_config(config) -> None:
-  """The config's values, as ``main`` checks them (for callers that skip ``main``)."""
-  bad = config_checks.problems(config, linked=True)
-  if bad:
-    raise ValueError("; ".join(bad))
+def clean_retrieval(ev: evaluation.Evaluation, scorer: _Scorer, linear, view,
+                    clean_x: np.ndarray, clean_y: np.ndarray) -> dict[str, Any]:
+  """Clean queries against the clean training split, which becomes the scorer's gallery
+  (embedded as the linear evaluation did: its cached features when it kept them)."""
+  train_split = ev.config.data.train_split
+  linear_cache = os.path.join(ev.config.checkpoint, "features", train_split)
+  cache = linear_cache if paths.isdir(linear_cache) else os.path.join(
+      ev.workdir, "features", train_split)
+  scorer.set_gallery(*scorer.features(ev.split(train_split), view, eval_cfg=linear.eval,
+                                      cache_dir=cache))
+  return scorer.retrieval(clean_x, clean_y, ev.config.robustness)
 
 
-def train_and_evaluate(config, workdir: str, *, splits: dict[str, Any] | None = None,
-                       dataset_version: str | None = None, mesh=None) -> dict[str, Any]:
-  """Scores the linear evaluation at ``config.checkpoint``; writes ``results.json``.
-
-  ``splits`` (``{split name: source}``) and ``dataset_version`` replace the
-  tfds dataset (tests).
-  """
+def score(ev: evaluation.Evaluation, linear: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Every condition scored with the linear evaluation at ``config.checkpoint`` (``linear``:
+  its config); the summary of :func:`summarize`."""
   from attn_contrastive.data import pipeline
-  start = time.perf_counter()
-  _check_config(config)
-  paths.makedirs(workdir)
+  config, rc, data = ev.config, ev.config.robustness, ev.config.data
   linear_dir = config.checkpoint
-  lin = load_linear_config(linear_dir)
-  mesh = mesh or mesh_lib.make_mesh()
-  scorer = _Scorer(config, linear_dir, lin, mesh)
-  image_size = int(config.data.image_size or lin.data.image_size or scorer.run.data.image_size)
-  view = pipeline.EvalView(image_size, lin.aug.eval_crop_fraction)
-  rc, data = config.robustness, config.data
-  if splits is None:
-    from attn_contrastive.data import sources
-    names = (data.eval_split, data.train_split) if rc.retrieval else (data.eval_split,)
-    splits = {s: sources.open_config_split(data, s) for s in names}
-  features.check_cache_source(os.path.join(workdir, "conditions"), {
-      "linear_eval": paths.resolve(linear_dir), "step": scorer.step,
+  scorer = _Scorer(config, linear_dir, ev.run, ev.mesh)
+  image_size = int(data.image_size or linear.data.image_size or ev.run.image_size)
+  view = pipeline.EvalView(image_size, linear.aug.eval_crop_fraction)
+  features.check_cache_source(os.path.join(ev.workdir, "conditions"), {
+      "linear_eval": paths.resolve(linear_dir), "step": ev.run.step,
       "classifier": scorer.protocol, "source": rc.source, "seed": rc.seed,
       "image_size": image_size, "max_examples": config.eval.max_examples})
-  clean_x, clean_y = scorer.features(splits[data.eval_split], view)
+  clean = ev.split(data.eval_split)
+  clean_x, clean_y = scorer.features(clean, view)
   clean_top1 = scorer.top1(clean_x, clean_y)
-  clean_retrieval = None
-  if rc.retrieval:
-    linear_cache = os.path.join(linear_dir, "features", data.train_split)
-    cache = linear_cache if paths.isdir(linear_cache) else os.path.join(
-        workdir, "features", data.train_split)
-    scorer.set_gallery(*scorer.features(splits[data.train_split], view, eval_cfg=lin.eval,
-                                        cache_dir=cache))
-    clean_retrieval = scorer.retrieval(clean_x, clean_y, rc)
-  conditions = score_conditions(config, workdir, scorer, splits[data.eval_split], view)
-  metrics = summarize(config, conditions, clean_top1, clean_retrieval)
+  retrieval = (clean_retrieval(ev, scorer, linear, view, clean_x, clean_y)
+               if rc.retrieval else None)
+  conditions = score_conditions(config, ev.workdir, scorer, clean, view)
+  metrics = summarize(config, conditions, clean_top1, retrieval)
   metrics.update({"robustness/classifier": {"workdir": paths.resolve(linear_dir),
                                             "protocol": scorer.protocol},
                   "robustness/source": rc.source, "robustness/seed": rc.seed,
                   "robustness/num_images": int(len(clean_y))})
-  dataset = results.dataset_entry(data.name, [data.eval_split], data_dir=data.data_dir,
-                                  version=dataset_version)
-  out = results.write(workdir, task="robustness", source_workdir=scorer.run_dir,
-                      source_step=scorer.step, source_config=scorer.run, dataset=dataset,
-                      metrics=metrics, wall_time_s=time.perf_counter() - start)
   logging.info("Robustness of %s (%s classifier): clean %.4f, mean %.4f, mCE %.3f", linear_dir,
                scorer.protocol, clean_top1, metrics["robustness/mean"],
                metrics["robustness/mce"])
-  return out
+  return metrics
+
+
+def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
+  """Scores the linear evaluation at ``config.checkpoint``; writes ``results.json``.
+
+  ``results.json`` names the run that linear evaluation evaluated as its
+  source. ``kwargs``: those of
+  :func:`~attn_contrastive.tasks.evaluation.run_evaluation` (``splits``,
+  ``dataset_version``, ``mesh``). Returns the results' dict.
+  """
+  linear = runs.read_config(config.checkpoint, reader=config.task)
+  return evaluation.run_evaluation(
+      config, workdir, functools.partial(score, linear=linear),
+      split_names=[config.data.eval_split], run_dir=runs.evaluated_run_dir(linear),
+      reader=linear.task, **kwargs)

@@ -19,7 +19,6 @@ after every seed, so a study cut short still leaves the tables of what ran.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from typing import Any, Callable
@@ -28,20 +27,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from attn_contrastive import config_checks, paths
+from attn_contrastive import config_checks, paths, tasks
 from attn_contrastive.train import preemption
 
-#: The tasks a study runs, by stage (as ``main.TASKS``).
-TASK_MODULES = {
-    "teacher": "attn_contrastive.tasks.teacher",
-    "label": "attn_contrastive.tasks.label",
-    "pretrain": "attn_contrastive.tasks.pretrain",
-    "supervised": "attn_contrastive.tasks.supervised",
-    "linear_eval": "attn_contrastive.tasks.linear_eval",
-    "robustness": "attn_contrastive.tasks.robustness",
-    "retrieval": "attn_contrastive.tasks.retrieval",
-    "alignment": "attn_contrastive.tasks.alignment",
-}
 #: The evaluations of each trained row, in the order they run.
 EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
 STAGES = config_checks.STUDY_STAGES
@@ -160,11 +148,10 @@ def headline(written: dict[str, Any]) -> list[str]:
 def _run_stage(config: ml_collections.ConfigDict, workdir: str) -> Any:
   """One stage, in this process, as ``main`` would run it."""
   paths.makedirs(workdir)
-  module = importlib.import_module(TASK_MODULES[config.task])
-  return module.train_and_evaluate(config, workdir)
+  return tasks.entry(config.task)(config, workdir)
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any] | None:
+def run_study(config, workdir: str) -> dict[str, Any] | None:
   """Runs the study of ``config`` in ``workdir``; writes its report and ``results.json``."""
   if config.study.compilation_cache:
     # Seeds of a row compile the same programs: later seeds read them from disk.

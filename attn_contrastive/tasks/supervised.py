@@ -13,21 +13,11 @@ import jax.numpy as jnp
 
 from attn_contrastive import losses
 from attn_contrastive.evaluators.classification import ClassificationEvaluator
-from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
-from attn_contrastive.models.resnet import resnet_from_config
-from attn_contrastive.train import step as step_lib
+from attn_contrastive.models import forward
+from attn_contrastive.models.build import build_model
 
 if TYPE_CHECKING:
   from attn_contrastive.train import loop
-
-
-def build_model(config):
-  """ResNet with a classifier; wrapped with attention heads if they are enabled."""
-  model = resnet_from_config(config.model, num_classes=config.data.num_classes)
-  attn = config.get("attention")
-  if attn is not None and attn.enabled:
-    model = WithAttention(model, attention_heads_from_config(attn, config.model))
-  return model
 
 
 def make_loss_fn(model, config):
@@ -36,9 +26,8 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng
-    x = step_lib.normalize_images(batch["image"], dtype)
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                               train=True, mutable=["batch_stats"])
+    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats},
+                                 batch["image"], dtype, train=True, mutable=["batch_stats"])
     loss = losses.cross_entropy(out["logits"], batch["label"],
                                 config.loss.label_smoothing)
     acc = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
@@ -58,13 +47,7 @@ def make_evaluator(model, config, mesh=None) -> ClassificationEvaluator:
   from attn_contrastive.data import pipeline, sources  # the data stack: see build_task
   source = sources.open_config_split(config.data, config.data.eval_split)
   transform = pipeline.EvalView(config.data.image_size, config.aug.eval_crop_fraction)
-  dtype = jnp.dtype(config.model.dtype)
-
-  def predict(state, images):
-    x = step_lib.normalize_images(images, dtype)
-    return model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                       train=False)["logits"]
-
+  predict = forward.predict(model, jnp.dtype(config.model.dtype), "logits")
   return ClassificationEvaluator(predict, source, transform, config.eval, mesh=mesh)
 
 

@@ -45,10 +45,10 @@ import numpy as np
 
 from attn_contrastive.data import augment, sources
 from attn_contrastive.evaluators import saliency as saliency_eval
+from attn_contrastive.models import forward
 from attn_contrastive.models.teacher import output_shape, teacher_from_config
 from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.train import loop
-from attn_contrastive.train import step as step_lib
 
 Example = dict[str, Any]
 
@@ -157,9 +157,8 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng  # augmentation is drawn on the host
-    x = step_lib.normalize_images(batch["image"], dtype)
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                               train=True, mutable=["batch_stats"])
+    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats},
+                                 batch["image"], dtype, train=True, mutable=["batch_stats"])
     loss, parts = teacher_loss(out["logits"], batch["saliency_map"],
                                batch["fixation_map"], **weights)
     return loss, (updates["batch_stats"], {f"train_{k}": v for k, v in parts.items()})
@@ -174,8 +173,7 @@ def make_loss_fn(model, config):
 
 def predict_density(model, variables, images: jnp.ndarray, dtype) -> jnp.ndarray:
   """The teacher's predicted density (eval mode) of uint8 images ``[B, H, W, 3]``."""
-  x = step_lib.normalize_images(images, dtype)
-  return jnp.exp(model.apply(variables, x, train=False)["log_density"])
+  return jnp.exp(forward.apply(model, variables, images, dtype, train=False)["log_density"])
 
 
 def make_evaluator(model, config, source, workdir: str | None = None,
@@ -184,8 +182,7 @@ def make_evaluator(model, config, source, workdir: str | None = None,
   dtype = jnp.dtype(config.model.dtype)
 
   def predict(state, images):
-    return predict_density(model, {"params": state.params, "batch_stats": state.batch_stats},
-                           images, dtype)
+    return predict_density(model, forward.variables_of(state), images, dtype)
 
   return saliency_eval.SaliencyEvaluator(predict, source, config.eval, input_hw(config),
                                          name="teacher", mesh=mesh, workdir=workdir)

@@ -1,9 +1,9 @@
 """The jitted data-parallel train step, without the data stack.
 
-Everything a step needs (image normalisation, gradients, optimiser update,
-shardings) and nothing the input pipeline needs (grain, tfds, clu), so models
-and losses can be compiled and timed on a machine that has only
-jax/flax/optax, as ``benchmarks/train_step.py`` does on accelerators.
+Everything a step needs (gradients, optimiser update, shardings; a task's
+loss normalises its images with :mod:`attn_contrastive.models.forward`) and
+nothing the input pipeline needs (grain, tfds, clu), so models and losses
+can be compiled and timed on a machine that has only jax/flax/optax, as ``benchmarks/train_step.py`` does on accelerators.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from attn_contrastive.train import mesh as mesh_lib
@@ -19,14 +18,6 @@ from attn_contrastive.train.state import TrainState
 
 # (params, batch_stats, batch, rng[, frozen]) -> (loss, (new_batch_stats, metrics))
 LossFn = Callable[..., tuple[jnp.ndarray, tuple[Any, dict[str, jnp.ndarray]]]]
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 images → mean/std-normalised floats, on device."""
-  return ((images.astype(jnp.float32) - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
 
 
 def make_train_step(loss_fn: LossFn, schedule: optax.Schedule, *,
