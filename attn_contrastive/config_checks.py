@@ -43,6 +43,48 @@ def _one_of(*allowed) -> Callable[[Any], bool]:
   return lambda x: x in allowed
 
 
+def _subset_of(*allowed) -> Callable[[Any], bool]:  # a non-empty tuple of them
+  return lambda x: isinstance(x, (tuple, list)) and bool(x) and set(x) <= set(allowed)
+
+
+def _names(values: Iterable[Any]) -> str:
+  return ", ".join(repr(v) for v in values)
+
+
+# The values a key may take, declared here once: the tasks read these names.
+
+#: ``attention.labels``: maps of the label task (``attention.maps_dir``), or human maps
+#: that the co-train row's heads learn on directly.
+ATTENTION_LABELS = ("teacher", "human")
+#: ``attention.cotrain_bn``: the co-train row's human images in a forward pass of their
+#: own (the encoder's BatchNorm statistics stay the views'), or in one with the views.
+COTRAIN_BN = ("separate", "joint")
+#: A linear evaluation's protocols (``protocols``, ``tasks/linear_eval.py``).
+LINEAR_PROTOCOLS = ("linear", "linear_cached")
+#: The classifier a stage reads from a linear evaluation: ``auto`` is ``linear`` if
+#: that protocol ran, else ``linear_cached``.
+CLASSIFIER_PROTOCOLS = ("auto", *LINEAR_PROTOCOLS)
+#: ``retrieval.embedding``: the encoder's pooled feature or SimCLR's projection.
+EMBEDDINGS = ("pooled", "projection")
+#: ``alignment.maps``' kinds (``tasks/alignment.py``).
+ALIGNMENT_MAPS = ("auto", "heads", "activations", "gradcam")
+#: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
+ROBUSTNESS_SOURCES = ("generate", "released")
+#: The stages of a study (``tasks/study.py``), in the order they run.
+STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
+                "alignment", "report")
+#: The tasks whose networks later stages evaluate.
+TRAINED_TASKS = ("pretrain", "supervised")
+#: The tasks that evaluate another run, in the order a study runs them for each row,
+#: and the tasks of the runs their ``checkpoint`` may name.
+EVALUATES = {
+    "linear_eval": TRAINED_TASKS,
+    "robustness": ("linear_eval",),
+    "retrieval": TRAINED_TASKS,
+    "alignment": TRAINED_TASKS,
+}
+EVALUATIONS = tuple(EVALUATES)
+
 #: (dotted key, test, what it must be); a key the config lacks is not checked.
 CHECKS: tuple[Check, ...] = (
     ("input.global_batch_size", _positive, "a positive number of examples"),
@@ -80,34 +122,21 @@ CHECKS: tuple[Check, ...] = (
     ("attention.beta", _non_negative, "0 or more (the weight of NSS in L_attn)"),
     ("attention.width", _positive, "a positive channel count"),
     ("attention.map_size", _positive, "a positive map side in pixels"),
-    ("attention.labels", _one_of("teacher", "human"), "'teacher' or 'human' (co-train)"),
-    ("attention.cotrain_bn", _one_of("separate", "joint"), "'separate' or 'joint'"),
+    ("attention.labels", _one_of(*ATTENTION_LABELS),
+     f"one of {_names(ATTENTION_LABELS)} (the co-train row)"),
+    ("attention.cotrain_bn", _one_of(*COTRAIN_BN), f"one of {_names(COTRAIN_BN)}"),
     ("label.batch_size", _positive, "a positive number of images"),
     ("label.num_shards", _positive, "at least 1"),
     ("label.map_size", _positive, "a positive map side in pixels"),
+    ("protocols", _subset_of(*LINEAR_PROTOCOLS),
+     f"a non-empty tuple of {_names(LINEAR_PROTOCOLS)}"),
+    ("retrieval.embedding", _one_of(*EMBEDDINGS), f"one of {_names(EMBEDDINGS)}"),
+    ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
+     f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
+    ("robustness.source", _one_of(*ROBUSTNESS_SOURCES), f"one of {_names(ROBUSTNESS_SOURCES)}"),
+    ("alignment.classifier_protocol", _one_of(*CLASSIFIER_PROTOCOLS),
+     f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
 )
-
-#: The stages of a study (``tasks/study.py``), in the order they run.
-STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
-                "alignment", "report")
-
-#: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
-ROBUSTNESS_SOURCES = ("generate", "released")
-
-#: The tasks whose networks later stages evaluate.
-TRAINED_TASKS = ("pretrain", "supervised")
-
-#: Tasks that evaluate another run, and the tasks of the runs their ``checkpoint`` may name.
-EVALUATES = {
-    "linear_eval": TRAINED_TASKS,
-    "retrieval": TRAINED_TASKS,
-    "alignment": TRAINED_TASKS,
-    "robustness": ("linear_eval",),
-}
-
-#: A linear evaluation's protocols (``tasks/linear_eval.py``); a reader of its
-#: classifier may also ask for ``auto`` (``linear`` if it ran, else ``linear_cached``).
-LINEAR_PROTOCOLS = ("linear", "linear_cached")
 
 
 def evaluated_run(task: str) -> str:
@@ -154,17 +183,29 @@ def _consistency(config, prefix: str) -> Iterable[str]:
       and train.get("num_epochs", 1) <= 0):
     yield (f"{prefix}train.num_epochs={train.num_epochs!r} and "
            f"train.num_steps={train.num_steps!r}: set one of them above 0")
+  attn = config.get("attention")
+  if (config.get("task") == "supervised" and attn is not None and attn.get("enabled")
+      and attn.get("labels") != "teacher"):
+    yield (f"{prefix}attention.labels={attn.labels!r}: supervised rows learn from teacher "
+           f"maps only; set {prefix}attention.labels='teacher' and attention.maps_dir")
   if config.get("task") == "study":
-    study = config.study
-    unknown = sorted(set(study.stages) - set(STUDY_STAGES))
-    if unknown:
-      yield f"{prefix}study.stages has {unknown}: choose from {STUDY_STAGES}"
-    missing = sorted(set(study.rows) - set(config.get("rows", {})))
-    if missing:
-      yield (f"{prefix}study.rows has {missing}, which config.rows does not define; "
-             f"defined: {sorted(config.get('rows', {}))}")
+    yield from study_problems(config, prefix)
   if config.get("task") == "robustness":
     yield from _robustness(config.robustness, prefix)
+
+
+def study_problems(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """The stages and rows a study config asks for that do not exist."""
+  study, rows = config.study, config.get("rows", {})
+  found = []
+  unknown = sorted(set(study.stages) - set(STUDY_STAGES))
+  if unknown:
+    found.append(f"{prefix}study.stages has {unknown}: choose from {STUDY_STAGES}")
+  missing = sorted(set(study.rows) - set(rows))
+  if missing:
+    found.append(f"{prefix}study.rows has {missing}, which config.rows does not define; "
+                 f"defined: {sorted(rows)}")
+  return found
 
 
 def _robustness(rc, prefix: str) -> Iterable[str]:
@@ -175,8 +216,6 @@ def _robustness(rc, prefix: str) -> Iterable[str]:
   unknown = sorted(set(rc.corruptions) - set(corruptions.ALL))
   if unknown:
     yield f"{prefix}robustness.corruptions has {unknown}: choose from {corruptions.ALL}"
-  if rc.source not in ROBUSTNESS_SOURCES:
-    yield f"{prefix}robustness.source={rc.source!r}: choose one of {ROBUSTNESS_SOURCES}"
 
 
 def problems(config: ml_collections.ConfigDict, prefix: str = "",
@@ -191,7 +230,7 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "",
   if not linked:
     found += list(_links(config, prefix))
   if config.get("task") == "study":
-    for name in ("teacher", "label", "linear_eval", "robustness", "retrieval", "alignment"):
+    for name in ("teacher", "label", *EVALUATIONS):
       if name in config:
         found += problems(config[name], f"{prefix}{name}.", linked=True)
     for name, row in config.get("rows", {}).items():
@@ -213,9 +252,6 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "",
 # no constraint. A robustness run also embeds the training split with the
 # ``eval.batch_size`` of the linear evaluation it scores; that run's own
 # check covered it on its layout (a study's is checked here).
-
-#: The evaluations a study runs for each row, in its stage names.
-STUDY_EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
 
 
 def _task_batches(config) -> list[str]:
@@ -243,7 +279,7 @@ def _study_batches(config) -> list[str]:
   if "train" in stages:
     parts += [(f"rows.{name}.", config.rows[name]) for name in config.study.rows
               if name in config.rows]
-  parts += [(f"{name}.", config[name]) for name in STUDY_EVALUATIONS
+  parts += [(f"{name}.", config[name]) for name in EVALUATIONS
             if name in stages and name in config]
   keys = [prefix + key for prefix, stage in parts for key in _task_batches(stage)]
   robustness = config.get("robustness")

@@ -35,9 +35,6 @@ from attn_contrastive.train import mesh as mesh_lib
 CONFIG_FILE = "config.json"
 #: The cached-feature probe's classifier in a linear evaluation's workdir.
 CACHED_CLASSIFIER = os.path.join("linear_cached", "classifier.npz")
-#: The embeddings :meth:`Run.embedding` gives: the encoder's pooled feature, or
-#: SimCLR's projection head output.
-EMBEDDINGS = ("pooled", "projection")
 
 
 def read_config(run_dir: str, reader: str | None = None) -> ml_collections.ConfigDict:
@@ -120,8 +117,8 @@ class Run:
     if kind == "pooled":
       encoder, variables = encoder_of(self.model, self.variables)
       return forward.predict(encoder, self.dtype, "pooled"), variables
-    if kind not in EMBEDDINGS:
-      raise ValueError(f"embedding {kind!r}: choose one of {EMBEDDINGS}")
+    if kind not in config_checks.EMBEDDINGS:
+      raise ValueError(f"embedding {kind!r}: choose one of {config_checks.EMBEDDINGS}")
     if self.task != "pretrain":
       raise ValueError(f"embedding 'projection' needs a pretraining run; {self.task!r} runs "
                        "have no projection head: use 'pooled'")
@@ -149,7 +146,6 @@ def load_classifier(linear_dir: str, protocol: str = "auto"
   ``auto`` (``linear`` if that protocol ran, else ``linear_cached``). The
   logits of a frozen feature ``x`` are ``x @ kernel + bias``.
   """
-  protocols = config_checks.LINEAR_PROTOCOLS
   cached = os.path.join(linear_dir, CACHED_CLASSIFIER)
   has_linear = paths.isdir(os.path.join(linear_dir, "linear", "checkpoints"))
   if protocol == "auto":
@@ -160,8 +156,9 @@ def load_classifier(linear_dir: str, protocol: str = "auto"
   if protocol == "linear_cached" and paths.exists(cached):
     saved = paths.load_npz(cached)
     return saved["kernel"], saved["bias"], protocol
-  if protocol not in protocols:
-    raise ValueError(f"classifier protocol {protocol!r}: choose one of ('auto', *{protocols})")
+  if protocol not in config_checks.CLASSIFIER_PROTOCOLS:
+    raise ValueError(f"classifier protocol {protocol!r}: choose one of "
+                     f"{config_checks.CLASSIFIER_PROTOCOLS}")
   raise FileNotFoundError(
       f"no {protocol} classifier in {linear_dir}: point at the workdir of a finished "
       f"linear_eval run whose config.protocols included {protocol!r}")

@@ -17,7 +17,7 @@ import dataclasses
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
-from attn_contrastive import paths
+from attn_contrastive import config_checks, paths
 
 #: The paper's rows, in its order.
 ROWS = ("Contrastive", "Contrastive attn. teacher", "Contrastive attn. co-train",
@@ -25,7 +25,7 @@ ROWS = ("Contrastive", "Contrastive attn. teacher", "Contrastive attn. co-train"
         "Supervised (ResNet-18)", "Supervised (ResNet-18) attn. teacher")
 TEACHER = "Teacher"
 #: The evaluation tasks, in the order of the report's stages.
-STAGES = ("linear_eval", "robustness", "retrieval", "alignment")
+STAGES = config_checks.EVALUATIONS
 RESULTS = "results.json"
 EXAMPLES = "examples.npz"
 

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from attn_contrastive import paths, runs
+from attn_contrastive import config_checks, paths, runs
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models import forward
@@ -60,7 +60,6 @@ from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import mesh as mesh_lib
 
-MAP_KINDS = ("auto", "heads", "activations", "gradcam")
 #: ``alignment.maps``'s default: Grad-CAM is skipped, not refused, where there are no logits.
 DEFAULT_MAPS = ("auto", "gradcam")
 
@@ -98,9 +97,10 @@ def requested_kinds(config) -> tuple[str, ...]:
   maps = config.alignment.maps
   maps = (maps,) if isinstance(maps, str) else tuple(maps)
   kinds = tuple(k.strip() for m in maps for k in m.split(","))
-  unknown = [k for k in kinds if k not in MAP_KINDS]
+  unknown = [k for k in kinds if k not in config_checks.ALIGNMENT_MAPS]
   if unknown or not kinds:
-    raise ValueError(f"alignment.maps={maps!r}: choose kinds among {MAP_KINDS}")
+    raise ValueError(f"alignment.maps={maps!r}: choose kinds among "
+                     f"{config_checks.ALIGNMENT_MAPS}")
   return kinds
 
 

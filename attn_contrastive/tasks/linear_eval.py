@@ -37,14 +37,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from attn_contrastive import config_checks, losses, paths, runs
+from attn_contrastive import losses, paths, runs
 from attn_contrastive.evaluators import classification, features
 from attn_contrastive.evaluators import softmax_regression
 from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import loop
-
-PROTOCOLS = config_checks.LINEAR_PROTOCOLS
-
 
 class LinearHead(nn.Module):
   """A linear classifier, zero-initialised as in SimCLR's linear evaluation."""
@@ -186,9 +183,6 @@ def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
   ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
   (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.
   """
-  unknown = set(config.protocols) - set(PROTOCOLS)
-  if unknown:
-    raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
   return evaluation.run_evaluation(
       config, workdir, score,
       split_names=[config.data.train_split, config.data.eval_split], **kwargs)

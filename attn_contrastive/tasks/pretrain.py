@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from attn_contrastive import losses
+from attn_contrastive import config_checks, losses
 from attn_contrastive.models import forward
 from attn_contrastive.models.build import build_model
 from attn_contrastive.models.simclr import PROBE
@@ -38,9 +38,6 @@ def probe_loss(logits: jnp.ndarray, labels: jnp.ndarray
   loss = losses.cross_entropy(logits, labels)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return loss, {"probe_loss": loss, "probe_accuracy": accuracy}
-
-
-COTRAIN_BN = ("separate", "joint")
 
 
 def make_loss_fn(model, config):
@@ -66,8 +63,9 @@ def make_loss_fn(model, config):
   dtype = jnp.dtype(config.model.dtype)
   attn = config.get("attention")
   cotrain_bn = attn.get("cotrain_bn", "separate") if attn is not None else "separate"
-  if cotrain_bn not in COTRAIN_BN:
-    raise ValueError(f"attention.cotrain_bn={cotrain_bn!r}: choose one of {COTRAIN_BN}")
+  if cotrain_bn not in config_checks.COTRAIN_BN:
+    raise ValueError(f"attention.cotrain_bn={cotrain_bn!r}: choose one of "
+                     f"{config_checks.COTRAIN_BN}")
 
   def train_forward(params, batch_stats, images, **rows):
     out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats}, images,
@@ -225,8 +223,9 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
       human = sources.open_config_split(config.data, attn.human_split, attn.human_data)
       transform = pipeline.CoTrainViews(size, config.aug, attn.map_size, human)
     else:
-      raise ValueError(f"attention.labels={attn.labels!r}: choose 'teacher' (maps from "
-                       "attention.maps_dir) or 'human' (co-train on attention.human_data)")
+      raise ValueError(f"attention.labels={attn.labels!r}: choose one of "
+                       f"{config_checks.ATTENTION_LABELS} (maps from attention.maps_dir, or "
+                       "co-train on attention.human_data)")
   return loop.TaskSpec(
       model=model, loss_fn=make_loss_fn(model, config), train_source=source,
       train_transform=transform,

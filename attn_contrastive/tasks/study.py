@@ -30,10 +30,6 @@ from absl import logging
 from attn_contrastive import config_checks, paths, tasks
 from attn_contrastive.train import preemption
 
-#: The evaluations of each trained row, in the order they run.
-EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
-STAGES = config_checks.STUDY_STAGES
-
 
 def is_done(workdir: str) -> bool:
   """A stage is done when its ``results.json`` is there (written last, atomically)."""
@@ -48,13 +44,9 @@ class Study:
     self.config, self.workdir = config, paths.resolve(workdir)
     self.run_stage = run_stage or _run_stage
     self.timings: list[tuple[str, float, bool]] = []
-    unknown = set(config.study.stages) - set(STAGES)
-    if unknown:
-      raise ValueError(f"study.stages: unknown {sorted(unknown)}; choose from {STAGES}")
-    missing = set(config.study.rows) - set(config.rows)
-    if missing:
-      raise ValueError(f"study.rows names {sorted(missing)}, which config.rows does not "
-                       f"define; defined: {sorted(config.rows)}")
+    bad = config_checks.study_problems(config)
+    if bad:
+      raise ValueError("; ".join(bad))
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -94,7 +86,7 @@ class Study:
         train.attention.maps_dir = maps_dir
         train.attention.teacher_checkpoint = self.path("teacher")
     run_dir = self.stage(f"{name}/seed{seed}/train", train, os.path.join(base, "train"))
-    for evaluation in EVALUATIONS:
+    for evaluation in config_checks.EVALUATIONS:
       cfg = self.config[evaluation].copy_and_resolve_references()
       source = os.path.join(base, "linear_eval") if evaluation == "robustness" else run_dir
       cfg.checkpoint = source
