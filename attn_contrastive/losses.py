@@ -1,4 +1,9 @@
-"""Losses: NT-Xent (SimCLR) and softmax cross-entropy."""
+"""Losses: NT-Xent (SimCLR), softmax cross-entropy, the attention loss L_attn and the
+saliency teacher's loss.
+
+Each takes arrays and numbers (temperatures, weights), never a config: a
+task reads its config and hands the loss the values.
+"""
 from __future__ import annotations
 
 import jax
@@ -109,9 +114,29 @@ def attention_loss(head_logits: dict[str, jnp.ndarray],
 
 
 def attention_loss_on_maps(head_logits: dict[str, jnp.ndarray], maps: jnp.ndarray,
-                           attn_cfg) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """L_attn with one host-made map per image resized to each head's resolution."""
+                           alpha: float, beta: float, fixation_quantile: float | None = None
+                           ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """L_attn (:func:`attention_loss`) with one host-made map per image ``[B, H, W]``,
+  resized to each head's resolution."""
   targets = {s: jax_metrics.resize_maps(maps, l.shape[1:]) for s, l in head_logits.items()}
-  quantile = attn_cfg.fixation_quantile
-  return attention_loss(head_logits, targets, attn_cfg.alpha, attn_cfg.beta,
-                        None if quantile < 0 else quantile)
+  return attention_loss(head_logits, targets, alpha, beta, fixation_quantile)
+
+
+def teacher_loss(logits: jnp.ndarray, saliency_map: jnp.ndarray,
+                 fixation_map: jnp.ndarray, kld_weight: float, cc_weight: float,
+                 nss_weight: float) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """The saliency teacher's loss: ``mean(kld_w · KLD − cc_w · CC − nss_w · NSS)`` and the
+  three batch means.
+
+  ``logits`` ``[B, h, w]`` define the density ``softmax`` over the pixels;
+  ``saliency_map`` is the ground-truth density (any non-negative scale) and
+  ``fixation_map`` the binary fixation map, both ``[B, h, w]``. CC and NSS
+  are similarities, so they are subtracted.
+  """
+  kld = jax_metrics.kld_from_logits(logits, saliency_map)
+  density = jax.nn.softmax(logits.reshape(logits.shape[0], -1), axis=-1)
+  density = density.reshape(logits.shape)
+  cc = jax_metrics.cc(density, saliency_map)
+  nss = jax_metrics.nss(density, fixation_map)
+  loss = jnp.mean(kld_weight * kld - cc_weight * cc - nss_weight * nss)
+  return loss, {"kld": jnp.mean(kld), "cc": jnp.mean(cc), "nss": jnp.mean(nss)}

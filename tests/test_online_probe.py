@@ -15,7 +15,7 @@ import optax
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import pipeline
-from attn_contrastive.evaluators import attention_heads, knn
+from attn_contrastive.evaluators import attention_heads, common, knn
 from attn_contrastive.models.attention import spatial_softmax
 from attn_contrastive.models.build import build_model
 from attn_contrastive.saliency import jax_metrics, metrics as np_metrics
@@ -197,7 +197,7 @@ def test_run_writes_the_monitor_to_results(tmp_path):
       model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=train,
       train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
       sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
-      evaluate=pretrain.Monitor(pretrain.make_knn_evaluator(model, config, train, val, mesh)))
+      evaluate=common.Combined(pretrain.make_knn_evaluator(model, config, train, val, mesh)))
   _, last = loop.run(config, workdir, task, mesh=mesh)
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from attn_contrastive import config as config_lib
-from attn_contrastive import tasks
-from attn_contrastive.data import augment, sources
+from attn_contrastive import losses, tasks
+from attn_contrastive.data import augment, pipeline, sources
 from attn_contrastive.models.teacher import SaliencyTeacher, teacher_from_config
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.saliency import metrics
@@ -85,8 +85,8 @@ def test_loss_matches_numpy_metrics():
   fix = (rng.random((3, 8, 8)) < 0.15).astype(np.float32)
   fix[:, 2, 3] = 1.0
   w = dict(kld_weight=1.0, cc_weight=0.5, nss_weight=0.25)
-  loss, parts = teacher.teacher_loss(jnp.asarray(logits), jnp.asarray(gt), jnp.asarray(fix),
-                                     **w)
+  loss, parts = losses.teacher_loss(jnp.asarray(logits), jnp.asarray(gt), jnp.asarray(fix),
+                                    **w)
   expected = []
   for b in range(3):
     p = np.exp(logits[b].astype(np.float64))
@@ -103,7 +103,7 @@ def test_loss_matches_numpy_metrics():
 
 def _fixed_batch(config, n=16):
   source = _ToySaliencySource()
-  view = teacher.TeacherTrainView((SIZE, SIZE), teacher.map_hw(config))
+  view = pipeline.TeacherTrainView((SIZE, SIZE), teacher.map_hw(config))
   rng = np.random.default_rng(0)
   views = [view(source[i], rng) for i in range(n)]
   return {k: np.stack([v[k] for v in views]) for k in views[0]}
@@ -111,12 +111,12 @@ def _fixed_batch(config, n=16):
 
 def test_rasterize_fixations_follows_box_and_flip():
   fix = np.array([[0, 0], [3, 5], [7, 7]], np.int32)
-  full = teacher.rasterize_fixations(fix, (8, 8), augment.Box.full(), False, (8, 8))
+  full = augment.rasterize_fixations(fix, (8, 8), augment.Box.full(), False, (8, 8))
   np.testing.assert_array_equal(full, metrics.fixations_to_map(fix, 8, 8))
-  flipped = teacher.rasterize_fixations(fix, (8, 8), augment.Box.full(), True, (8, 8))
+  flipped = augment.rasterize_fixations(fix, (8, 8), augment.Box.full(), True, (8, 8))
   np.testing.assert_array_equal(flipped, full[:, ::-1])
   # The right half, at half resolution: only (3, 5) and (7, 7) survive.
-  half = teacher.rasterize_fixations(fix, (8, 8), augment.Box(0.0, 0.5, 1.0, 1.0), False,
+  half = augment.rasterize_fixations(fix, (8, 8), augment.Box(0.0, 0.5, 1.0, 1.0), False,
                                      (4, 2))
   assert half.sum() == 2 and half[1, 0] == 1 and half[3, 1] == 1
   # The same box moves a one-pixel map to the same cell.
@@ -124,7 +124,7 @@ def test_rasterize_fixations_follows_box_and_flip():
   spot[3, 5] = 1.0
   box = augment.Box(0.25, 0.5, 0.75, 1.0)
   moved = augment.crop_resize(spot, box, (4, 4), "nearest", flip=True)
-  point = teacher.rasterize_fixations(fix[1:2], (8, 8), box, True, (4, 4))
+  point = augment.rasterize_fixations(fix[1:2], (8, 8), box, True, (4, 4))
   np.testing.assert_array_equal(moved > 0, point > 0)
 
 
@@ -233,7 +233,7 @@ def test_non_square_train_view_keeps_targets_aligned():
   fix = np.stack([rng.integers(10, 20, 30), rng.integers(40, 52, 30)], 1).astype(np.int32)
   sal = np.zeros((48, 64, 1), np.uint8)
   sal[10:20, 40:52] = 200
-  view = teacher.TeacherTrainView((24, 32), (6, 8), area_range=(0.6, 1.0))
+  view = pipeline.TeacherTrainView((24, 32), (6, 8), area_range=(0.6, 1.0))
   for _ in range(10):
     out = view({"image": image, "saliency_map": sal, "fixations": fix}, rng)
     assert out["image"].shape == (24, 32, 3) and out["saliency_map"].shape == (6, 8)

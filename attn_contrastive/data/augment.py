@@ -46,6 +46,9 @@ __all__ = [
     "simclr_view",
     "supervised_train_view",
     "eval_view",
+    "whole_image",
+    "gray_map",
+    "rasterize_fixations",
 ]
 
 # Downscale factors (input pixels per output pixel) above this are first
@@ -719,3 +722,46 @@ def simclr_view(
     _blur_(view, sigma)
   _clip_(view)
   return view, map_view
+
+
+# ---------------------------------------------------------------------------
+# Saliency data: whole images, stored maps, fixations.
+# ---------------------------------------------------------------------------
+
+
+def whole_image(image: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+  """The whole image resized to ``image_hw`` (uint8): its maps stay aligned with it."""
+  return np.asarray(crop_resize(np.asarray(image), Box.full(), image_hw), np.uint8)
+
+
+def gray_map(x: np.ndarray) -> np.ndarray:
+  """A stored saliency map, ``H×W×1`` or ``H×W``, as ``H×W``."""
+  x = np.asarray(x)
+  return x[..., 0] if x.ndim == 3 else x
+
+
+def rasterize_fixations(fixations: np.ndarray, image_hw: tuple[int, int], box: Box,
+                        flip: bool, out_hw: tuple[int, int]) -> np.ndarray:
+  """Binary fixation map of the crop ``box`` (and ``flip``) at ``out_hw``.
+
+  A fixation at pixel ``(r, c)`` of an ``image_hw`` image sits at the
+  normalised centre ``((r + .5) / H, (c + .5) / W)``, this module's
+  convention; it lands in the output cell that covers that point inside the
+  box, or nowhere if the box excludes it. Mapped point by point, no fixation
+  can vanish or smear, as one would when resizing a sparse point map.
+  Returns float32 ``out_hw`` in {0, 1}.
+  """
+  out = np.zeros(out_hw, np.float32)
+  fix = np.asarray(fixations).reshape(-1, 2)
+  if fix.size == 0:
+    return out
+  u = (fix[:, 0] + 0.5) / image_hw[0]
+  v = (fix[:, 1] + 0.5) / image_hw[1]
+  rows = np.floor((u - box.y0) / box.height * out_hw[0]).astype(np.int64)
+  cols = np.floor((v - box.x0) / box.width * out_hw[1]).astype(np.int64)
+  keep = (rows >= 0) & (rows < out_hw[0]) & (cols >= 0) & (cols < out_hw[1])
+  rows, cols = rows[keep], cols[keep]
+  if flip:
+    cols = out_hw[1] - 1 - cols
+  out[rows, cols] = 1.0
+  return out

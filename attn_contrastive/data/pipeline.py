@@ -90,9 +90,8 @@ class CoTrainViews:
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
     out = ContrastiveViews(self.image_size, self.aug)(example, rng)
     human = self.human_source[int(rng.integers(len(self.human_source)))]
-    smap = np.asarray(human["saliency_map"])
     view, map_view = augment.supervised_train_view(
-        rng, human["image"], smap[..., 0] if smap.ndim == 3 else smap,
+        rng, human["image"], human["saliency_map"],
         out_size=self.image_size, area_range=(self.aug.area_min, 1.0),
         map_size=self.map_size)
     out.update(human_image=to_uint8(view), human_map=map_view)
@@ -131,6 +130,42 @@ class EvalView:
     view, _ = augment.eval_view(example["image"], out_size=self.image_size,
                                 crop_fraction=self.crop_fraction)
     return {"image": to_uint8(view), "label": np.int32(example["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainView:
+  """The saliency teacher's training view: random resized crop + flip of the image,
+  its density map and its fixations.
+
+  The crop's area is within ``area_range``, its aspect ratio within 3/4–4/3
+  of ``image_hw``'s; the box and flip go to the image (resized to
+  ``image_hw``), the density map and the fixations (both at ``map_hw``, the
+  teacher's output resolution; fixations through
+  :func:`augment.rasterize_fixations`). Returns ``image`` uint8 ``[H, W, 3]``,
+  ``saliency_map`` float32 (the density, scaled to [0, 1]) and
+  ``fixation_map`` float32 {0, 1}. Random draws, in order: crop box, flip
+  (as :func:`augment.supervised_train_view`).
+  """
+  image_hw: tuple[int, int]
+  map_hw: tuple[int, int]
+  area_range: tuple[float, float] = (0.5, 1.0)
+  hflip: bool = True
+
+  def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+    image = np.asarray(example["image"])
+    h, w = image.shape[:2]
+    ratio = self.image_hw[1] / self.image_hw[0]
+    box = augment.sample_crop_box(rng, h, w, self.area_range,
+                                  aspect_range=(ratio * 3 / 4, ratio * 4 / 3))
+    flip = bool(rng.random() < 0.5) and self.hflip
+    view = augment.crop_resize(image, box, self.image_hw, flip=flip)
+    sal = augment.gray_map(example["saliency_map"]).astype(np.float32)
+    sal = sal * np.float32(1 / 255)
+    sal = np.maximum(augment.crop_resize(sal, box, self.map_hw, flip=flip), 0.0)
+    fix = augment.rasterize_fixations(example["fixations"], (h, w), box, flip, self.map_hw)
+    return {"image": np.asarray(view, np.uint8), "saliency_map": sal.astype(np.float32),
+            "fixation_map": fix}
+
 
 
 def local_batch_size(global_batch: int) -> int:

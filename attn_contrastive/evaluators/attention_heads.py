@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from attn_contrastive.data import augment
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.attention import spatial_softmax
 from attn_contrastive.saliency import jax_metrics, metrics
@@ -41,8 +42,8 @@ def fixed_batch(source, num_examples: int, image_hw: tuple[int, int], map_key: s
   if n < 1:
     raise ValueError("the attention monitor's split is empty")
   records = [source[i] for i in range(n)]
-  images = np.stack([saliency_eval.whole_image(r["image"], image_hw) for r in records])
-  maps = np.stack([metrics.resize_to(saliency_eval.gray_map(r[map_key]).astype(np.float64),
+  images = np.stack([augment.whole_image(r["image"], image_hw) for r in records])
+  maps = np.stack([metrics.resize_to(augment.gray_map(r[map_key]).astype(np.float64),
                                      image_hw) for r in records]).astype(np.float32)
   return images, np.maximum(maps, 0.0)
 

@@ -42,6 +42,23 @@ class Evaluator(Protocol):
     ...
 
 
+class Combined:
+  """Several evaluators as one (a pretraining run's kNN and attention-heads monitors):
+  their flat scalars and their results, merged."""
+
+  def __init__(self, *evaluators: Evaluator):
+    self.evaluators = evaluators
+    self.results: dict[str, Any] = {}
+
+  def __call__(self, state: Any) -> dict[str, float]:
+    flat, results = {}, {}
+    for evaluate in self.evaluators:
+      flat.update(evaluate(state))
+      results.update(evaluate.results)
+    self.results = results
+    return flat
+
+
 def num_examples(source, max_examples: int) -> int:
   """How many examples of ``source`` to evaluate: all, or the first ``max_examples``."""
   n = len(source)

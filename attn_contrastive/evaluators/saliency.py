@@ -46,7 +46,7 @@ from absl import logging
 from clu import metric_writers
 
 from attn_contrastive import paths
-from attn_contrastive.data import augment
+from attn_contrastive.data.augment import gray_map, whole_image
 from attn_contrastive.evaluators import common
 from attn_contrastive.saliency import metrics
 from attn_contrastive.train import mesh as mesh_lib
@@ -61,18 +61,6 @@ PredictFn = Callable[[Any, jax.Array], "jax.Array | dict[str, jax.Array]"]
 
 #: The example maps of an evaluation, in its workdir (:func:`write_examples`).
 EXAMPLES_FILE = "examples.npz"
-
-
-def gray_map(x: np.ndarray) -> np.ndarray:
-  """A stored saliency map, ``H×W×1`` or ``H×W``, as ``H×W``."""
-  x = np.asarray(x)
-  return x[..., 0] if x.ndim == 3 else x
-
-
-def whole_image(image: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-  """The whole image resized to ``image_hw`` (uint8): its maps stay aligned with it."""
-  return np.asarray(augment.crop_resize(np.asarray(image), augment.Box.full(), image_hw),
-                    np.uint8)
 
 
 def _score(pred: np.ndarray, gt: np.ndarray, fix: np.ndarray, other: np.ndarray | None,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_contrastive.models.attention import AttentionHeads, attention_heads_from_config
-from attn_contrastive.models.heads import ProjectionHead
+from attn_contrastive.models.heads import LinearProbe, ProjectionHead
 from attn_contrastive.models.resnet import ResNet, resnet_from_config
 
 ALL = slice(None)
@@ -50,32 +50,6 @@ class SimCLR(nn.Module):
       out["attention_logits"] = self.attention({k: v[attend] for k, v in features.items()},
                                                train=train)
     return out
-
-
-class LinearProbe(nn.Module):
-  """A linear classifier of features that learns stably at SimCLR's learning rates.
-
-  SimCLR's supervised head is one dense layer on the raw features, trained
-  by momentum SGD at the pretraining rate (1.2 here, 4.8 on ImageNet); on
-  the synthetic run that diverged (cross-entropy in the hundreds, chance
-  accuracy), since the curvature grows with the features' scale and
-  dimension. Here the features are first standardised per dimension
-  (BatchNorm without scale or bias, as MAE's linear probe; running
-  statistics at evaluation) and divided by √D, so their expected squared
-  norm is 1 whatever the encoder: plain momentum SGD is stable up to a rate
-  of ≈ 7. Both steps are affine, so this is still a linear classifier of the
-  features. The dense layer: kernel N(0, 0.01), zero bias, float32.
-  """
-  num_classes: int
-  bn_momentum: float = 0.9
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                     use_scale=False, use_bias=False, dtype=jnp.float32)(x)
-    x = x * x.shape[-1] ** -0.5
-    return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(0.01))(x)
 
 
 def simclr_from_config(model_cfg, attention_cfg=None, num_classes: int = 0) -> SimCLR:

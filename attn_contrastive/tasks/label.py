@@ -30,9 +30,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from attn_contrastive import paths
 from attn_contrastive.data import attention_maps as am
+from attn_contrastive.data import augment
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
-from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import teacher as teacher_task
@@ -98,7 +98,7 @@ def _prepared(source, i: int, image_hw) -> tuple[np.ndarray, str, bool]:
   whole record (see :mod:`attn_contrastive.data.images`).
   """
   record, bad = images_lib.record_or_blank(source, i)
-  return (saliency_eval.whole_image(record["image"], image_hw),
+  return (augment.whole_image(record["image"], image_hw),
           am.key_str(record["file_name"]), bad)
 
 

@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -40,18 +39,9 @@ from absl import logging
 from attn_contrastive import losses, paths, runs
 from attn_contrastive.evaluators import classification, features
 from attn_contrastive.evaluators import softmax_regression
+from attn_contrastive.models.heads import LinearHead
 from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import loop
-
-class LinearHead(nn.Module):
-  """A linear classifier, zero-initialised as in SimCLR's linear evaluation."""
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train  # the loop's state creation passes it
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
-
 
 @flax.struct.dataclass
 class ProbeState:

@@ -27,7 +27,7 @@ from attn_contrastive.models.build import build_model
 from attn_contrastive.models.simclr import PROBE
 
 if TYPE_CHECKING:
-  from attn_contrastive.evaluators import attention_heads, knn
+  from attn_contrastive.evaluators import attention_heads, common, knn
   from attn_contrastive.train import loop
 
 
@@ -99,7 +99,8 @@ def make_loss_fn(model, config):
     loss, acc = losses.nt_xent(z1, z2, config.loss.temperature, return_accuracy=True)
     metrics = {"contrastive_accuracy": acc}
     if logits is not None:
-      attn_loss, attn_metrics = losses.attention_loss_on_maps(logits, maps, config.attention)
+      attn_loss, attn_metrics = losses.attention_loss_on_maps(
+          logits, maps, attn.alpha, attn.beta, attn.fixation_quantile)
       metrics.update(attn_metrics, nt_xent=loss, attn_loss=attn_loss)
       loss = loss + attn_loss
     if "probe_logits" in out:
@@ -112,22 +113,6 @@ def make_loss_fn(model, config):
     return loss, (stats, metrics)
 
   return loss_fn
-
-
-class Monitor:
-  """Several evaluators as one: their flat scalars and their results, merged."""
-
-  def __init__(self, *evaluators):
-    self.evaluators = evaluators
-    self.results: dict[str, Any] = {}
-
-  def __call__(self, state) -> dict[str, float]:
-    flat, results = {}, {}
-    for evaluate in self.evaluators:
-      flat.update(evaluate(state))
-      results.update(evaluate.results)
-    self.results = results
-    return flat
 
 
 def make_knn_evaluator(model, config, bank_source, query_source,
@@ -185,9 +170,10 @@ def make_attention_monitor(model, config, source, map_key: str, name: str,
 
 
 def make_evaluator(model, config, train_images, workdir: str | None = None,
-                   mesh=None) -> Monitor | None:
+                   mesh=None) -> common.Combined | None:
   """The monitor of a run: kNN (+ probe) on labelled data, the heads if they have targets."""
   from attn_contrastive.data import sources
+  from attn_contrastive.evaluators import common
   parts = []
   if int(config.data.get("num_classes", 0) or 0) > 0:
     val = sources.open_config_split(config.data, config.data.eval_split)
@@ -195,7 +181,7 @@ def make_evaluator(model, config, train_images, workdir: str | None = None,
   attn = config.get("attention")
   if attn is not None and attn.enabled and (targets := attention_targets(config)):
     parts.append(make_attention_monitor(model, config, *targets, workdir=workdir, mesh=mesh))
-  return Monitor(*parts) if parts else None
+  return common.Combined(*parts) if parts else None
 
 
 def build_task(config, workdir: str | None = None) -> loop.TaskSpec:

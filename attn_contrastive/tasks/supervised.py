@@ -33,10 +33,11 @@ def make_loss_fn(model, config):
     acc = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
     metrics = {"train_accuracy": acc}
     if "attention_logits" in out:
-      attn, attn_metrics = losses.attention_loss_on_maps(out["attention_logits"], batch["map"],
-                                                         config.attention)
-      metrics.update(attn_metrics, cross_entropy=loss, attn_loss=attn)
-      loss = loss + attn
+      attn = config.attention
+      attn_loss, attn_metrics = losses.attention_loss_on_maps(
+          out["attention_logits"], batch["map"], attn.alpha, attn.beta, attn.fixation_quantile)
+      metrics.update(attn_metrics, cross_entropy=loss, attn_loss=attn_loss)
+      loss = loss + attn_loss
     return loss, (updates["batch_stats"], metrics)
 
   return loss_fn

@@ -12,7 +12,7 @@ fixations, both at the teacher's output resolution. The fixations are mapped
 through the box exactly, point by point (a pixel's centre lands in one output
 cell), and rasterised to a binary fixation map: unlike resizing a sparse
 point map, no fixation can vanish or smear. Both targets are fixed-size
-arrays, so they batch.
+arrays, so they batch (:class:`~attn_contrastive.data.pipeline.TeacherTrainView`).
 
 Loss, per image, averaged over the batch (the ``loss.*_weight`` are
 non-negative; CC and NSS are similarities, so they are subtracted)::
@@ -20,8 +20,9 @@ non-negative; CC and NSS are similarities, so they are subtracted)::
     kld_weight · KLD(Q ‖ P) − cc_weight · CC(P, Q) − nss_weight · NSS(P, F)
 
 where P is the predicted density (``softmax`` of the logits over the pixels),
-Q the ground-truth density map and F the binary fixation map. The defaults
-(1, 0.2, 0.1) keep SAM's 10 : 2 : 1 ratio (Cornia et al., TIP 2018).
+Q the ground-truth density map and F the binary fixation map
+(:func:`~attn_contrastive.losses.teacher_loss`). The defaults (1, 0.2, 0.1)
+keep SAM's 10 : 2 : 1 ratio (Cornia et al., TIP 2018).
 
 Evaluation (after training and every ``train.eval_every`` steps):
 :class:`~attn_contrastive.evaluators.saliency.SaliencyEvaluator` with the
@@ -36,24 +37,18 @@ the same images and layout as the alignment task's, for the report's figure.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from attn_contrastive.data import augment, sources
+from attn_contrastive import losses
+from attn_contrastive.data import pipeline, sources
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models import forward
 from attn_contrastive.models.teacher import output_shape, teacher_from_config
-from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.train import loop
 
-Example = dict[str, Any]
-
 # ---------------------------------------------------------------------------
-# Sizes and host-side views.
+# Sizes.
 # ---------------------------------------------------------------------------
 
 
@@ -69,88 +64,14 @@ def map_hw(config) -> tuple[int, int]:
   return output_shape(*input_hw(config), config.model.output_stride)
 
 
-def rasterize_fixations(fixations: np.ndarray, image_hw: tuple[int, int],
-                        box: augment.Box, flip: bool,
-                        out_hw: tuple[int, int]) -> np.ndarray:
-  """Binary fixation map of the crop ``box`` (and ``flip``) at ``out_hw``.
-
-  A fixation at pixel ``(r, c)`` of an ``image_hw`` image sits at the
-  normalised centre ``((r + .5) / H, (c + .5) / W)``, the convention of
-  :mod:`attn_contrastive.data.augment`; it lands in the output cell that
-  covers that point inside the box, or nowhere if the box excludes it.
-  Returns float32 ``out_hw`` in {0, 1}.
-  """
-  out = np.zeros(out_hw, np.float32)
-  fix = np.asarray(fixations).reshape(-1, 2)
-  if fix.size == 0:
-    return out
-  u = (fix[:, 0] + 0.5) / image_hw[0]
-  v = (fix[:, 1] + 0.5) / image_hw[1]
-  rows = np.floor((u - box.y0) / box.height * out_hw[0]).astype(np.int64)
-  cols = np.floor((v - box.x0) / box.width * out_hw[1]).astype(np.int64)
-  keep = (rows >= 0) & (rows < out_hw[0]) & (cols >= 0) & (cols < out_hw[1])
-  rows, cols = rows[keep], cols[keep]
-  if flip:
-    cols = out_hw[1] - 1 - cols
-  out[rows, cols] = 1.0
-  return out
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherTrainView:
-  """Random resized crop + flip of image, density map and fixations.
-
-  Returns ``image`` uint8 ``[H, W, 3]``, ``saliency_map`` float32 (the
-  density, scaled to [0, 1], at the map resolution) and ``fixation_map``
-  float32 {0, 1} at the map resolution. Random draws, in order: crop box,
-  flip (as :func:`augment.supervised_train_view`).
-  """
-  image_hw: tuple[int, int]
-  map_hw: tuple[int, int]
-  area_range: tuple[float, float] = (0.5, 1.0)
-  hflip: bool = True
-
-  def __call__(self, example: Example, rng: np.random.Generator) -> Example:
-    image = np.asarray(example["image"])
-    h, w = image.shape[:2]
-    ratio = self.image_hw[1] / self.image_hw[0]
-    box = augment.sample_crop_box(rng, h, w, self.area_range,
-                                  aspect_range=(ratio * 3 / 4, ratio * 4 / 3))
-    flip = bool(rng.random() < 0.5) and self.hflip
-    view = augment.crop_resize(image, box, self.image_hw, flip=flip)
-    sal = saliency_eval.gray_map(example["saliency_map"]).astype(np.float32)
-    sal = sal * np.float32(1 / 255)
-    sal = np.maximum(augment.crop_resize(sal, box, self.map_hw, flip=flip), 0.0)
-    fix = rasterize_fixations(example["fixations"], (h, w), box, flip, self.map_hw)
-    return {"image": np.asarray(view, np.uint8), "saliency_map": sal.astype(np.float32),
-            "fixation_map": fix}
-
-
 # ---------------------------------------------------------------------------
 # Loss.
 # ---------------------------------------------------------------------------
 
 
-def teacher_loss(logits: jnp.ndarray, saliency_map: jnp.ndarray,
-                 fixation_map: jnp.ndarray, kld_weight: float, cc_weight: float,
-                 nss_weight: float) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """``mean(kld_w · KLD − cc_w · CC − nss_w · NSS)`` and the three batch means.
-
-  ``logits`` ``[B, h, w]`` define the density ``softmax`` over the pixels;
-  ``saliency_map`` is the ground-truth density (any non-negative scale) and
-  ``fixation_map`` the binary fixation map, both ``[B, h, w]``.
-  """
-  kld = jax_metrics.kld_from_logits(logits, saliency_map)
-  density = jax.nn.softmax(logits.reshape(logits.shape[0], -1), axis=-1)
-  density = density.reshape(logits.shape)
-  cc = jax_metrics.cc(density, saliency_map)
-  nss = jax_metrics.nss(density, fixation_map)
-  loss = jnp.mean(kld_weight * kld - cc_weight * cc - nss_weight * nss)
-  return loss, {"kld": jnp.mean(kld), "cc": jnp.mean(cc), "nss": jnp.mean(nss)}
-
-
 def make_loss_fn(model, config):
-  """The loop's ``loss_fn``: teacher forward on the batch, then :func:`teacher_loss`."""
+  """The loop's ``loss_fn``: teacher forward on the batch, then
+  :func:`~attn_contrastive.losses.teacher_loss`."""
   dtype = jnp.dtype(config.model.dtype)
   weights = dict(kld_weight=config.loss.kld_weight, cc_weight=config.loss.cc_weight,
                  nss_weight=config.loss.nss_weight)
@@ -159,8 +80,8 @@ def make_loss_fn(model, config):
     del rng  # augmentation is drawn on the host
     out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats},
                                  batch["image"], dtype, train=True, mutable=["batch_stats"])
-    loss, parts = teacher_loss(out["logits"], batch["saliency_map"],
-                               batch["fixation_map"], **weights)
+    loss, parts = losses.teacher_loss(out["logits"], batch["saliency_map"],
+                                      batch["fixation_map"], **weights)
     return loss, (updates["batch_stats"], {f"train_{k}": v for k, v in parts.items()})
 
   return loss_fn
@@ -207,7 +128,7 @@ def build_task(config, workdir: str | None = None, *, train_source=None,
   eval_source = eval_source if eval_source is not None else open_source(
       config, config.data.eval_split)
   h, w = input_hw(config)
-  transform = TeacherTrainView(
+  transform = pipeline.TeacherTrainView(
       (h, w), map_hw(config), area_range=(float(config.aug.area_min), 1.0),
       hflip=bool(config.aug.hflip))
   return loop.TaskSpec(
