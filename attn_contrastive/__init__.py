@@ -2,9 +2,9 @@
 and supervised training (Yao et al., CVPR 2023), in JAX/Flax.
 
 Importing the package applies the XLA:CPU setting of
-:mod:`attn_contrastive.host` (Eigen convolution kernels) before JAX starts;
+:mod:`attn_contrastive.xla_cpu_flags` (Eigen convolution kernels) before JAX starts;
 ``ATTN_CONTRASTIVE_HOST_DEFAULTS=0`` skips it.
 """
-from attn_contrastive import host as _host
+from attn_contrastive import xla_cpu_flags as _xla_cpu_flags
 
-_host.configure()
+_xla_cpu_flags.configure()

@@ -16,6 +16,10 @@ import ml_collections
 
 DATA_CHOICES = ("synthetic", "imagenet")
 
+#: Keys that were renamed, ``{old name: new name}`` (a key's last part): a config
+#: given the old one is refused with the new one's name.
+RENAMED_KEYS = {"checkpoint": "run_dir"}
+
 
 def parse_arg(arg: str | None, choices: dict[str, Iterable[str]]) -> dict[str, str]:
   """Parses a ``:a,b`` config argument into ``{group: choice}``.
@@ -182,6 +186,11 @@ def unknown_key_message(key: str, cfg: ml_collections.ConfigDict) -> str | None:
   valid = _flat_keys(cfg)
   if key in valid:
     return None
+  parent, _, leaf = key.rpartition(".")
+  if leaf in RENAMED_KEYS:
+    renamed = ".".join(filter(None, (parent, RENAMED_KEYS[leaf])))
+    if renamed in valid:
+      return f"config key {key!r} is now {renamed!r}: pass --config.{renamed}=... instead"
   near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
   parent = key.rpartition(".")[0]
   siblings = [k for k in valid if k.rpartition(".")[0] == parent]

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
+from attn_contrastive import config as config_lib
+
 Check = tuple[str, Callable[[Any], bool], str]
 
 
@@ -76,7 +78,7 @@ STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retri
 #: The tasks whose networks later stages evaluate.
 TRAINED_TASKS = ("pretrain", "supervised")
 #: The tasks that evaluate another run, in the order a study runs them for each row,
-#: and the tasks of the runs their ``checkpoint`` may name.
+#: and the tasks of the runs their ``run_dir`` may name.
 EVALUATES = {
     "linear_eval": TRAINED_TASKS,
     "robustness": ("linear_eval",),
@@ -140,7 +142,7 @@ CHECKS: tuple[Check, ...] = (
 
 
 def evaluated_run(task: str) -> str:
-  """What the ``checkpoint`` of evaluation ``task`` must name, in words."""
+  """What the ``run_dir`` of evaluation ``task`` must name, in words."""
   return f"the workdir of a {' or '.join(EVALUATES[task])} run"
 
 
@@ -163,8 +165,8 @@ def _values(config, prefix: str) -> Iterable[str]:
 def _links(config, prefix: str) -> Iterable[str]:
   """The paths a stage needs from an earlier one (the study fills these itself)."""
   task = config.get("task")
-  if task in EVALUATES and not config.get("checkpoint"):
-    yield (f"{prefix}checkpoint is empty: set --config.{prefix}checkpoint to "
+  if task in EVALUATES and not config.get("run_dir"):
+    yield (f"{prefix}run_dir is empty: set --config.{prefix}run_dir to "
            f"{evaluated_run(task)}")
   if task == "label" and not config.get("teacher_checkpoint"):
     yield (f"{prefix}teacher_checkpoint is empty: set it to the workdir of a teacher run "
@@ -175,6 +177,13 @@ def _links(config, prefix: str) -> Iterable[str]:
     yield (f"{prefix}attention.maps_dir is empty but attention is on with teacher labels: "
            f"set it to the label task's workdir (configs/label.py), or turn "
            f"{prefix}attention.enabled off")
+
+
+def _renamed(config, prefix: str) -> Iterable[str]:
+  """Keys of a config written for an earlier version, under the names they have now."""
+  for old, new in config_lib.RENAMED_KEYS.items():
+    if old in config:
+      yield f"{prefix}{old} is now {prefix}{new}: set {prefix}{new} instead"
 
 
 def _consistency(config, prefix: str) -> Iterable[str]:
@@ -209,13 +218,13 @@ def study_problems(config: ml_collections.ConfigDict, prefix: str = "") -> list[
 
 
 def _robustness(rc, prefix: str) -> Iterable[str]:
-  from attn_contrastive.data import corruptions  # NumPy and OpenCV only, no JAX
+  from attn_contrastive.data import image_corruptions  # NumPy and OpenCV only, no JAX
   bad = sorted(set(rc.severities) - {1, 2, 3, 4, 5})
   if bad:
     yield f"{prefix}robustness.severities has {bad}: ImageNet-C's severities are 1 to 5"
-  unknown = sorted(set(rc.corruptions) - set(corruptions.ALL))
+  unknown = sorted(set(rc.corruptions) - set(image_corruptions.ALL))
   if unknown:
-    yield f"{prefix}robustness.corruptions has {unknown}: choose from {corruptions.ALL}"
+    yield f"{prefix}robustness.corruptions has {unknown}: choose from {image_corruptions.ALL}"
 
 
 def problems(config: ml_collections.ConfigDict, prefix: str = "",
@@ -226,7 +235,7 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "",
   stage's path); their links to earlier stages are not, as the study fills
   them in. ``linked`` skips those links for ``config`` itself.
   """
-  found = list(_values(config, prefix)) + list(_consistency(config, prefix))
+  found = [*_values(config, prefix), *_renamed(config, prefix), *_consistency(config, prefix)]
   if not linked:
     found += list(_links(config, prefix))
   if config.get("task") == "study":

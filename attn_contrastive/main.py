@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive import paths
-from attn_contrastive import summary
+from attn_contrastive import terminal
 from attn_contrastive import tasks
 from attn_contrastive.data.images import TooManyBadImagesError
 from attn_contrastive.train import preemption
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
   paths.makedirs(workdir)
   # Before JAX starts its backends, whose INFO lines belong in the log file.
   process = jax.process_index() if _DISTRIBUTED.value else 0
-  log_file = summary.log_to_workdir(workdir, process)
+  log_file = terminal.log_to_workdir(workdir, process)
   if paths.is_remote(workdir):
     logging.info("Log: %s, copied into %s when the run ends", log_file, workdir)
   logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),
@@ -93,11 +93,11 @@ def main(argv: list[str]) -> None:
   except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
     sys.exit(f"error: {e}")
   finally:
-    summary.upload_log(workdir, process)
+    terminal.upload_log(workdir, process)
   if jax.process_index() == 0:
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     minutes = (time.perf_counter() - start) / 60
-    print(summary.summary(config.task, config_file, workdir, config.data.name, minutes),
+    print(terminal.summary(config.task, config_file, workdir, config.data.name, minutes),
           flush=True)
 
 

@@ -46,7 +46,7 @@ def read_config(run_dir: str, reader: str | None = None) -> ml_collections.Confi
   path = os.path.join(run_dir, CONFIG_FILE)
   need = config_checks.evaluated_run(reader) if reader else "the workdir of a finished run"
   if not paths.exists(path):
-    raise FileNotFoundError(f"{path} not found: --config.checkpoint must be {need} (it "
+    raise FileNotFoundError(f"{path} not found: --config.run_dir must be {need} (it "
                             "holds config.json and checkpoints/)")
   config = ml_collections.ConfigDict(paths.read_json(path))
   if reader and config.get("task") not in config_checks.EVALUATES[reader]:
@@ -55,8 +55,12 @@ def read_config(run_dir: str, reader: str | None = None) -> ml_collections.Confi
 
 
 def evaluated_run_dir(config: ml_collections.ConfigDict) -> str:
-  """The workdir of the run that an evaluation's config (``config.json``) evaluated."""
-  return config.checkpoint
+  """The workdir of the run that an evaluation's config (its ``config.json``) evaluated.
+
+  ``run_dir``; a ``config.json`` written before that key had its name calls it
+  ``checkpoint`` (a study's earlier stages, resumed).
+  """
+  return config.get("run_dir") or config.get("checkpoint", "")
 
 
 @flax.struct.dataclass

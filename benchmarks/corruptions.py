@@ -1,7 +1,7 @@
 """ImageNet-C corruption throughput on one CPU core: ours vs `imagecorruptions`.
 
 For each of the 19 corruptions, images per second of
-``attn_contrastive.data.corruptions.corrupt`` on one synthetic uint8 RGB image
+``attn_contrastive.data.image_corruptions.corrupt`` on one synthetic uint8 RGB image
 (gradients, a sine pattern, a square and noise; ``--size`` px square),
 averaged over the five severities (total images over total time), and the
 same for the reference package ``imagecorruptions`` (1.1.2) in the same run,
@@ -45,7 +45,7 @@ from collections.abc import Callable  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attn_contrastive.data import corruptions  # noqa: E402
+from attn_contrastive.data import image_corruptions  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -151,7 +151,7 @@ def main() -> None:
         f"up to {args.repeats} calls / {args.budget}s per severity", flush=True)
 
   reference = load_reference()
-  names = args.only.split(",") if args.only else list(corruptions.ALL)
+  names = args.only.split(",") if args.only else list(image_corruptions.ALL)
   image = synthetic_image(args.size)
   rng = np.random.default_rng(0)
   np.random.seed(0)  # The reference draws from numpy's global state.
@@ -160,13 +160,13 @@ def main() -> None:
   results = {}
   for name in names:
     # Untimed: fills frost's texture cache (five textures drawn at random) and warms imports.
-    time_calls(lambda: corruptions.corrupt(image, name, 3, rng), 30, 0.3)
+    time_calls(lambda: image_corruptions.corrupt(image, name, 3, rng), 30, 0.3)
     ours = [0, 0.0]
     theirs: list | str = [0, 0.0] if reference is not None else "not installed"
     patched, failure = False, ""
-    for severity in corruptions.SEVERITIES:
+    for severity in image_corruptions.SEVERITIES:
       def run_ours():
-        return corruptions.corrupt(image, name, severity, rng)
+        return image_corruptions.corrupt(image, name, severity, rng)
 
       def run_theirs():
         return reference(image, corruption_name=name, severity=severity)

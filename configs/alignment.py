@@ -2,7 +2,7 @@ r"""Attention alignment of a trained run with human attention maps.
 
 Synthetic (default), after a pretraining run in /tmp/simclr_attn:
   python -m attn_contrastive.main --config=configs/alignment.py \
-      --workdir=/tmp/align_attn --config.checkpoint=/tmp/simclr_attn
+      --workdir=/tmp/align_attn --config.run_dir=/tmp/simclr_attn
   Scores the run's attention on ``salient_objects/human_attention``
   ``validation`` (500 images, 8 simulated observers each) with every MIT
   metric, beside the centre-bias baseline; about a minute on 2 cores.
@@ -11,7 +11,7 @@ Synthetic (default), after a pretraining run in /tmp/simclr_attn:
 
 SALICON validation (the paper's attention-alignment numbers):
   python -m attn_contrastive.main --config=configs/alignment.py:salicon \
-      --workdir=gs://BUCKET/align_r50 --config.checkpoint=gs://BUCKET/simclr_attn_r50 \
+      --workdir=gs://BUCKET/align_r50 --config.run_dir=gs://BUCKET/simclr_attn_r50 \
       --config.data.data_dir=DIR
   5,000 images resized whole to 224×224 (the run's input size; set
   ``data.image_size``/``data.image_width`` for another).
@@ -36,11 +36,11 @@ it) for a SimCLR run without ``alignment.classifier``; any other tuple that
 names ``gradcam`` there is refused. A SimCLR run with Grad-CAM, after
 ``configs/linear_eval.py`` wrote /tmp/linear_simclr:
   python -m attn_contrastive.main --config=configs/alignment.py \
-      --workdir=/tmp/align_simclr --config.checkpoint=/tmp/simclr \
+      --workdir=/tmp/align_simclr --config.run_dir=/tmp/simclr \
       --config.alignment.classifier=/tmp/linear_simclr
 Grad-CAM only, at conv5:
   python -m attn_contrastive.main --config=configs/alignment.py \
-      --workdir=/tmp/align_simclr_c5 --config.checkpoint=/tmp/simclr \
+      --workdir=/tmp/align_simclr_c5 --config.run_dir=/tmp/simclr \
       --config.alignment.classifier=/tmp/linear_simclr \
       --config.alignment.maps=gradcam --config.alignment.gradcam_stage=conv5
 (several kinds: ``--config.alignment.maps=activations,gradcam``.)
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": ("synthetic", "salicon")})
   c = ml_collections.ConfigDict()
   c.task = "alignment"
-  c.checkpoint = ""
+  c.run_dir = ""  # the workdir of the run to evaluate
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/human_attention", split="validation", data_dir="",
       auto_prepare=True, image_size=0, image_width=0, max_bad_images=100))

@@ -2,7 +2,7 @@ r"""Linear evaluation of a pretraining (or supervised) run — the paper's top-1
 
 Synthetic (default), after a pretraining run in /tmp/simclr:
   python -m attn_contrastive.main --config=configs/linear_eval.py \
-      --workdir=/tmp/linear_simclr --config.checkpoint=/tmp/simclr
+      --workdir=/tmp/linear_simclr --config.run_dir=/tmp/simclr
   The run's frozen encoder (BatchNorm on its running statistics) on
   ``salient_objects/classification``, two protocols:
   * ``linear``: zero-initialised linear classifier on the pooled feature,
@@ -30,7 +30,7 @@ Synthetic (default), after a pretraining run in /tmp/simclr:
 
 ImageNet (the paper's protocol; TPU v3-32 / v4-32 or 8×A100/H100):
   python -m attn_contrastive.main --config=configs/linear_eval.py:imagenet \
-      --workdir=gs://BUCKET/linear_simclr_r50 --config.checkpoint=gs://BUCKET/simclr_r50 \
+      --workdir=gs://BUCKET/linear_simclr_r50 --config.run_dir=gs://BUCKET/simclr_r50 \
       --config.data.data_dir=DIR --jax_distributed
   ``linear``: batch 4096, lr 0.1×4096/256 = 1.6, 90 epochs (28k steps),
   224-px crops; the paper reports 67.61 ± 0.04 top-1 for the Contrastive row.
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "linear_eval"
-  c.checkpoint = ""
+  c.run_dir = ""  # the workdir of the run to evaluate
   c.protocols = ("linear", "linear_cached")
   c.seed = 0
   c.init_checkpoint = ""  # read by the shared loop: the head starts from zero

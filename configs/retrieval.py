@@ -2,7 +2,7 @@ r"""Retrieval with a run's embeddings: precision-recall, mAP, P@k, kNN.
 
 Synthetic (default), after a pretraining run in /tmp/simclr:
   python -m attn_contrastive.main --config=configs/retrieval.py \
-      --workdir=/tmp/retrieval_simclr --config.checkpoint=/tmp/simclr
+      --workdir=/tmp/retrieval_simclr --config.run_dir=/tmp/simclr
   ``salient_objects/classification``: the 2,000 validation images as
   queries against the 10,000 training images (centre crops, pooled
   features); class match = relevant. About a minute on 2 cores. Also
@@ -11,7 +11,7 @@ Synthetic (default), after a pretraining run in /tmp/simclr:
 
 ImageNet (TPU v3-32 / v4-32 or 8×A100/H100):
   python -m attn_contrastive.main --config=configs/retrieval.py:imagenet \
-      --workdir=gs://BUCKET/retrieval_simclr_r50 --config.checkpoint=gs://BUCKET/simclr_r50 \
+      --workdir=gs://BUCKET/retrieval_simclr_r50 --config.run_dir=gs://BUCKET/simclr_r50 \
       --config.data.data_dir=DIR --jax_distributed
   50,000 validation queries against the 1.28M training images, exact
   search: chunks of 256 queries against the gallery sharded over the
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
   picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "retrieval"
-  c.checkpoint = ""
+  c.run_dir = ""  # the workdir of the run to evaluate
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", data_dir="", image_size=0, auto_prepare=True,
       max_bad_images=100))

@@ -13,7 +13,7 @@ Stages (each a real task on tiny in-memory data, as in the other tests):
 * ``copy``: process 0 copies ``src`` to ``dst`` (a checkpoint taken to another
   layout), then every process waits for it.
 * ``label``: the label task with a tiny teacher.
-* ``eval``: linear evaluation (cached features + the softmax probe) of ``checkpoint``.
+* ``eval``: linear evaluation (cached features + the softmax probe) of ``run_dir``.
 
 Markers for the tests: ``<workdir>/evaluating`` while an evaluation runs,
 ``<workdir>/saving`` while a save is held. A preempted run exits 75, as main does.
@@ -133,13 +133,13 @@ def label(workdir):
   label_task.write_maps(c, workdir, teacher=(model, variables), source=Colours(37, 3))
 
 
-def evaluate(workdir, checkpoint):
+def evaluate(workdir, run_dir):
   from attn_contrastive import config as config_lib
   from attn_contrastive.tasks import linear_eval
 
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
   c = config_lib.load_config_file(os.path.join(configs, "linear_eval.py"))
-  c.checkpoint = checkpoint
+  c.run_dir = run_dir
   c.protocols = ("linear_cached",)
   c.data.num_classes = 4
   c.eval.update(dict(batch_size=16, num_threads=1))

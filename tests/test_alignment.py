@@ -10,7 +10,7 @@ import pytest
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import runs as runs_lib
-from attn_contrastive import summary
+from attn_contrastive import terminal
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models.build import build_model
@@ -191,9 +191,9 @@ def runs(tmp_path_factory):
   return {task: _write_run(root / task, task) for task in ("supervised", "pretrain")}
 
 
-def _config(checkpoint, **alignment_keys):
+def _config(run_dir, **alignment_keys):
   c = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
-  c.checkpoint = checkpoint
+  c.run_dir = run_dir
   c.eval.update(dict(batch_size=8, num_threads=1, num_images=3, shuffle_pool=6,
                      shuffle_others=2))
   c.alignment.update(alignment_keys)
@@ -248,7 +248,7 @@ def test_supervised_run_scores_every_kind_on_the_outline(runs, tmp_path):
                                              "protocol": "supervised"}
   _check_examples(str(tmp_path), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
-  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path),
+  text = terminal.summary("alignment", "configs/alignment.py", str(tmp_path),
                          "salient_objects/human_attention", 1.0)
   for kind, metric in (("model", "nss"), ("model", "cc"), ("center_bias", "nss")):
     value = written[f"alignment/{kind}"][metric]

@@ -129,9 +129,9 @@ def test_undecodable_files_raise_naming_the_file(name):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   """The fixture files prepared as a tfds array_record dataset; returns (data_dir, labels)."""
-  from attn_contrastive.data import imagenet_c, prepare
+  from attn_contrastive.data import imagenet_c_release, prepare
   root = tmp_path_factory.mktemp("bad_images")
-  wnids = imagenet_c.imagenet_label_names()
+  wnids = imagenet_c_release.imagenet_label_names()
   labels = {}
   for k, (name, data) in enumerate(_files().items()):
     folder = root / "manual" / "gaussian_noise" / "3" / wnids[k]

@@ -82,6 +82,19 @@ def test_unknown_key_message_names_nearest():
     config_lib.check_overrides(["--config.model.widht=3"], c)
 
 
+def test_the_old_checkpoint_key_is_refused_with_its_new_name():
+  from attn_contrastive import config_checks
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs/study.py"))
+  msg = config_lib.unknown_key_message("retrieval.checkpoint", c)
+  assert msg.startswith("config key 'retrieval.checkpoint' is now 'retrieval.run_dir'")
+  assert config_lib.unknown_key_message("checkpoint", c.linear_eval).startswith(
+      "config key 'checkpoint' is now 'run_dir'")
+  # Set in code (an unlocked config takes any key): the value checks name it.
+  c.alignment.checkpoint = "/runs/x"
+  assert "alignment.checkpoint is now alignment.run_dir" in "; ".join(
+      config_checks.problems(c))
+
+
 def test_main_refuses_unknown_key():
   proc = subprocess.run(
       [sys.executable, "-m", "attn_contrastive.main", "--config=configs/contrastive.py",
@@ -104,7 +117,7 @@ CONFIG_ARGS = {
     "retrieval": ("synthetic", "imagenet"), "alignment": ("synthetic", "salicon"),
     "study": ("demo", "full"),
 }
-LINKS = {"checkpoint": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
+LINKS = {"run_dir": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
 
 
 def _linked(c):

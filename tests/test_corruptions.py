@@ -1,4 +1,4 @@
-"""Tests for attn_contrastive.data.corruptions (ImageNet-C's 19 corruptions).
+"""Tests for attn_contrastive.data.image_corruptions (ImageNet-C's 19 corruptions).
 
 Three kinds of checks:
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from attn_contrastive.data import corruptions as C
+from attn_contrastive.data import image_corruptions as C
 
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow",
           "frost", "fog", "elastic_transform", "speckle_noise", "spatter")

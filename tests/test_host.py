@@ -1,4 +1,4 @@
-"""The XLA:CPU setting of attn_contrastive.host takes effect on import, where CPU is the
+"""The XLA:CPU setting of attn_contrastive.xla_cpu_flags takes effect on import, where CPU is the
 only backend."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from attn_contrastive import host
+from attn_contrastive import xla_cpu_flags
 
 
 def _run(code: str, **env) -> str:
@@ -32,7 +32,7 @@ _CONV_HLO = """
 
 def test_import_selects_eigen_convolutions_before_jax_starts():
   flags, in_ynn = _run(_CONV_HLO).split("|")
-  assert host.YNN_FLAG in flags
+  assert xla_cpu_flags.YNN_FLAG in flags
   assert in_ynn.strip() == "False"
   _, default_in_ynn = _run(_CONV_HLO, ATTN_CONTRASTIVE_HOST_DEFAULTS="0").split("|")
   if default_in_ynn.strip() == "False":
@@ -43,7 +43,7 @@ def test_users_own_flag_and_opt_out_are_respected():
   flags, _ = _run(_CONV_HLO, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=").split("|")
   assert flags.strip() == "--xla_cpu_experimental_ynn_fusion_type="
   flags, _ = _run(_CONV_HLO, ATTN_CONTRASTIVE_HOST_DEFAULTS="0").split("|")
-  assert host.YNN_FLAG not in flags
+  assert xla_cpu_flags.YNN_FLAG not in flags
 
 
 def test_import_after_jax_started_warns():
@@ -52,8 +52,8 @@ def test_import_after_jax_started_warns():
       jnp.ones(1).block_until_ready()
       with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        from attn_contrastive import host
-        print(host.set_xla_flags(), any("imported after JAX" in str(x.message) for x in w))
+        from attn_contrastive import xla_cpu_flags
+        print(xla_cpu_flags.set_xla_flags(), any("imported after JAX" in str(x.message) for x in w))
   """
   assert _run(code) == "False True"
 
@@ -72,7 +72,7 @@ def _flags_after_import(**env) -> str:
 
 def test_the_flag_is_left_out_where_another_backend_starts():
   """Set for CPU alone; a TPU or GPU platform leaves XLA_FLAGS as the user set it."""
-  assert host.YNN_FLAG in _flags_after_import(JAX_PLATFORMS="cpu")
+  assert xla_cpu_flags.YNN_FLAG in _flags_after_import(JAX_PLATFORMS="cpu")
   assert _flags_after_import(JAX_PLATFORMS="tpu") == "''"
   assert _flags_after_import(JAX_PLATFORMS="cuda,cpu") == "''"
   assert _flags_after_import(JAX_PLATFORM_NAME="gpu") == "''"
@@ -91,7 +91,7 @@ def test_the_flag_is_left_out_where_another_backend_starts():
     ({"PJRT_NAMES_AND_LIBRARY_PATHS": "custom:/opt/pjrt_custom.so"}, False),
 ])
 def test_cpu_only_reads_the_platform_variables(env, cpu):
-  assert host.cpu_only(env) is cpu
+  assert xla_cpu_flags.cpu_only(env) is cpu
 
 
 def _fake_module(root, name: str) -> None:
@@ -108,16 +108,16 @@ def _fake_module(root, name: str) -> None:
                                     "jax_rocm7_plugin", "jax_plugins.xla_cuda12"])
 def test_an_installed_accelerator_plugin_means_not_cpu_only(module, tmp_path, monkeypatch):
   """Found by module name, without importing it; JAX_PLATFORMS=cpu still wins."""
-  assert host.cpu_only({})
+  assert xla_cpu_flags.cpu_only({})
   _fake_module(tmp_path, module)
   monkeypatch.syspath_prepend(str(tmp_path))
-  assert host.accelerator_installed({})
-  assert not host.cpu_only({}) and not host.cpu_only({"JAX_PLATFORM_NAME": "cpu"})
-  assert host.cpu_only({"JAX_PLATFORMS": "cpu"})
+  assert xla_cpu_flags.accelerator_installed({})
+  assert not xla_cpu_flags.cpu_only({}) and not xla_cpu_flags.cpu_only({"JAX_PLATFORM_NAME": "cpu"})
+  assert xla_cpu_flags.cpu_only({"JAX_PLATFORMS": "cpu"})
 
 
 def test_a_tpu_library_path_means_not_cpu_only(tmp_path):
   library = tmp_path / "libtpu.so"
-  assert host.cpu_only({"TPU_LIBRARY_PATH": str(library)})  # no such file: JAX ignores it
+  assert xla_cpu_flags.cpu_only({"TPU_LIBRARY_PATH": str(library)})  # no such file: JAX ignores it
   library.write_bytes(b"")
-  assert not host.cpu_only({"TPU_LIBRARY_PATH": str(library)})
+  assert not xla_cpu_flags.cpu_only({"TPU_LIBRARY_PATH": str(library)})

@@ -204,7 +204,7 @@ def _check_alignment(run_dir, out_dir, model, c):
   from attn_contrastive.tasks import alignment
   from attn_contrastive.train import checkpoint as ckpt_lib
   ac = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
-  ac.checkpoint = run_dir
+  ac.run_dir = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
   human = HumanSquares()
   r = alignment.evaluate(ac, out_dir, splits={"validation": human}, dataset_version="test")

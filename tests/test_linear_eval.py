@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attn_contrastive import config as config_lib
-from attn_contrastive import runs, summary
+from attn_contrastive import runs, terminal
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import features, results, softmax_regression
 from attn_contrastive.models import forward
@@ -85,9 +85,9 @@ def simclr_run(tmp_path_factory):
   return workdir, config
 
 
-def _linear_config(checkpoint):
+def _linear_config(run_dir):
   c = config_lib.load_config_file(os.path.join(CONFIGS, "linear_eval.py"))
-  c.checkpoint = checkpoint
+  c.run_dir = run_dir
   c.data.num_classes = 4
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.train.update(dict(num_steps=3, log_every=1, checkpoint_every=2, async_checkpoint=False))
@@ -214,20 +214,20 @@ def test_summary_hands_linear_eval_to_robustness_and_robustness_the_run_to_retri
   linear.mkdir()
   (linear / "results.json").write_text(json.dumps(
       {"task": "linear_eval", "source_workdir": "/runs/simclr", "linear/top1": 0.5}))
-  text = summary.summary("linear_eval", "configs/linear_eval.py", str(linear),
+  text = terminal.summary("linear_eval", "configs/linear_eval.py", str(linear),
                          "salient_objects/classification", 1.0)
   assert "linear/top1 0.5" in text
   assert text.rstrip().endswith(
       f"--config=configs/robustness.py --workdir={tmp_path}/robust_linear_simclr "
-      f"--config.checkpoint={linear}")
+      f"--config.run_dir={linear}")
   (linear / "results.json").write_text(json.dumps(
       {"task": "robustness", "source_workdir": "/runs/simclr", "robustness/mce": 0.9}))
-  text = summary.summary("robustness", "configs/robustness.py:imagenet", str(linear),
+  text = terminal.summary("robustness", "configs/robustness.py:imagenet", str(linear),
                          "imagenet2012", 1.0)
   assert "robustness/mce 0.9" in text
   assert text.rstrip().endswith(
       f"--config=configs/retrieval.py:imagenet --workdir={tmp_path}/retrieval_simclr "
-      "--config.checkpoint=/runs/simclr")
+      "--config.run_dir=/runs/simclr")
 
 
 def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
@@ -238,7 +238,7 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   from attn_contrastive.tasks import retrieval
   workdir, _ = simclr_run
   c = config_lib.load_config_file(os.path.join(CONFIGS, "retrieval.py"))
-  c.checkpoint = workdir
+  c.run_dir = workdir
   c.retrieval.update(dict(knn_k=5, chunk=8, shard_size=16))
   c.eval.update(dict(batch_size=16, num_threads=1))
   splits = {"train": _Colours(32, 3), "validation": _Colours(12, 4)}
@@ -276,8 +276,8 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   """The robustness task's top-1 of a condition equals the run's encoder and the linear
   evaluation's classifier applied by hand to the corrupted crops; the category means
   follow; a rerun reads the finished conditions back."""
-  from attn_contrastive.data.corrupted import corruption_rng
-  from attn_contrastive.data import corruptions
+  from attn_contrastive.data.corrupted_split import corruption_rng
+  from attn_contrastive.data import image_corruptions
   from attn_contrastive.tasks import robustness
   run_dir, config = simclr_run
   splits = {"train": _Colours(32, 5), "validation": _Colours(16, 6)}
@@ -287,7 +287,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   linear_eval.evaluate(lin_cfg, linear_dir, splits=splits, dataset_version="0",
                                  mesh=mesh_lib.make_mesh(1))
   c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py"))
-  c.checkpoint = linear_dir
+  c.run_dir = linear_dir
   c.robustness.update(dict(corruptions=("gaussian_noise", "pixelate", "saturate"),
                            severities=(1, 5), retrieval_severities=(5,), chunk=8))
   c.eval.update(dict(batch_size=16, num_threads=1))
@@ -302,7 +302,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   kernel, bias, _ = runs.load_classifier(linear_dir)
   view = pipeline.EvalView(SIZE, lin_cfg.aug.eval_crop_fraction)
   val = splits["validation"]
-  images = np.stack([corruptions.corrupt(view(val[i])["image"], "gaussian_noise", 5,
+  images = np.stack([image_corruptions.corrupt(view(val[i])["image"], "gaussian_noise", 5,
                                          corruption_rng(0, "gaussian_noise", 5, i))
                      for i in range(len(val))])
   feats = np.asarray(forward.predict(encoder, jnp.float32, "pooled")(frozen, images))
@@ -333,7 +333,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   # (nothing extracted again) and scores as it does on its own extraction.
   from attn_contrastive.tasks import retrieval
   r = config_lib.load_config_file(os.path.join(CONFIGS, "retrieval.py"))
-  r.checkpoint = run_dir
+  r.run_dir = run_dir
   r.retrieval.update(dict(knn_k=5, chunk=8, shard_size=32))
   r.eval.update(dict(batch_size=16, num_threads=1))
   own = retrieval.evaluate(r, str(tmp_path / "own"), splits=splits,

@@ -28,18 +28,18 @@ def runs(tmp_path_factory):
       ["copy", {"src": phase1, "dst": os.path.join(two, "run")}],
       ["train", {"workdir": os.path.join(two, "run"), "steps": 4}],
       ["label", {"workdir": os.path.join(two, "maps")}],
-      ["eval", {"workdir": os.path.join(two, "eval"), "checkpoint": phase1}],
+      ["eval", {"workdir": os.path.join(two, "eval"), "run_dir": phase1}],
   ], processes=2, devices=1, log_dir=str(root), tag="two")
   multiprocess.run([
       ["copy", {"src": phase1, "dst": os.path.join(one, "from_two")}],
       ["train", {"workdir": os.path.join(one, "from_two"), "steps": 4}],
       ["train", {"workdir": os.path.join(one, "straight"), "steps": 4}],
       ["label", {"workdir": os.path.join(one, "maps")}],
-      ["eval", {"workdir": os.path.join(one, "eval"), "checkpoint": phase1}],
+      ["eval", {"workdir": os.path.join(one, "eval"), "run_dir": phase1}],
       # The probe again, on the two processes' cached features: the same inputs.
       ["copy", {"src": os.path.join(two, "eval", "features"),
                 "dst": os.path.join(one, "eval_same_features", "features")}],
-      ["eval", {"workdir": os.path.join(one, "eval_same_features"), "checkpoint": phase1}],
+      ["eval", {"workdir": os.path.join(one, "eval_same_features"), "run_dir": phase1}],
   ], processes=1, devices=2, log_dir=str(root), tag="one")
   return two, one
 

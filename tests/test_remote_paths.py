@@ -36,7 +36,7 @@ import pytest
 from clu import metric_writers
 
 from attn_contrastive import config as config_lib
-from attn_contrastive import paths, summary
+from attn_contrastive import paths, terminal
 from helpers import SIZE, HumanSquares, filled_variables, tiny_teacher_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all. (The GCS
@@ -229,17 +229,17 @@ def test_atomic_writes_and_npz_on_gcs(gcs, no_local_gs):
 def test_log_of_a_remote_workdir_is_copied_into_it(gcs, no_local_gs, monkeypatch):
   import logging
   from absl import logging as absl_logging
-  monkeypatch.setattr(summary, "REMOTE_LOG_ROOT", str(no_local_gs / "logs"))
+  monkeypatch.setattr(terminal, "REMOTE_LOG_ROOT", str(no_local_gs / "logs"))
   workdir = f"gs://{BUCKET}/logged/run"
   root, absl_handler = logging.getLogger(), absl_logging.get_absl_handler()
   handlers, filters = list(root.handlers), list(absl_handler.filters)
   try:
-    path = summary.log_to_workdir(workdir)
+    path = terminal.log_to_workdir(workdir)
     assert path == str(no_local_gs / "logs" / "gs" / BUCKET / "logged" / "run" / "log.txt")
     root.handle(logging.LogRecord("absl", logging.INFO, "x.py", 1, "a line", None, None))
-    assert summary.upload_log(workdir) == f"{workdir}/log.txt"
+    assert terminal.upload_log(workdir) == f"{workdir}/log.txt"
     assert "a line" in paths.read_text(f"{workdir}/log.txt")
-    assert summary.upload_log(str(no_local_gs / "local")) is None
+    assert terminal.upload_log(str(no_local_gs / "local")) is None
   finally:
     for h in set(root.handlers) - set(handlers):
       root.removeHandler(h)
@@ -360,7 +360,7 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   assert int(state.step) == 4 and paths.read_json(f"{run_dir}/results.json")["step"] == 4
 
   ac = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
-  ac.checkpoint = run_dir
+  ac.run_dir = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, num_images=3, shuffle_pool=6,
                       shuffle_others=2))
   out = alignment.evaluate(ac, align_dir, splits={"validation": HumanSquares()},
@@ -375,7 +375,7 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   built = report.write_report([root], f"{root}/report")
   assert built["workdirs"] >= 3 and built["markdown"] == f"{root}/report/report.md"
   assert "Contrastive attn. teacher" in paths.read_text(built["markdown"])
-  text = summary.summary("alignment", "configs/alignment.py", align_dir, "salient_objects", 1.0)
+  text = terminal.summary("alignment", "configs/alignment.py", align_dir, "salient_objects", 1.0)
   assert f"results:        {align_dir}/results.json" in text
 
   objects = set(gcs.objects("chain/"))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from attn_contrastive.data import corruptions
-from attn_contrastive.data.corrupted import CorruptedSplit, corruption_rng
+from attn_contrastive.data import image_corruptions
+from attn_contrastive.data.corrupted_split import CorruptedSplit, corruption_rng
 from attn_contrastive.evaluators import corruption_errors
 
 
@@ -34,8 +34,8 @@ def test_alexnet_itself_has_mce_one():
   top1 = {c: [1 - e] * 5 for c, e in corruption_errors.ALEXNET_ERRORS.items()}
   out = corruption_errors.summarize(top1, clean_top1=1 - corruption_errors.ALEXNET_CLEAN_ERROR)
   assert out["mce"] == pytest.approx(1.0) and out["relative_mce"] == pytest.approx(1.0)
-  assert list(corruption_errors.ALEXNET_ERRORS) == list(corruptions.BENCHMARK)
-  assert sum(len(v) for k, v in corruptions.CATEGORIES.items() if k != "extra") == 15
+  assert list(corruption_errors.ALEXNET_ERRORS) == list(image_corruptions.BENCHMARK)
+  assert sum(len(v) for k, v in image_corruptions.CATEGORIES.items() if k != "extra") == 15
 
 
 class _Source:
@@ -59,7 +59,7 @@ def test_corrupted_split_is_the_view_corrupted_with_per_image_draws():
   split = CorruptedSplit(src, _view, "gaussian_noise", 4, seed=7, clean_cache={})
   later = [split[i]["image"] for i in (5, 3, 1)]          # any order, same images
   for i, image in zip((5, 3, 1), later):
-    expected = corruptions.corrupt(_view(src[i])["image"], "gaussian_noise", 4,
+    expected = image_corruptions.corrupt(_view(src[i])["image"], "gaussian_noise", 4,
                                    corruption_rng(7, "gaussian_noise", 4, i))
     np.testing.assert_array_equal(image, expected)
     assert split[i]["label"] == i % 3 and image.shape == (16, 16, 3)
@@ -91,12 +91,12 @@ def _write_release(root, layout_category: bool):
 
 @pytest.mark.parametrize("layout_category", [False, True])
 def test_released_imagenet_c_reads_with_imagenet2012_labels(tmp_path, layout_category):
-  from attn_contrastive.data import imagenet_c, prepare, sources
+  from attn_contrastive.data import imagenet_c_release, prepare, sources
   written = _write_release(tmp_path / "manual", layout_category)
   data_dir = str(tmp_path / "data")
   prepare.prepare("imagenet_c/gaussian_noise_3", data_dir, manual_dir=str(tmp_path / "manual"))
   split = sources.open_split("imagenet_c/gaussian_noise_3", "validation", data_dir)
-  names = imagenet_c.imagenet_label_names()
+  names = imagenet_c_release.imagenet_label_names()
   assert len(names) == 1000 and names[0] == "n01440764" and names[-1] == "n15075141"
   assert len(split) == 4
   for i in range(4):

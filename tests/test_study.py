@@ -50,8 +50,8 @@ def test_stages_run_in_order_linked_to_each_other(tmp_path):
   assert train.attention.teacher_checkpoint == str(tmp_path / "teacher")
   assert by_dir["supervised_r18/seed0/train"].task == "supervised"
   base = tmp_path / "supervised_r18" / "seed3"
-  assert by_dir["supervised_r18/seed3/linear_eval"].checkpoint == str(base / "train")
-  assert by_dir["supervised_r18/seed3/robustness"].checkpoint == str(base / "linear_eval")
+  assert by_dir["supervised_r18/seed3/linear_eval"].run_dir == str(base / "train")
+  assert by_dir["supervised_r18/seed3/robustness"].run_dir == str(base / "linear_eval")
   assert by_dir["supervised_r18/seed3/alignment"].alignment.classifier == str(
       base / "linear_eval")
   # The study's own config is left alone: each stage gets a copy.

@@ -6,7 +6,7 @@ import os
 import pytest
 from absl import logging as absl_logging
 
-from attn_contrastive import summary
+from attn_contrastive import terminal
 
 
 def _teacher_workdir(tmp_path):
@@ -15,14 +15,14 @@ def _teacher_workdir(tmp_path):
              "center_bias": {"nss": 1.125, "cc": 0.625}}
   (tmp_path / "results.json").write_text(json.dumps(results))
   (tmp_path / "checkpoints").mkdir()
-  (tmp_path / summary.LOG_FILE).write_text("")
+  (tmp_path / terminal.LOG_FILE).write_text("")
   (tmp_path / "events.out.tfevents.1.host").write_text("")
   return str(tmp_path)
 
 
 def test_summary_names_workdir_metrics_outputs_and_next_command(tmp_path):
   workdir = _teacher_workdir(tmp_path)
-  text = summary.summary("teacher", "configs/teacher.py", workdir,
+  text = terminal.summary("teacher", "configs/teacher.py", workdir,
                          "salient_objects/human_attention", 0.5)
   assert "teacher (configs/teacher.py), 3 steps" in text
   for number in ("teacher/nss 1.25", "teacher/cc 0.5", "center_bias/nss 1.125"):
@@ -40,11 +40,11 @@ def test_summary_names_workdir_metrics_outputs_and_next_command(tmp_path):
 @pytest.mark.parametrize("task,data,config,flag", [
     ("label", "imagenet2012", "/r/configs/contrastive_attn_teacher.py:imagenet",
      "attention.maps_dir"),
-    ("pretrain", "salient_objects/classification", "/r/configs/linear_eval.py ", "checkpoint"),
-    ("supervised", "imagenet2012", "/r/configs/alignment.py:salicon ", "checkpoint"),
+    ("pretrain", "salient_objects/classification", "/r/configs/linear_eval.py ", "run_dir"),
+    ("supervised", "imagenet2012", "/r/configs/alignment.py:salicon ", "run_dir"),
 ])
 def test_next_command_follows_the_chain(task, data, config, flag):
-  command = summary.next_command(task, "/r/configs/x.py:arg", "/w/run", data)
+  command = terminal.next_command(task, "/r/configs/x.py:arg", "/w/run", data)
   assert f"--config={config}" in command + " " and command.endswith(f"--config.{flag}=/w/run")
   prefix = {"pretrain": "linear", "supervised": "align"}.get(task)
   if prefix:
@@ -52,8 +52,8 @@ def test_next_command_follows_the_chain(task, data, config, flag):
 
 
 def test_alignment_is_the_last_stage(tmp_path):
-  assert summary.next_command("alignment", "configs/alignment.py", "/w", "salicon") is None
-  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
+  assert terminal.next_command("alignment", "configs/alignment.py", "/w", "salicon") is None
+  text = terminal.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
   assert "next:" in text and "(none in results.json)" in text
 
 
@@ -64,7 +64,7 @@ def test_alignment_summary_reads_the_evaluation_outline(tmp_path):
       "alignment/model": scores, "alignment/activations": scores,
       "alignment/gradcam": {"nss": 1.25, "cc": 0.625},
       "alignment/center_bias": {"nss": 1.125, "cc": 0.5625}, "alignment/primary": "activations"}))
-  text = summary.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
+  text = terminal.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
   for number in ("alignment/model/nss 1.5", "alignment/model/cc 0.75", "alignment/model/kld 0.5",
                  "alignment/center_bias/nss 1.125", "alignment/center_bias/cc 0.5625",
                  "alignment/gradcam/nss 1.25", "alignment/gradcam/cc 0.625"):
@@ -76,14 +76,14 @@ def test_library_info_goes_to_the_log_file_only(tmp_path):
   root, absl_handler = logging.getLogger(), absl_logging.get_absl_handler()
   handlers, filters = list(root.handlers), list(absl_handler.filters)
   try:
-    path = summary.log_to_workdir(str(tmp_path))
+    path = terminal.log_to_workdir(str(tmp_path))
     assert path == os.path.join(str(tmp_path), "log.txt")
 
     def record(pathname, level=logging.INFO, msg="msg", func=None):
       return logging.LogRecord("absl", level, pathname, 1, msg, None, None, func)
 
     library = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
-    project = os.path.join(os.path.dirname(summary.__file__), "train", "loop.py")
+    project = os.path.join(os.path.dirname(terminal.__file__), "train", "loop.py")
     assert not absl_handler.filter(record(library))
     assert absl_handler.filter(record(library, logging.WARNING))
     assert absl_handler.filter(record(project))

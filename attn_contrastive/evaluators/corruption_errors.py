@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from attn_contrastive.data.corruptions import BENCHMARK, CATEGORIES
+from attn_contrastive.data.image_corruptions import BENCHMARK, CATEGORIES
 
 #: AlexNet's top-1 error on ImageNet-C, averaged over the 5 severities
 #: (Hendrycks & Dietterich 2019, the constants of their evaluation code).

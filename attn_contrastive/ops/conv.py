@@ -12,7 +12,7 @@ many times slower than the same arithmetic as a matmul. Timings per layer
 shape (``benchmarks/conv_grad.py``) and per training step are in
 ``benchmarks/README.md``.
 
-Under Eigen's threaded convolutions (which ``attn_contrastive.host`` selects
+Under Eigen's threaded convolutions (which ``attn_contrastive.xla_cpu_flags`` selects
 instead of YNNPACK's), XLA's own 3x3 weight gradient is faster than this one
 in isolation on some shapes, but the whole synthetic SimCLR step was still
 faster with this path, so ``'auto'`` keeps it; 1x1 kernels and inputs

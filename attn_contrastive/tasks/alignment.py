@@ -125,10 +125,10 @@ def resolve_maps(config, run_config, has_logits: bool
       hint = ("Grad-CAM needs logits: set --config.alignment.classifier to the workdir of "
               "a linear_eval run of this checkpoint")
       if requested != DEFAULT_MAPS:
-        raise ValueError(f"alignment.maps asks for 'gradcam' but {config.checkpoint} is a "
+        raise ValueError(f"alignment.maps asks for 'gradcam' but {config.run_dir} is a "
                          f"{run_config.task} run without a classifier. {hint}")
       logging.info("Grad-CAM skipped: %s is a %s run without a classifier. %s",
-                   config.checkpoint, run_config.task, hint)
+                   config.run_dir, run_config.task, hint)
       continue
     if kind not in kinds:
       kinds.append(kind)
@@ -259,7 +259,7 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
 
 
 def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
-  """Scores the run at ``config.checkpoint``; writes ``results.json`` and ``examples.npz``.
+  """Scores the run at ``config.run_dir``; writes ``results.json`` and ``examples.npz``.
 
   ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
   (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.

@@ -78,7 +78,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, score: Score
   """Checks, opens, scores and writes ``results.json`` (see the module docstring).
 
   ``split_names``: the splits ``results.json`` names as the dataset read.
-  ``run_dir``: the run evaluated, ``config.checkpoint`` by default, and
+  ``run_dir``: the run evaluated, ``config.run_dir`` by default, and
   ``reader``: the task whose needs it must meet (``config.task`` by default;
   robustness opens the run its linear evaluation read, as that evaluation).
   ``splits`` and ``dataset_version`` replace the tfds dataset (tests).
@@ -89,7 +89,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, score: Score
   paths.makedirs(workdir)
   loop.write_config(workdir, config)
   mesh = mesh or mesh_lib.make_mesh()
-  run = runs.open_run(run_dir or config.checkpoint, mesh, reader=reader or config.task)
+  run = runs.open_run(run_dir or config.run_dir, mesh, reader=reader or config.task)
   logging.info("Evaluating %s (%s run, step %d)", run.run_dir, run.task, run.step)
   metrics = score(Evaluation(config, workdir, run, mesh, dict(splits or {})))
   dataset = results.dataset_entry(config.data.name, split_names,

@@ -1,6 +1,6 @@
 """Linear evaluation of a pretraining (or supervised) run: the paper's top-1.
 
-The encoder of the run at ``config.checkpoint`` is rebuilt from its
+The encoder of the run at ``config.run_dir`` is rebuilt from its
 ``config.json`` and its latest checkpoint is restored into this run's mesh
 (replicated), whatever number of devices and processes wrote it. The
 encoder stays frozen: BatchNorm runs in inference mode on its running
@@ -168,7 +168,7 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
 
 
 def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
-  """Runs ``config.protocols`` on the run at ``config.checkpoint``; writes ``results.json``.
+  """Runs ``config.protocols`` on the run at ``config.run_dir``; writes ``results.json``.
 
   ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
   (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.

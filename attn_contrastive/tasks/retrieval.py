@@ -122,7 +122,7 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
 
 
 def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
-  """Scores the run at ``config.checkpoint``; writes ``results.json`` to ``workdir``.
+  """Scores the run at ``config.run_dir``; writes ``results.json`` to ``workdir``.
 
   ``kwargs``: those of :func:`~attn_contrastive.tasks.evaluation.run_evaluation`
   (``splits``, ``dataset_version``, ``mesh``). Returns the results' dict.

@@ -1,6 +1,6 @@
 """Robustness: a linear evaluation's encoder and classifier under ImageNet-C corruptions.
 
-``config.checkpoint`` is the workdir of a finished ``linear_eval`` run. Its
+``config.run_dir`` is the workdir of a finished ``linear_eval`` run. Its
 source run's encoder is restored (frozen, as linear evaluation keeps it) with
 the classifier that run fitted (``robustness.classifier``: the ``linear``
 head, the ``linear_cached`` softmax regression, or ``auto``), and every
@@ -8,7 +8,7 @@ corruption × severity of ``robustness.corruptions`` × ``robustness.severities`
 is scored:
 
 * ``generate`` (``robustness.source``): the evaluation split's centre crops,
-  corrupted on the fly with :mod:`attn_contrastive.data.corruptions`
+  corrupted on the fly with :mod:`attn_contrastive.data.image_corruptions`
   (ImageNet-C's recipe; the synthetic data, or ImageNet without the release);
 * ``released``: the released ImageNet-C images (``imagenet_c/<c>_<s>``,
   built from ``robustness.manual_dir`` on first use), resized whole to the
@@ -72,7 +72,7 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
   """(source, transform) of one condition's images."""
   rc = config.robustness
   if rc.source == "generate":
-    from attn_contrastive.data.corrupted import CorruptedSplit
+    from attn_contrastive.data.corrupted_split import CorruptedSplit
     return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache), None
   from attn_contrastive.data import pipeline, prepare, sources
   dataset = f"{rc.released_dataset}/{name}_{severity}"
@@ -134,7 +134,7 @@ def clean_retrieval(ev: evaluation.Evaluation, scorer: _Scorer, linear, view,
   """Clean queries against the clean training split, which becomes the scorer's gallery
   (embedded as the linear evaluation did: its cached features when it kept them)."""
   train_split = ev.config.data.train_split
-  linear_cache = os.path.join(ev.config.checkpoint, "features", train_split)
+  linear_cache = os.path.join(ev.config.run_dir, "features", train_split)
   cache = linear_cache if paths.isdir(linear_cache) else os.path.join(
       ev.workdir, "features", train_split)
   scorer.set_gallery(*scorer.features(ev.split(train_split), view, eval_cfg=linear.eval,
@@ -143,11 +143,11 @@ def clean_retrieval(ev: evaluation.Evaluation, scorer: _Scorer, linear, view,
 
 
 def score(ev: evaluation.Evaluation, linear: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Every condition scored with the linear evaluation at ``config.checkpoint`` (``linear``:
+  """Every condition scored with the linear evaluation at ``config.run_dir`` (``linear``:
   its config); the summary of :func:`summarize`."""
   from attn_contrastive.data import pipeline
   config, rc, data = ev.config, ev.config.robustness, ev.config.data
-  linear_dir = config.checkpoint
+  linear_dir = config.run_dir
   scorer = _Scorer(config, linear_dir, ev.run, ev.mesh)
   image_size = int(data.image_size or linear.data.image_size or ev.run.image_size)
   view = pipeline.EvalView(image_size, linear.aug.eval_crop_fraction)
@@ -173,14 +173,14 @@ def score(ev: evaluation.Evaluation, linear: ml_collections.ConfigDict) -> dict[
 
 
 def evaluate(config, workdir: str, **kwargs) -> dict[str, Any]:
-  """Scores the linear evaluation at ``config.checkpoint``; writes ``results.json``.
+  """Scores the linear evaluation at ``config.run_dir``; writes ``results.json``.
 
   ``results.json`` names the run that linear evaluation evaluated as its
   source. ``kwargs``: those of
   :func:`~attn_contrastive.tasks.evaluation.run_evaluation` (``splits``,
   ``dataset_version``, ``mesh``). Returns the results' dict.
   """
-  linear = runs.read_config(config.checkpoint, reader=config.task)
+  linear = runs.read_config(config.run_dir, reader=config.task)
   return evaluation.run_evaluation(
       config, workdir, functools.partial(score, linear=linear),
       split_names=[config.data.eval_split], run_dir=runs.evaluated_run_dir(linear),

@@ -89,7 +89,7 @@ class Study:
     for evaluation in config_checks.EVALUATIONS:
       cfg = self.config[evaluation].copy_and_resolve_references()
       source = os.path.join(base, "linear_eval") if evaluation == "robustness" else run_dir
-      cfg.checkpoint = source
+      cfg.run_dir = source
       if evaluation == "alignment" and "linear_eval" in self.config.study.stages:
         cfg.alignment.classifier = os.path.join(base, "linear_eval")
       if evaluation == "retrieval" and "linear_eval" in self.config.study.stages:

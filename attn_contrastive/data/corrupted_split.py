@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from attn_contrastive.data import corruptions
+from attn_contrastive.data import image_corruptions
 
 
 def corruption_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:
   """The generator of one corrupted image (independent of any other's draws)."""
-  return np.random.default_rng([seed, corruptions.ALL.index(name), severity, index])
+  return np.random.default_rng([seed, image_corruptions.ALL.index(name), severity, index])
 
 
 class CorruptedSplit:
@@ -33,8 +33,8 @@ class CorruptedSplit:
 
   def __init__(self, source, view: Callable[[Any], dict[str, Any]], name: str, severity: int,
                seed: int = 0, clean_cache: dict[int, dict[str, Any]] | None = None):
-    if name not in corruptions.ALL:
-      raise ValueError(f"unknown corruption {name!r}; choose from {corruptions.ALL}")
+    if name not in image_corruptions.ALL:
+      raise ValueError(f"unknown corruption {name!r}; choose from {image_corruptions.ALL}")
     if severity not in range(1, 6):
       raise ValueError(f"severity {severity}: ImageNet-C's severities are 1 to 5")
     self.source, self.view, self.name, self.severity = source, view, name, severity
@@ -54,5 +54,5 @@ class CorruptedSplit:
   def __getitem__(self, index: int) -> dict[str, Any]:
     ex = self.clean(int(index))
     rng = corruption_rng(self.seed, self.name, self.severity, int(index))
-    image = corruptions.corrupt(np.asarray(ex["image"]), self.name, self.severity, rng)
+    image = image_corruptions.corrupt(np.asarray(ex["image"]), self.name, self.severity, rng)
     return {"image": image, "label": ex["label"]}

@@ -13,7 +13,7 @@ Prepare a config from the extracted tar files with
 scores (``configs/robustness.py:imagenet``). tfds's own
 ``imagenet2012_corrupted`` regenerates the images instead, which needs
 ImageMagick and the network; datasets without a released copy are corrupted
-on the fly by :mod:`attn_contrastive.data.corruptions`.
+on the fly by :mod:`attn_contrastive.data.image_corruptions`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import tensorflow_datasets as tfds
 from etils import epath
 
-from attn_contrastive.data import corruptions
+from attn_contrastive.data import image_corruptions
 
 MANUAL_INSTRUCTIONS = """\
 Download the ImageNet-C tar files (https://zenodo.org/record/2235448: blur.tar,
@@ -60,7 +60,7 @@ class ImagenetCConfig(tfds.core.BuilderConfig):
 def _configs() -> list[ImagenetCConfig]:
   return [ImagenetCConfig(name=f"{c}_{s}", corruption=c, severity=s,
                           description=f"{c} at severity {s}")
-          for c in corruptions.ALL for s in range(1, 6)]
+          for c in image_corruptions.ALL for s in range(1, 6)]
 
 
 def imagenet_label_names() -> list[str]:
@@ -72,7 +72,7 @@ def imagenet_label_names() -> list[str]:
 def find_condition_dir(root: epath.Path, corruption: str, severity: int) -> epath.Path:
   """``root/<corruption>/<severity>``, or under a category folder; refuses a missing one."""
   candidates = [root / corruption / str(severity)]
-  candidates += [root / cat / corruption / str(severity) for cat in corruptions.CATEGORIES]
+  candidates += [root / cat / corruption / str(severity) for cat in image_corruptions.CATEGORIES]
   for path in candidates:
     if path.is_dir():
       return path

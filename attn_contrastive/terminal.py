@@ -38,11 +38,11 @@ _METRIC_WRITER = os.path.join("clu", "metric_writers", "logging_writer.py")
 NEXT_STAGE = {
     "teacher": ("label.py", "imagenet", "teacher_checkpoint", "maps_train"),
     "label": ("contrastive_attn_teacher.py", "imagenet", "attention.maps_dir", "simclr_attn"),
-    "pretrain": ("linear_eval.py", "imagenet", "checkpoint", "linear_{name}"),
-    "supervised": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
-    "linear_eval": ("robustness.py", "imagenet", "checkpoint", "robust_{name}"),
-    "robustness": ("retrieval.py", "imagenet", "checkpoint", "retrieval_{name}"),
-    "retrieval": ("alignment.py", "salicon", "checkpoint", "align_{name}"),
+    "pretrain": ("linear_eval.py", "imagenet", "run_dir", "linear_{name}"),
+    "supervised": ("alignment.py", "salicon", "run_dir", "align_{name}"),
+    "linear_eval": ("robustness.py", "imagenet", "run_dir", "robust_{name}"),
+    "robustness": ("retrieval.py", "imagenet", "run_dir", "retrieval_{name}"),
+    "retrieval": ("alignment.py", "salicon", "run_dir", "align_{name}"),
 }
 
 #: Linear evaluation hands on its own workdir: robustness reads its classifier.
