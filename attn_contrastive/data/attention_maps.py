@@ -385,3 +385,11 @@ def with_attention_maps(images, maps_dir: str, *, dataset: str | None = None,
   """
   maps = AttentionMapSource(maps_dir, dataset, split, num_examples=len(images), teacher=teacher)
   return images_lib.join_below_skipping(images, lambda inner: JoinedSource(inner, maps))
+
+
+def with_config_maps(images, config, split: str, maps_dir: str):
+  """:func:`with_attention_maps` for a run's ``config``: ``images`` (split ``split`` of
+  ``config.data``) joined to the maps in ``maps_dir``, which must be of that dataset
+  and split, and made by ``config.attention.teacher_checkpoint`` when it is set."""
+  return with_attention_maps(images, maps_dir, dataset=config.data.name, split=split,
+                             teacher=config.attention.get("teacher_checkpoint"))

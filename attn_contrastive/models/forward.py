@@ -2,10 +2,11 @@
 
 Images cross to the device as uint8 (a quarter of float32's bytes) and are
 normalised there, with ImageNet's mean and standard deviation, in the
-network's compute dtype. Every task runs its networks through :func:`apply`
-(training losses with ``train=True`` and mutable BatchNorm statistics) or
-:func:`predict` (evaluators, in inference mode), so a network is evaluated
-on exactly the input it was trained on.
+network's compute dtype. Every task runs its networks through
+:func:`apply_train` (training losses: BatchNorm on the batch, its running
+statistics updated) or :func:`predict` (evaluators, in inference mode), both
+on :func:`apply`, so a network is evaluated on exactly the input it was
+trained on.
 """
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def apply(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, dty
   """``model.apply`` on uint8 ``images`` normalised in ``dtype``; ``kwargs`` go to apply
   (``train``, ``mutable``, a model's row selections)."""
   return model.apply(variables, normalize_images(images, dtype), **kwargs)
+
+
+def apply_train(model: nn.Module, params: Any, batch_stats: Any, images: jax.Array, dtype,
+                **rows) -> tuple[Any, Any]:
+  """``(outputs, updated batch_stats)`` of ``model`` in training mode on uint8 ``images``
+  (BatchNorm on the batch's statistics); ``rows`` go to the model."""
+  out, updates = apply(model, {"params": params, "batch_stats": batch_stats}, images, dtype,
+                       train=True, mutable=["batch_stats"], **rows)
+  return out, updates["batch_stats"]
 
 
 def predict(model: nn.Module, dtype, output: str | None = None, **fixed) -> PredictFn:

@@ -68,9 +68,7 @@ def make_loss_fn(model, config):
                      f"{config_checks.COTRAIN_BN}")
 
   def train_forward(params, batch_stats, images, **rows):
-    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats}, images,
-                                 dtype, train=True, mutable=["batch_stats"], **rows)
-    return out, updates["batch_stats"]
+    return forward.apply_train(model, params, batch_stats, images, dtype, **rows)
 
   def cotrain_forward(params, batch_stats, views, human):
     """(outputs with the views' embedding, head logits on the human images, stats)."""
@@ -149,10 +147,8 @@ def attention_targets(config) -> tuple[Any, str, str] | None:
     return None
   from attn_contrastive.data import attention_maps
   images = sources.open_config_split(config.data, config.data.eval_split)
-  source = attention_maps.with_attention_maps(images, attn.eval_maps_dir,
-                                              dataset=config.data.name,
-                                              split=config.data.eval_split,
-                                              teacher=attn.get("teacher_checkpoint"))
+  source = attention_maps.with_config_maps(images, config, config.data.eval_split,
+                                           attn.eval_maps_dir)
   return source, "attention_map", attn.eval_maps_dir
 
 
@@ -201,9 +197,8 @@ def build_task(config, workdir: str | None = None) -> loop.TaskSpec:
     if attn.labels == "teacher":
       # Imported here: only attention runs need the map dataset reader.
       from attn_contrastive.data import attention_maps
-      source = attention_maps.with_attention_maps(
-          source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split,
-          teacher=attn.get("teacher_checkpoint"))
+      source = attention_maps.with_config_maps(source, config, config.data.train_split,
+                                               attn.maps_dir)
       transform = pipeline.ContrastiveViews(size, config.aug, attn.map_size)
     elif attn.labels == "human":
       human = sources.open_config_split(config.data, attn.human_split, attn.human_data)

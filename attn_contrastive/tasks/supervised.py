@@ -26,8 +26,7 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng
-    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats},
-                                 batch["image"], dtype, train=True, mutable=["batch_stats"])
+    out, batch_stats = forward.apply_train(model, params, batch_stats, batch["image"], dtype)
     loss = losses.cross_entropy(out["logits"], batch["label"],
                                 config.loss.label_smoothing)
     acc = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
@@ -38,7 +37,7 @@ def make_loss_fn(model, config):
           out["attention_logits"], batch["map"], attn.alpha, attn.beta, attn.fixation_quantile)
       metrics.update(attn_metrics, cross_entropy=loss, attn_loss=attn_loss)
       loss = loss + attn_loss
-    return loss, (updates["batch_stats"], metrics)
+    return loss, (batch_stats, metrics)
 
   return loss_fn
 
@@ -66,9 +65,8 @@ def build_task(config) -> loop.TaskSpec:
       raise ValueError(f"attention.labels={attn.labels!r}: supervised rows learn from "
                        "teacher maps only; set attention.labels='teacher' and maps_dir")
     from attn_contrastive.data import attention_maps
-    source = attention_maps.with_attention_maps(
-        source, attn.maps_dir, dataset=config.data.name, split=config.data.train_split,
-        teacher=attn.get("teacher_checkpoint"))
+    source = attention_maps.with_config_maps(source, config, config.data.train_split,
+                                             attn.maps_dir)
     map_size = attn.map_size
   size = config.data.image_size
   return loop.TaskSpec(

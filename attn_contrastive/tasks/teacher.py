@@ -78,11 +78,10 @@ def make_loss_fn(model, config):
 
   def loss_fn(params, batch_stats, batch, rng):
     del rng  # augmentation is drawn on the host
-    out, updates = forward.apply(model, {"params": params, "batch_stats": batch_stats},
-                                 batch["image"], dtype, train=True, mutable=["batch_stats"])
+    out, batch_stats = forward.apply_train(model, params, batch_stats, batch["image"], dtype)
     loss, parts = losses.teacher_loss(out["logits"], batch["saliency_map"],
                                       batch["fixation_map"], **weights)
-    return loss, (updates["batch_stats"], {f"train_{k}": v for k, v in parts.items()})
+    return loss, (batch_stats, {f"train_{k}": v for k, v in parts.items()})
 
   return loss_fn
 
