@@ -38,6 +38,10 @@ AUC-Judd, AUC-Borji, shuffled AUC, information gain),
 None). ``examples.npz`` holds the first ``eval.num_images`` images, their
 human densities and every kind's maps (``map/<kind>``), for the report's
 figure.
+
+Opening the run, ``config.json`` and the outline of ``results.json`` are the
+evaluation skeleton's (:mod:`attn_contrastive.tasks.evaluation`); this
+module is the scoring.
 """
 from __future__ import annotations
 

@@ -24,6 +24,10 @@ A supervised run's own classifier is scored too (``supervised/top1``,
 ``supervised/top5``). ``results.json`` follows
 :mod:`attn_contrastive.evaluators.results`: ``<protocol>/top1``, ``/top5``,
 ``linear_cached/l2`` (and its grid), ``<protocol>/wall_time_s``.
+
+Opening the run, ``config.json`` and the outline of ``results.json`` are the
+evaluation skeleton's (:mod:`attn_contrastive.tasks.evaluation`); this
+module is the scoring.
 """
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ Embeddings (``retrieval.embedding``): ``pooled`` (the encoder's pooled
 feature, what linear evaluation reads) or ``projection`` (SimCLR's projection
 head output, pretraining runs only). Both splits' embeddings are cached in
 ``<workdir>/features/<split>/`` (resumable).
+
+Opening the run, ``config.json`` and the outline of ``results.json`` are the
+evaluation skeleton's (:mod:`attn_contrastive.tasks.evaluation`); this
+module is the scoring.
 """
 from __future__ import annotations
 

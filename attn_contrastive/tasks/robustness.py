@@ -21,6 +21,10 @@ category means, the extra corruptions, mCE and relative mCE. With
 ``robustness.retrieval``, the corrupted images of ``retrieval_severities``
 also query the clean training split (the features linear evaluation cached)
 by cosine similarity: the CVPR paper's retrieval on ImageNet-C.
+
+Opening the run, ``config.json`` and the outline of ``results.json`` are the
+evaluation skeleton's (:mod:`attn_contrastive.tasks.evaluation`); this
+module is the scoring.
 """
 from __future__ import annotations
 
