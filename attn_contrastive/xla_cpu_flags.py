@@ -1,12 +1,10 @@
-"""The XLA:CPU setting that makes training fast here, applied on import on CPU hosts.
+"""The XLA:CPU setting that makes training fast on CPU hosts, applied on import.
 
-jaxlib 0.10 hands convolutions to YNNPACK, whose kernels ran on one core on
-the 2-core x86-64 VM of ``benchmarks/README.md``: a 512×8×8×32 3×3
-convolution took 13 ms on two cores and 15 ms on one, and 7 ms with Eigen's
-threaded kernel, which this flag selects:
-``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``. YNNPACK
-keeps its dots, reductions and elementwise fusions (turning those off too
-was slower). The flag only concerns the CPU backend.
+jaxlib hands convolutions to YNNPACK, whose convolution kernels gain little
+from more cores; Eigen's threaded convolutions use them all. ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` selects
+Eigen for convolutions only: YNNPACK keeps its dots, reductions and elementwise
+fusions, which are faster there. The flag only concerns the CPU backend
+(timings: ``docs/performance.md``, ``benchmarks/README.md``).
 
 It is added to ``XLA_FLAGS`` when ``attn_contrastive`` is imported: XLA reads
 its flags once, when JAX opens its first backend, so importing JAX's
@@ -26,12 +24,10 @@ built from another XLA than jaxlib's (libtpu) may abort on a flag it does
 not know. ``JAX_PLATFORM_NAME=cpu`` alone only makes CPU the default: the
 other backends installed still start, so the flag is left out there too.
 
-Not applied: glibc ``mallopt`` settings that keep freed memory in the
-process (no mmap'd blocks, no trimming) removed ~110k page faults (0.3-0.4 s
-of system time) per synthetic step and made JAX and PyTorch alike ~10%
-faster, but they change how the whole process uses memory (it never hands
-freed memory back); ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``
-applies them to a run from outside.
+Process-wide glibc ``malloc`` settings are not applied, though they save
+page faults on large buffers: they would change how the whole process uses
+memory (freed memory never handed back). ``docs/performance.md`` shows how
+to apply them to one run.
 """
 from __future__ import annotations
 

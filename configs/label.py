@@ -1,25 +1,14 @@
-r"""Label: the frozen saliency teacher over every image of a split.
+r"""Label: the frozen saliency teacher over every image of a split → attention-map shards.
 
-Synthetic (default; a 2-core laptop CPU), after ``configs/teacher.py``:
+Synthetic (default), after configs/teacher.py; 2 CPU cores, about 2 min:
   python -m attn_contrastive.main --config=configs/label.py \
       --workdir=/tmp/maps_train --config.teacher_checkpoint=/tmp/teacher
-  Labels ``salient_objects/classification`` ``train`` (10,000 images) with the
-  synthetic teacher (64-px input, the whole image), 64×64 uint8 maps in 16
-  shards. Then pretrain with ``--config.attention.maps_dir=/tmp/maps_train``.
+  10,000 maps of 64×64 in 16 shards; then pretrain with
+  ``--config.attention.maps_dir=/tmp/maps_train``.
 
-ImageNet (one accelerator host per process; any number of processes):
-  python -m attn_contrastive.main --config=configs/label.py:imagenet \
-      --workdir=gs://BUCKET/maps_train --config.teacher_checkpoint=gs://BUCKET/teacher \
-      --config.data.data_dir=DIR
-  1,281,167 training images, each resized whole to the SALICON teacher's
-  240×320 input, 64×64 maps in 1024 shards dealt round-robin to processes.
-  A killed run restarted with the same flags skips finished shards.
-
-``teacher`` holds the teacher run's config (its ``model`` and input size must
-match the checkpoint); ``label.map_size`` is the stored map side,
-``label.batch_size`` the images per jitted call per process,
-``label.num_shards`` the number of shard files and ``label.num_threads`` the
-threads per process that decode and resize images.
+ImageNet (accelerator hosts, any number of processes): ``:imagenet`` labels
+1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB); a
+killed run restarted with the same flags skips finished shards (docs/chain.md).
 """
 import ml_collections
 

@@ -1,35 +1,17 @@
-r"""Robustness to ImageNet-C corruptions of a linear evaluation (encoder + classifier).
+r"""Robustness of a linear evaluation to ImageNet-C's corruptions: the paper's robustness table.
 
-Synthetic (default), after ``configs/linear_eval.py`` in /tmp/linear_simclr:
+Synthetic (default), after configs/linear_eval.py in /tmp/linear_simclr; 2 CPU cores, ~8 min:
   python -m attn_contrastive.main --config=configs/robustness.py \
       --workdir=/tmp/robust_simclr --config.run_dir=/tmp/linear_simclr
-  The validation split's centre crops corrupted on the fly by all 19
-  corruptions (the 15 of the benchmark and the 4 extra) at severities 1-5,
-  each image with its own seeded draws; the classifier is the linear
-  evaluation's (``robustness.classifier``: ``auto`` takes the ``linear``
-  head if that protocol ran, else the ``linear_cached`` one). The corrupted
-  images of severity 3 also query the clean training split (retrieval mAP,
-  P@k, precision-recall). Results per condition are kept as they finish
-  (``<workdir>/conditions/``), so a killed run resumes. Timing on the 2-core
-  VM: see the README's study section.
+  The 2,000 validation images corrupted on the fly by all 19 corruptions × 5
+  severities; with its ``linear`` head (23% clean) the Contrastive row keeps
+  ≈ 17% mean top-1 over the 15 (docs/robustness.md, docs/results.md).
 
-ImageNet, released ImageNet-C (the paper's robustness table):
+ImageNet, the released ImageNet-C (TPU v3-32 / v4-32 or 8 GPUs):
   python -m attn_contrastive.main --config=configs/robustness.py:imagenet \
       --workdir=gs://BUCKET/robust_simclr_r50 --config.run_dir=gs://BUCKET/linear_simclr_r50 \
       --config.robustness.manual_dir=DIR_WITH_EXTRACTED_IMAGENET_C --config.data.data_dir=DIR
-  Each ``imagenet_c/<corruption>_<severity>`` config is built from the
-  extracted tar files on first use (``data/imagenet_c_release.py``) and read with
-  ``imagenet2012``'s labels; 95 × 50,000 images. ``robustness.source=generate``
-  corrupts ImageNet's validation crops on the fly instead (no download; see
-  benchmarks/README.md for the cost per corruption).
-
-Reported (``results.json``): ``robustness/top1`` per corruption and
-severity, ``robustness/{noise,blur,weather,digital}`` (the category means;
-the paper's four ImageNet-C columns, our reading), ``robustness/extra``,
-``robustness/mean`` (over the 15), ``robustness/by_severity``,
-``robustness/{mce,relative_mce}`` (AlexNet-normalised, as Hendrycks &
-Dietterich), ``robustness/clean_top1``; ``retrieval_c/{map,precision@k,pr_curve}``
-(means over the corrupted conditions queried) beside ``retrieval_c/clean_*``.
+  Paper (noise / blur / weather / digital): 28.23 / 26.16 / 43.08 / 60.42.
 
 Arguments: ``synthetic`` (default) or ``imagenet``.
 """

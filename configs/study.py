@@ -1,29 +1,21 @@
-r"""The paper's whole chain on the bundled synthetic data, in one command.
+r"""The paper's whole chain on the bundled synthetic data, in one command (docs/chain.md).
 
   python -m attn_contrastive.main --config=configs/study.py --workdir=workdir/study
 
-teacher → its maps of the training split → every table row (SimCLR:
-Contrastive, attn. teacher, attn. co-train; Supervised ResNet-18 with and
-without attn. teacher) × seed → linear evaluation (cached features) →
-robustness (all 19 corruptions × 5 severities, corrupted retrieval) →
-retrieval → alignment (heads, activation attention, Grad-CAM) → the report
-(``<workdir>/report/report.md``, ``report.csv`` and the figures). A stage
-whose results exist is skipped: rerun the same command after a kill and the
-study goes on. Each stage's config is here in full (``teacher``, ``label``,
-``rows.<row>``, ``linear_eval``, ``robustness``, ``retrieval``,
-``alignment``) and any field can be overridden:
+teacher → its maps of the training split → every table row × seed → linear
+evaluation (cached features) → robustness → retrieval → alignment → the
+report (``<workdir>/report/``). A stage whose results exist is skipped:
+rerun the same command after a kill and the study goes on. Each stage's
+config is here in full and any field can be overridden:
 ``--config.rows.contrastive.train.num_epochs=5``, ``--config.study.seeds=0,1``,
-``--config.study.rows=contrastive,contrastive_attn_teacher``.
+``--config.study.rows="('contrastive','contrastive_attn_teacher')"``.
 
-Arguments:
-  ``demo`` (default): one seed, short schedules, evaluations on subsets;
-  the README's first command (minutes on a 2-core laptop; the README gives
-  the measured time).
-  ``full``: three seeds, the rows' synthetic schedules, whole splits; the
-  README's study section has its tables, figure and time.
-
-ImageNet runs the same stages as separate commands on a pod (README,
-"The study on ImageNet").
+Arguments (times on a 2-core AMD EPYC VM, docs/performance.md):
+  ``demo`` (default; the README's first command): the three SimCLR rows, one
+  seed, one epoch each, evaluations on subsets; about 6 minutes.
+  ``full``: five rows × three seeds on whole splits; about an hour; its
+  tables are those of docs/results.md.
+ImageNet runs the same stages as separate commands (docs/chain.md).
 """
 import ml_collections
 

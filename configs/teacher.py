@@ -1,57 +1,19 @@
-r"""Saliency teacher — trained from scratch on human attention (no ImageNet weights).
+r"""Saliency teacher, trained from scratch on human attention (no ImageNet weights).
 
-Synthetic human-attention data (default; a 2-core laptop CPU):
+Synthetic human attention (default), 2 CPU cores, about 4 min:
   python -m attn_contrastive.main --config=configs/teacher.py --workdir=/tmp/teacher
-  ``salient_objects/human_attention`` (2000 train / 500 validation, 64 px,
-  built on first use in a few seconds). ResNet-10 layout at width 16 with a
-  3×3 stride-1 stem and max-pool, decoder width 32, 32×32 output maps (output
-  stride 2); 370,993 parameters. Batch 64, SGD + Nesterov, lr 0.4×B/256 = 0.1,
-  1 warm-up epoch then cosine, 3 epochs (93 steps). Writes a checkpoint and
-  ``results.json`` with every MIT metric on the 500 validation images for
-  ``teacher`` and ``center_bias`` (Gaussian, sd 0.25 × side).
-  Measured on a shared 2-core x86 VM: 3 min 47 s wall (2.5 min CPU), of which
-  ~45 s is the final evaluation.
+  ResNet-10 encoder-decoder, 64 px, 3 epochs (93 steps). Expect NSS ≈ 2.07 and
+  CC ≈ 0.94 on the 500 validation images, against the centre bias's 1.10 and
+  0.58 (every metric: docs/results.md).
 
-  | metric       | teacher | centre bias |
-  |--------------|---------|-------------|
-  | NSS          | 2.07    | 1.10        |
-  | CC           | 0.936   | 0.581       |
-  | KLD          | 0.190   | 0.698       |
-  | SIM          | 0.810   | 0.531       |
-  | AUC-Judd     | 0.869   | 0.796       |
-  | AUC-Borji    | 0.847   | 0.785       |
-  | shuffled AUC | 0.744   | 0.526       |
-  | info gain    | 0.84    | 0 (bits/fixation, vs the centre prior) |
-
-SALICON (one GPU or a TPU v3-8 / v4-8):
-  python -m attn_contrastive.data.prepare --dataset=salicon --data_dir=DIR  # once
+SALICON (one GPU or a TPU v3-8 / v4-8; prepare it first, docs/datasets.md):
   python -m attn_contrastive.main --config=configs/teacher.py:salicon \
       --workdir=gs://BUCKET/teacher --config.data.data_dir=DIR
-  10,000 training images at 240×320 (half SALICON's 640×480, aspect kept),
-  ResNet-18 encoder (ImageNet stem) trained from scratch, decoder width 64,
-  60×80 output maps (output stride 4), bfloat16, batch 64, SGD + Nesterov
-  lr 0.1, weight decay 1e-4, 2 warm-up epochs, cosine over 40 epochs (6,240
-  steps); scored on the 5,000 validation images at their full 480×640
-  resolution after training (for periodic checks on a subset, add
-  ``--config.train.eval_every=1000 --config.eval.max_examples=500``; the
-  subset then applies to the final evaluation too). Not yet run: no SALICON
-  numbers are recorded here. Published ImageNet-pretrained models reach
-  CC ≈ 0.9, NSS ≈ 2.0 on SALICON; a from-scratch teacher should land clearly
-  above the centre prior but below those (no from-scratch numbers are
-  published).
+  ResNet-18 encoder-decoder, 240×320, 40 epochs (6,240 steps). Not run yet:
+  expect clearly above the centre prior and below ImageNet-pretrained models'
+  CC ≈ 0.9, NSS ≈ 2.0 (docs/chain.md).
 
 Arguments: ``synthetic`` (default) or ``salicon``.
-
-Teacher-specific fields: ``data.image_width`` (input width; 0 = square
-``data.image_size``), ``model.decoder_width``, ``model.output_stride``,
-``loss.kld_weight`` / ``cc_weight`` / ``nss_weight`` (the loss is
-``kld_w·KLD − cc_w·CC − nss_w·NSS``), ``aug.hflip``, and ``eval.*``:
-``batch_size`` (global), ``max_examples`` (-1 = the whole split),
-``num_images`` (strips logged to TensorBoard), ``center_bias_sigma`` (of the
-baseline, as a fraction of the image side), ``shuffle_pool`` /
-``shuffle_others`` (shuffled AUC draws its negatives from the fixations of
-``shuffle_others`` images among the first ``shuffle_pool``) and
-``num_threads`` (host threads for loading and scoring).
 """
 from attn_contrastive import config as config_lib
 

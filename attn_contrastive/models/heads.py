@@ -47,10 +47,10 @@ class LinearProbe(nn.Module):
   """A linear classifier of features that learns stably at SimCLR's learning rates.
 
   SimCLR's supervised head is one dense layer on the raw features, trained
-  by momentum SGD at the pretraining rate (1.2 here, 4.8 on ImageNet); on
-  the synthetic run that diverged (cross-entropy in the hundreds, chance
-  accuracy), since the curvature grows with the features' scale and
-  dimension. Here the features are first standardised per dimension
+  by momentum SGD at the pretraining rate (4.8 on ImageNet). At such rates
+  that can diverge, since the loss's curvature grows with the features'
+  scale and dimension, which depend on the encoder (``docs/results.md``,
+  recipe fidelity). Here the features are first standardised per dimension
   (BatchNorm without scale or bias, as MAE's linear probe; running
   statistics at evaluation) and divided by √D, so their expected squared
   norm is 1 whatever the encoder: plain momentum SGD is stable up to a rate

@@ -14,9 +14,9 @@ shape (``benchmarks/conv_grad.py``) and per training step are in
 
 Under Eigen's threaded convolutions (which ``attn_contrastive.xla_cpu_flags`` selects
 instead of YNNPACK's), XLA's own 3x3 weight gradient is faster than this one
-in isolation on some shapes, but the whole synthetic SimCLR step was still
-faster with this path, so ``'auto'`` keeps it; 1x1 kernels and inputs
-smaller than the kernel gain most.
+in isolation on some shapes, but not within a whole training step, so
+``'auto'`` keeps this path; 1x1 kernels and inputs smaller than the kernel
+gain most.
 
 How
 ---
@@ -27,20 +27,19 @@ The weight gradient of ``y = conv(x, w)`` is
 i.e. for every kernel offset ``(i, j)`` a plain matrix product
 ``shifted_slice(x)(M, C)^T @ g(M, O)`` with ``M = N*Ho*Wo``. Stacking the
 ``kh*kw`` shifted slices turns this into one ``(kh*kw*C, M) @ (M, O)``
-matmul (im2col), which XLA:CPU runs near its matmul throughput. Choices,
-each measured against the alternatives in the benchmark:
+matmul (im2col), which XLA:CPU runs near its matmul throughput. The
+choices, each against its alternatives (``benchmarks/README.md``):
 
 * Patches are built channel-major, ``(kh*kw*C, M)``, so the matmul contracts
-  the minor axis of its left operand; contracting the major axis of an
-  ``(M, K)`` patch matrix (the obvious NHWC layout) was slower.
-* Once tiled, ``kh*kw`` separate per-offset matmuls, one matmul per kernel
-  row, and a batched ``dot_general`` over offsets were no faster than one
-  matmul per tile (the batched form was slower), so one matmul it is.
-* Materialising the patches for the whole batch is memory-bound and was
-  slower, so the batch is cut into tiles of about ``_TILE_BYTES`` of patches
-  (whole images, or bands of output rows of large images) processed by a
-  ``lax.scan`` that accumulates the result in fp32. Tile sizes of 1-4 MiB
-  performed alike.
+  the minor axis of its left operand, which XLA:CPU does faster than the
+  major axis of an ``(M, K)`` patch matrix (the obvious NHWC layout).
+* One matmul per tile: ``kh*kw`` separate per-offset matmuls, one matmul per
+  kernel row, or a batched ``dot_general`` over offsets are no faster (the
+  batched form is slower).
+* Materialising the patches for the whole batch is memory-bound, so the
+  batch is cut into tiles of about ``_TILE_BYTES`` of patches (whole images,
+  or bands of output rows of large images) processed by a ``lax.scan`` that
+  accumulates the result in fp32. Tile sizes of 1-4 MiB perform alike.
 * 3x3 patches are cut with ``kh*kw`` strided slices; larger kernels with
   ``kw`` column slices then ``kh`` row slices of those, which compiles a 7x7
   stem's gradient several times faster and runs it at the same speed.
@@ -53,7 +52,7 @@ each measured against the alternatives in the benchmark:
 
 The forward pass is XLA's convolution and the input gradient of a stride-1
 convolution XLA's transposed convolution: both are fast on CPU (an im2col
-matmul forward and a matmul + col2im input gradient were no faster
+matmul forward and a matmul + col2im input gradient are no faster
 overall), except in these cases:
 
 * 1x1 kernels: the input gradient is one matmul and a strided zero-pad
@@ -61,8 +60,8 @@ overall), except in these cases:
 * Strided kernels: XLA's transposed convolution dilates the gradient with
   zeros and runs a stride-1 convolution over it; the col2im input gradient
   (matmul, then each kernel offset's slab added at its strided positions)
-  was faster on most stride-2 ResNet shapes measured, by far on 4x4 inputs,
-  and shortened the whole SimCLR step.
+  is faster on most stride-2 ResNet shapes, by far on small maps such as
+  4x4 inputs.
 * Strided convolutions over few channels (a 7x7 stride-2 stem over RGB):
   space-to-depth turns them into stride-1 convolutions over ``s*s`` times
   the channels (:func:`_space_to_depth`), forward and both gradients, which
@@ -121,8 +120,8 @@ IMPLS: tuple[str, ...] = ("auto", "xla", "cpu_matmul")
 _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 # Bytes of im2col patches per tile (per device) of the weight-gradient scan:
-# 1-4 MiB performed alike; whole-batch patches and tiles of a few hundred
-# output pixels or fewer were slower (benchmarks/README.md).
+# 1-4 MiB perform alike; whole-batch patches and tiles of a few hundred
+# output pixels or fewer are slower (benchmarks/README.md).
 _TILE_BYTES = 2 * 1024 * 1024
 # Images whose patches exceed this many tiles are cut into bands of rows.
 _BAND_FACTOR = 4
@@ -142,7 +141,7 @@ _S2D_MAX_CHANNELS = 16
 # Weight gradients of layers with at most this many input x output channels
 # use the C++ kernel (native.py) on a single CPU device: the kernel beats the
 # im2col path on layers with few channels and loses on wide ones; 4096
-# performed like 1024 on whole steps (per-layer timings in benchmarks/README.md).
+# performs like 1024 on whole steps (per-layer timings in benchmarks/README.md).
 _NATIVE_MAX_CO = 4096
 
 

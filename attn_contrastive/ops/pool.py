@@ -5,7 +5,7 @@ Why this module exists
 JAX differentiates ``lax.reduce_window`` max pooling through a variadic
 reduce-window that carries four int32 index arrays beside the values, then a
 scatter. On XLA:CPU that backward pass (index iotas, the variadic window, the
-scatter) was a sizeable part of the synthetic SimCLR step for its one
+scatter) is a sizeable part of a small ResNet's training step for its one
 pooling layer, more than that layer's BatchNorm (timings in
 ``benchmarks/README.md``).
 
