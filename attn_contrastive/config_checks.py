@@ -55,6 +55,16 @@ def _names(values: Iterable[Any]) -> str:
 
 # The values a key may take, declared here once: the tasks read these names.
 
+#: ``model.depth``: the ResNets of ``models/resnet.py`` (its ``STAGE_SIZES``, one
+#: entry per depth; tests/test_config.py checks that the two agree).
+RESNET_DEPTHS = (10, 18, 34, 50, 101)
+#: ``model.dtype``: the encoder's computation dtype.
+DTYPES = ("float32", "bfloat16", "float16")
+#: ``optim.name`` (``train/optim.py``).
+OPTIMIZERS = ("lars", "sgd")
+#: ``aug.jitter_impl``: SimCLR v1's or v2's colour jitter (``data/augment.py``).
+JITTER_IMPLS = ("simclrv1", "simclrv2")
+
 #: ``attention.labels``: maps of the label task (``attention.maps_dir``), or human maps
 #: that the co-train row's heads learn on directly.
 ATTENTION_LABELS = ("teacher", "human")
@@ -98,13 +108,12 @@ CHECKS: tuple[Check, ...] = (
     ("data.image_size", _non_negative, "a size in pixels (0: the evaluated run's)"),
     ("data.max_bad_images", _non_negative,
      "0 (stop at the first undecodable image) or more records to skip"),
-    ("model.depth", _one_of(10, 18, 34, 50, 101), "one of 10, 18, 34, 50, 101"),
+    ("model.depth", _one_of(*RESNET_DEPTHS), f"one of {_names(RESNET_DEPTHS)}"),
     ("model.width", _positive, "a positive channel count"),
-    ("model.dtype", _one_of("float32", "bfloat16", "float16"),
-     "'float32', 'bfloat16' or 'float16'"),
+    ("model.dtype", _one_of(*DTYPES), f"one of {_names(DTYPES)}"),
     ("loss.temperature", _positive, "positive (NT-Xent divides by it; SimCLR uses 0.1-0.5)"),
     ("loss.label_smoothing", lambda x: _probability(x) and x < 1, "in [0, 1)"),
-    ("optim.name", _one_of("lars", "sgd"), "'lars' or 'sgd'"),
+    ("optim.name", _one_of(*OPTIMIZERS), f"one of {_names(OPTIMIZERS)}"),
     ("optim.base_lr", _positive, "a positive learning rate"),
     ("optim.weight_decay", _non_negative, "0 or more"),
     ("optim.momentum", lambda x: _probability(x) and x < 1, "in [0, 1)"),
@@ -119,7 +128,7 @@ CHECKS: tuple[Check, ...] = (
     ("aug.p_jitter", _probability, "a probability in [0, 1]"),
     ("aug.p_gray", _probability, "a probability in [0, 1]"),
     ("aug.p_blur", _probability, "a probability in [0, 1]"),
-    ("aug.jitter_impl", _one_of("simclrv1", "simclrv2"), "'simclrv1' or 'simclrv2'"),
+    ("aug.jitter_impl", _one_of(*JITTER_IMPLS), f"one of {_names(JITTER_IMPLS)}"),
     ("attention.alpha", _non_negative, "0 or more (the weight of KLD in L_attn)"),
     ("attention.beta", _non_negative, "0 or more (the weight of NSS in L_attn)"),
     ("attention.width", _positive, "a positive channel count"),

@@ -165,6 +165,12 @@ def test_bad_values_are_named_with_what_they_must_be(file, key, value, expected)
   assert len(found) == 1 and expected in found[0], found
 
 
+def test_allowed_depths_are_the_resnets_that_exist():
+  from attn_contrastive import config_checks
+  from attn_contrastive.models import resnet
+  assert sorted(resnet.STAGE_SIZES) == sorted(config_checks.RESNET_DEPTHS)
+
+
 def test_missing_links_name_the_stage_that_makes_them():
   from attn_contrastive import config_checks
   c = config_lib.load_config_file(os.path.join(ROOT, "configs/contrastive_attn_teacher.py"))

@@ -34,10 +34,6 @@ TEST_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install -e
 MAX_README_LINES = 250
 MAX_DOCSTRING_FRACTION = 0.4
 
-#: Config keys the documents may write under a new name while a config still defines the
-#: old one (new: old). Once every config defines the new name, the entry is unused.
-RENAMED_KEYS = {"run_dir": "checkpoint"}
-
 #: Fenced blocks whose commands are not run as written (transcripts, layouts).
 UNCHECKED_BLOCKS = ("text", "console")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
@@ -193,15 +189,10 @@ def _check_config(spec: str, overrides: list[str], where: str) -> ml_collections
   path = ROOT / spec.partition(":")[0]
   assert path.is_file(), f"{where}: no config file {spec}"
   keys = _flat_keys(_parse_config(spec, []))
-  renamed = []
   for arg in overrides:
-    key, _, value = arg[len("--config."):].partition("=")
-    old = RENAMED_KEYS.get(key)
-    if key not in keys and old in keys:
-      key = old
+    key = arg[len("--config."):].partition("=")[0]
     assert key in keys, f"{where}: {spec} has no key {key!r}"
-    renamed.append(f"--config.{key}={value}")
-  return _parse_config(spec, renamed)
+  return _parse_config(spec, overrides)
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from attn_contrastive.config_checks import JITTER_IMPLS
+
 __all__ = [
     "Box",
     "JitterParams",
@@ -377,9 +379,6 @@ def _like_input(out: np.ndarray, image: np.ndarray) -> np.ndarray:
   if np.asarray(image).dtype == np.uint8:
     return np.rint(out * 255).astype(np.uint8)
   return out
-
-
-JITTER_IMPLS = ("simclrv1", "simclrv2")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from attn_contrastive import config_checks
 from attn_contrastive.models.simclr import PROBE
 
 
@@ -59,4 +60,4 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
     return optax.chain(
         optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
         optax.sgd(schedule, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov))
-  raise ValueError(f"optim.name={name!r}: use 'lars' or 'sgd'")
+  raise ValueError(f"optim.name={name!r}: use one of {config_checks.OPTIMIZERS}")
