@@ -1,5 +1,5 @@
-"""Pieces several test files share: a tiny training config and a few steps of it, filled
-variables without a compiled init, a tiny human-attention split."""
+"""Pieces several test files share: the tiny models and their configs, a few steps of
+training, filled variables without a compiled init. (In-memory splits: fakes.py.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +12,13 @@ from attn_contrastive.train.state import create_train_state
 
 SIZE = 16
 
+#: The tests' ResNet: ResNet-10 of width 4 with a 3×3 stem of stride 1 and no pooling,
+#: so that 16-px images give stages of 16, 8, 4 and 2 px (conv2 … conv5).
+TINY_RESNET = dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False)
+#: ``config.model`` of the tests' SimCLR: the tiny ResNet, a 16 → 8 projection head and
+#: XLA's convolutions.
+TINY_MODEL = dict(TINY_RESNET, proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla")
+
 
 def tiny_config(task: str = "pretrain"):
   """A ResNet-10 of width 4 on 16-px images, batch 16, 4 steps, XLA's convolutions."""
@@ -19,8 +26,7 @@ def tiny_config(task: str = "pretrain"):
   c.task = task
   c.data.image_size = SIZE
   c.data.num_classes = 4
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
   c.train.update(dict(num_steps=4, log_every=1, checkpoint_every=2, async_checkpoint=False))
@@ -73,29 +79,6 @@ def filled_variables(model, shape, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-class HumanSquares:
-  """A human-attention source: 16-px images, a bright square, fixations in it."""
-
-  def __init__(self, n=6):
-    rng = np.random.default_rng(1)
-    self.items = []
-    for _ in range(n):
-      image = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
-      r, c = rng.integers(0, 10, 2)
-      image[r:r + 6, c:c + 6] = 250
-      smap = np.zeros((SIZE, SIZE, 1), np.uint8)
-      smap[r:r + 6, c:c + 6] = 255
-      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
-      self.items.append({"image": image, "saliency_map": smap,
-                         "fixations": fix.astype(np.int32)})
-
-  def __len__(self):
-    return len(self.items)
-
-  def __getitem__(self, i):
-    return self.items[i]
-
-
 def tiny_label_config(**label):
   """configs/label.py with a ResNet-10 teacher of width 4 on 16-px images, 8-px maps;
   ``label`` overrides fields of ``config.label`` (batch_size, num_shards, …)."""
@@ -103,9 +86,7 @@ def tiny_label_config(**label):
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
   c = config_lib.load_config_file(os.path.join(configs, "label.py"))
   c.teacher.data.image_size = SIZE
-  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
-                              stem_pool=False, decoder_width=4, output_stride=2,
-                              conv_impl="xla"))
+  c.teacher.model.update(dict(TINY_RESNET, decoder_width=4, output_stride=2, conv_impl="xla"))
   c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
   c.label.update(label)
   return c
@@ -117,8 +98,7 @@ def tiny_teacher_config():
   c.task = "teacher"
   c.data.image_size = SIZE
   c.data.image_width = 0
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      conv_impl="xla", decoder_width=8, output_stride=2))
+  c.model.update(dict(TINY_RESNET, conv_impl="xla", decoder_width=8, output_stride=2))
   c.loss.update(dict(kld_weight=1.0, cc_weight=0.2, nss_weight=0.1))
   c.aug.update(dict(area_min=0.5, hflip=True))
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))

@@ -17,7 +17,8 @@ from attn_contrastive.tasks import alignment, pretrain, supervised
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
-from helpers import SIZE, HumanSquares, filled_variables, tiny_config
+from fakes import human_squares
+from helpers import SIZE, TINY_RESNET, filled_variables, tiny_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_alignment")
@@ -137,8 +138,7 @@ def test_gradcam_weights_match_finite_differences():
 
 def test_gradcam_of_the_last_stage_is_the_classifier_column():
   """At conv5, ∂S/∂A = W[:, c] / (h·w) at every location (mean pool, linear head)."""
-  model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                 num_classes=3)
+  model = ResNet(**TINY_RESNET, num_classes=3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
   block = stage_output_block(10, "conv5")
@@ -199,7 +199,7 @@ def _config(checkpoint, **alignment_keys):
 
 
 def _align(config, workdir):
-  return alignment.train_and_evaluate(config, str(workdir), source=HumanSquares(),
+  return alignment.train_and_evaluate(config, str(workdir), source=human_squares(),
                                       dataset_version="test", mesh=mesh_lib.make_mesh(1))
 
 
@@ -207,7 +207,7 @@ def _check_examples(workdir, kinds, map_hw):
   with np.load(os.path.join(workdir, saliency_eval.EXAMPLES_FILE)) as z:
     ex = {k: z[k] for k in z.files}
   assert set(ex) == {"image", "human", "index"} | {f"map/{k}" for k in kinds}
-  human = HumanSquares()
+  human = human_squares()
   assert ex["image"].dtype == np.uint8 and ex["image"].shape == (3, SIZE, SIZE, 3)
   np.testing.assert_array_equal(ex["image"], [human[i]["image"] for i in range(3)])
   assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1, 2]
@@ -270,7 +270,7 @@ def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
   _check_examples(str(tmp_path / "align"), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
   # The maps are Grad-CAM of the linear classifier's predicted class at conv4.
-  images = np.stack([HumanSquares()[i]["image"] for i in range(3)])
+  images = human_squares().images[:3]
   state = alignment.EvalState(variables["params"], variables["batch_stats"], 0,
                               {"kernel": kernel, "bias": bias})
   predict = alignment.make_predict(model, alignment.load_run_config(run_dir), ("gradcam",),

@@ -11,24 +11,16 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
-from helpers import HumanSquares, filled_variables, tiny_label_config
+from fakes import Permuted, Split, file_names, human_squares, random_images
+from helpers import TINY_MODEL, filled_variables, tiny_label_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_label")
 
 
-class _Images:
-  """An in-memory image source with keys: 20 random 20-px images."""
-
-  def __init__(self, n=20):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "file_name": f"img_{i:03d}.png".encode(), "label": i % 3}
+def _images(n=20):
+  """An in-memory image source with keys: random 20-px images."""
+  return random_images(n, classes=3, keys=True)
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -67,8 +59,8 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
   c = _config()
   size, map_size = c.teacher.data.image_size, c.label.map_size
   rng = np.random.default_rng(7)
-  src = _Images(12)
-  src.images = rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8)  # the input size
+  src = Split(image=rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8),  # input size
+              file_name=file_names(12))
   label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
   written = am.AttentionMapSource(str(tmp_path))
   apply = jax.jit(lambda x: model.apply(variables, x, train=False)["log_density"])
@@ -86,7 +78,7 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
-  c, src = _config(), _Images()
+  c, src = _config(), _images()
   label.train_and_evaluate(c, str(tmp_path / "straight"), teacher=teacher, source=src)
   killed = str(tmp_path / "killed")
   r = label.train_and_evaluate(c, killed, teacher=teacher, source=src, stop_after_shards=1)
@@ -122,7 +114,7 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
   label task's rerun, which leaves the whole shards alone; ``results.json``
   counts the run's shards and images (summed over processes: one here)."""
   import json
-  c, src, d = _config(), _Images(), str(tmp_path)
+  c, src, d = _config(), _images(), str(tmp_path)
   r = label.train_and_evaluate(c, d, teacher=teacher, source=src)
   assert (r["shards_written"], r["images_labelled"], r["processes"]) == (3, 20, 1)
   with open(os.path.join(d, "results.json")) as f:
@@ -147,24 +139,11 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
   assert len(am.AttentionMapSource(d)) == 20
 
 
-class _Shuffled:
-  """A map source read in a permuted order."""
-
-  def __init__(self, maps, perm):
-    self.maps, self.perm = maps, perm
-
-  def __len__(self):
-    return len(self.maps)
-
-  def __getitem__(self, i):
-    return self.maps[int(self.perm[i])]
-
-
 def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
-  c, src = _config(), _Images()
+  c, src = _config(), _images()
   label.train_and_evaluate(c, str(tmp_path), teacher=teacher, source=src)
   perm = np.random.default_rng(0).permutation(20)
-  joined = am.JoinedSource(src, _Shuffled(am.AttentionMapSource(str(tmp_path)), perm))
+  joined = am.JoinedSource(src, Permuted(am.AttentionMapSource(str(tmp_path)), perm))
   i = int(np.flatnonzero(perm != np.arange(20))[0])
   with pytest.raises(KeyError, match=f"img_{i:03d}.png.*img_{perm[i]:03d}.png"):
     joined[i]
@@ -206,21 +185,21 @@ def _check_alignment(run_dir, out_dir, model, c):
   ac = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
   ac.checkpoint = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
-  human = HumanSquares()
+  human = human_squares()
   r = alignment.train_and_evaluate(ac, out_dir, source=human, dataset_version="test")
   # A SimCLR run without a classifier: the default maps skip Grad-CAM.
   assert r["alignment/kinds"] == ["heads"] and r["alignment/primary"] == "heads"
   assert r["alignment/stages"] == {"heads": ["conv3", "conv4"]}
   assert r["alignment/classifier"] is None and "alignment/gradcam" not in r
   variables = ckpt_lib.load_variables(run_dir)
-  images = np.stack([h["image"] for h in human.items])
+  images = human.images
   out = model.apply(variables, step_lib.normalize_images(images), train=False)
   dens = _np_head_density(out["attention_logits"])
   assert dens.shape == (6, 8, 8)
   np.testing.assert_allclose(alignment.model_density(out, ("conv3", "conv4"), "heads"), dens,
                              rtol=1e-4, atol=1e-7)
   nss, cc = [], []
-  for d, h in zip(dens, human.items):
+  for d, h in zip(dens, human):
     gt = h["saliency_map"][..., 0].astype(np.float64)
     pred = _np_bilinear(d, gt.shape)
     nss.append(metrics.nss(pred, metrics.fixations_to_map(h["fixations"], 16, 16)))
@@ -243,13 +222,12 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
   from attn_contrastive.train import loop
-  src = _Images(32)
+  src = _images(32)
   label.train_and_evaluate(_config(), str(tmp_path / "maps"), teacher=teacher, source=src)
   c = config_lib.load_config_file(os.path.join(CONFIGS, "contrastive_attn_teacher.py"))
   assert c.attention.enabled and c.model.depth == 18
   c.data.image_size = 16
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
   c.attention.update(dict(width=4, map_size=8))

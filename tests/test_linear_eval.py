@@ -20,6 +20,8 @@ from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import init_key
+from fakes import colours
+from helpers import TINY_MODEL
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_linear_eval")
@@ -41,28 +43,10 @@ SIZE = 16
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class _Colours:
-  """24-px images whose colour is the class (4 classes), with pixel noise."""
-
-  def __init__(self, n, seed):
-    rng = np.random.default_rng(seed)
-    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
-    self.labels = rng.integers(0, 4, n)
-    noise = rng.integers(-30, 30, (n, 24, 24, 3))
-    self.images = np.clip(palette[self.labels][:, None, None] + noise, 0, 255).astype(np.uint8)
-
-  def __len__(self):
-    return len(self.labels)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def _tiny_pretrain_config():
   c = config_lib.base_config()
   c.data.image_size = SIZE
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
   c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
@@ -75,7 +59,7 @@ def simclr_run(tmp_path_factory):
   config = _tiny_pretrain_config()
   model = simclr_from_config(config.model)
   task = loop.TaskSpec(
-      model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=_Colours(32, 0),
+      model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=colours(32, 0),
       train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
       sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
   workdir = str(tmp_path_factory.mktemp("simclr"))
@@ -108,8 +92,8 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   monkeypatch.setattr(loop, "run", recording_run)
   workdir = str(tmp_path / "eval")
   out = linear_eval.train_and_evaluate(
-      _linear_config(run_dir), workdir, splits={"train": _Colours(48, 1),
-                                                "validation": _Colours(20, 2)},
+      _linear_config(run_dir), workdir, splits={"train": colours(48, 1),
+                                                "validation": colours(20, 2)},
       dataset_version="test", mesh=mesh_lib.make_mesh(1))
   # The encoder's parameters and BatchNorm statistics: the checkpoint's, bit for bit,
   # before and after the head's training; the head moved.
@@ -159,7 +143,7 @@ def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):
   run_dir, config = simclr_run
   model = simclr_from_config(config.model)
   embed = linear_eval.make_embed(model.encoder, jnp.float32)
-  src = _Colours(24, 3)
+  src = colours(24, 3)
   feats = {}
   for n in (1, 8):
     mesh = mesh_lib.make_mesh(n)
@@ -239,7 +223,7 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   c.checkpoint = workdir
   c.retrieval.update(dict(knn_k=5, chunk=8, shard_size=16))
   c.eval.update(dict(batch_size=16, num_threads=1))
-  splits = {"train": _Colours(32, 3), "validation": _Colours(12, 4)}
+  splits = {"train": colours(32, 3), "validation": colours(12, 4)}
   out = retrieval.train_and_evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
                                      mesh=mesh_lib.make_mesh(8))
   assert set(results_lib.OUTLINE) <= set(out) and out["task"] == "retrieval"
@@ -278,7 +262,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   from attn_contrastive.data import corruptions
   from attn_contrastive.tasks import robustness
   run_dir, config = simclr_run
-  splits = {"train": _Colours(32, 5), "validation": _Colours(16, 6)}
+  splits = {"train": colours(32, 5), "validation": colours(16, 6)}
   lin_cfg = _linear_config(run_dir)
   lin_cfg.protocols = ("linear_cached",)
   linear_dir = str(tmp_path / "linear")

@@ -20,7 +20,8 @@ from attn_contrastive.train import optim
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import create_train_state
 
-from helpers import SIZE, run_steps, tiny_config  # noqa: F401  (tiny_config: other tests)
+from fakes import random_images
+from helpers import SIZE, TINY_RESNET, run_steps, tiny_config
 
 
 def _assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
@@ -42,8 +43,7 @@ def test_eight_devices_equal_one(task):
     batch = {k: rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
              for k in ("view1", "view2")}
   else:
-    model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                   num_classes=4)
+    model = ResNet(**TINY_RESNET, num_classes=4)
     loss_fn = supervised.make_loss_fn(model, config)
     batch = {"image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
              "label": rng.integers(0, 4, (16,), dtype=np.int32)}
@@ -57,26 +57,11 @@ def test_eight_devices_equal_one(task):
   assert max(diffs) > 1e-3
 
 
-class _ToySource:
-  """An in-memory image source: random 24-px images with labels."""
-
-  def __init__(self, n=64):
-    rng = np.random.default_rng(3)
-    self.images = rng.integers(0, 256, (n, 24, 24, 3), dtype=np.uint8)
-    self.labels = rng.integers(0, 4, (n,))
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def _toy_task(config):
   model = simclr_from_config(config.model)
   return loop.TaskSpec(
       model=model, loss_fn=pretrain.make_loss_fn(model, config),
-      train_source=_ToySource(),
+      train_source=random_images(64, 24, seed=3, classes=4, random_labels=True),
       train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
       sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
 
