@@ -56,6 +56,15 @@ def run_steps(n_devices: int, config, model, loss_fn, batch, *, steps: int = 2,
   return init, *jax.device_get((state.params, state.batch_stats, metrics))
 
 
+def zip_leaves(*trees):
+  """The trees' leaves side by side, once the trees are known to have one structure
+  (a ``zip`` of their leaves alone would stop at the shortest, and pair leaves of
+  different names if one tree lacked a branch)."""
+  structures = [jax.tree.structure(t) for t in trees]
+  assert all(s == structures[0] for s in structures), structures
+  return zip(*(jax.tree.leaves(t) for t in trees))
+
+
 def filled_variables(model, shape, seed: int = 0):
   """Deterministic variables without compiling the model's random init.
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from fakes import human_squares
-from helpers import TINY_MODEL, TINY_RESNET, filled_variables
+from helpers import TINY_MODEL, TINY_RESNET, filled_variables, zip_leaves
 
 from attn_contrastive import losses
 from attn_contrastive.models.attention import AttentionHeads, spatial_softmax
@@ -114,8 +114,7 @@ def test_fused_attention_step_eight_devices_equal_one():
   for k in ("loss", "nt_xent", "attn_loss", "attn_kld/conv3", "attn_nss/conv4"):
     np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m1["loss"], m1["nt_xent"] + m1["attn_loss"], rtol=1e-5)
-  assert jax.tree.structure((p8, s8)) == jax.tree.structure((p1, s1))
-  for a, b in zip(jax.tree.leaves((p8, s8)), jax.tree.leaves((p1, s1))):
+  for a, b in zip_leaves((p8, s8), (p1, s1)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   head0 = jax.tree.leaves(p0["attention"])
   head1 = jax.tree.leaves(p1["attention"])
@@ -261,6 +260,5 @@ def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads(cotrain_
   np.testing.assert_allclose(metrics["attn_loss"], attn, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(loss, metrics["nt_xent"] + attn, rtol=1e-4)
   want = {"encoder": enc_stats, "head": head_stats, "attention": attn_stats}
-  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(want)):
+  for a, b in zip_leaves(stats, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert jax.tree.structure(stats) == jax.tree.structure(want)

@@ -21,7 +21,7 @@ from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import init_key
 from fakes import colours
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, zip_leaves
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_linear_eval")
@@ -100,8 +100,7 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   on_disk = ckpt_lib.load_variables(run_dir)
   on_disk = {k: v["encoder"] for k, v in on_disk.items()}
   assert set(seen["before"]) == {"params", "batch_stats"}
-  for before, after, disk in zip(*(jax.tree.leaves(t) for t in
-                                   (seen["before"], seen["after"], on_disk))):
+  for before, after, disk in zip_leaves(seen["before"], seen["after"], on_disk):
     np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(before, disk)
   assert np.abs(seen["head"]["head"]["kernel"]).max() > 0

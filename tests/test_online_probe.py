@@ -22,7 +22,7 @@ from attn_contrastive.tasks import pretrain
 from attn_contrastive.train import loop, mesh as mesh_lib, optim
 
 from fakes import random_images
-from helpers import SIZE, run_steps, tiny_config
+from helpers import SIZE, run_steps, tiny_config, zip_leaves
 
 
 def _tiny_config(online_probe=True):
@@ -50,13 +50,11 @@ def test_probe_leaves_the_encoder_and_heads_unchanged():
   init1, p1, s1, m1 = _two_steps(_tiny_config(online_probe=True), batch)
   probe0, probe1 = init1.pop("probe"), p1.pop("probe")
   assert set(s1.pop("probe")) == {"BatchNorm_0"}  # the probe's own input statistics
-  assert jax.tree.structure(init0) == jax.tree.structure(init1)
-  for a, b in zip(jax.tree.leaves(init0), jax.tree.leaves(init1)):  # same start
+  for a, b in zip_leaves(init0, init1):  # same start
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves((p0, s0)), jax.tree.leaves((p1, s1))):
+  for a, b in zip_leaves((p0, s0), (p1, s1)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(probe0),
-                                                 jax.tree.leaves(probe1))) > 1e-4
+  assert max(np.abs(a - b).max() for a, b in zip_leaves(probe0, probe1)) > 1e-4
   # In evaluation mode the network needs no probe variables (alignment, linear eval).
   model = pretrain.build_model(_tiny_config(online_probe=True))
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),

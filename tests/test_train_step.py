@@ -21,14 +21,13 @@ from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import create_train_state
 
 from fakes import random_images
-from helpers import SIZE, TINY_RESNET, run_steps, tiny_config
+from helpers import SIZE, TINY_RESNET, run_steps, tiny_config, zip_leaves
 
 
 def _assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
   """Leaf by leaf; the defaults are for 8 devices against 1 after two steps at a low
   rate: sums over rows in another order (about n·eps each), measured ≤ 0.1 of it."""
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  for x, y in zip_leaves(a, b):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
@@ -53,7 +52,7 @@ def test_eight_devices_equal_one(task):
   _assert_trees_close(p8, p1)
   _assert_trees_close(s8, s1)
   # The steps really moved the parameters.
-  diffs = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(p0), jax.tree.leaves(p1))]
+  diffs = [np.abs(x - y).max() for x, y in zip_leaves(p0, p1)]
   assert max(diffs) > 1e-3
 
 
@@ -73,11 +72,8 @@ def test_resume_after_kill_matches_straight_run(tmp_path):
   loop.run(config, killed_dir, _toy_task(config), stop_at=2)
   resumed, _ = loop.run(config, killed_dir, _toy_task(config))
   assert int(resumed.step) == int(straight.step) == 4
-  for a, b in zip(jax.tree.leaves(jax.device_get(straight.params)),
-                  jax.tree.leaves(jax.device_get(resumed.params))):
-    np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves(jax.device_get(straight.batch_stats)),
-                  jax.tree.leaves(jax.device_get(resumed.batch_stats))):
+  for a, b in zip_leaves(*jax.device_get(((straight.params, straight.batch_stats),
+                                            (resumed.params, resumed.batch_stats)))):
     np.testing.assert_array_equal(a, b)
 
 
@@ -128,14 +124,13 @@ def test_a_skipped_step_changes_nothing_but_the_step_and_the_count():
   state, metrics = step(state, bad, rng)
   assert not np.isfinite(float(metrics["loss"]))
   after = jax.device_get((state.params, state.batch_stats))
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+  for a, b in zip_leaves(before, after):
     np.testing.assert_array_equal(a, b)
   assert int(state.step) == 2 and loop.skipped_steps(state) == 1
   state, metrics = step(state, good, rng)
   assert np.isfinite(float(metrics["loss"])) and loop.skipped_steps(state) == 1
   moved = jax.device_get(state.params)
-  assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(before[0]),
-                                                      jax.tree.leaves(moved)))
+  assert any(np.abs(a - b).max() > 0 for a, b in zip_leaves(before[0], moved))
 
 
 def test_skipping_stops_past_its_limit(tmp_path):
@@ -236,7 +231,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, async
       time.sleep(0.1)
     restart.close()
     assert sorted(os.listdir(mnt / "checkpoints")) == ["2"]
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(saved)):
+    for a, b in zip_leaves(variables, saved):
       np.testing.assert_array_equal(a, b)
   finally:
     subprocess.run(["umount", "-l", str(mnt)])
