@@ -10,16 +10,14 @@ makes the split's reader raise for the first record of step K's batch, inside
 a worker process, as a record that cannot be read would. ``--pipeline_only``
 reads the same batches from ``pipeline.train_iterator`` without training
 (no model, no TensorFlow: a faster start), printing a line every 2 batches.
-Only the standard library and NumPy are imported at the top: grain's workers
-(started with ``spawn``) run this file's top level again.
+Only the standard library is imported at the top: grain's workers (started with
+``spawn``) run this file's top level again.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
