@@ -35,6 +35,14 @@ def tiny_config(task: str = "pretrain"):
   return c
 
 
+def standardise(images) -> jnp.ndarray:
+  """uint8 images as the networks see them, written out: each channel less ImageNet's
+  mean, over its standard deviation (float32)."""
+  mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+  std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+  return (jnp.asarray(images).astype(jnp.float32) - mean) / std
+
+
 def run_steps(n_devices: int, config, model, loss_fn, batch, *, steps: int = 2,
               schedule_args: tuple[int, int, int] = (16, 4, 1)):
   """``steps`` jitted steps of ``loss_fn`` on ``batch`` over ``n_devices``.
@@ -63,6 +71,51 @@ def zip_leaves(*trees):
   structures = [jax.tree.structure(t) for t in trees]
   assert all(s == structures[0] for s in structures), structures
   return zip(*(jax.tree.leaves(t) for t in trees))
+
+
+def bilinear(m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """A map resized by bilinear interpolation, pixel centres at half-integers and edges
+  clamped (upsampling as OpenCV's and jax.image's linear resize do), written out."""
+
+  def taps(n_in, n_out):
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    return lo, np.minimum(lo + 1, n_in - 1), x - lo
+
+  r0, r1, fr = taps(m.shape[0], out_hw[0])
+  c0, c1, fc = taps(m.shape[1], out_hw[1])
+  rows = m[r0] * (1 - fr)[:, None] + m[r1] * fr[:, None]
+  return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
+
+
+def nss(saliency: np.ndarray, fixations: np.ndarray) -> float:
+  """Normalised scanpath saliency written out: the map z-scored over its pixels (standard
+  deviation with ddof 0), averaged over the fixated pixels ``(row, col)`` (a pixel
+  fixated twice counts once, as in a binary fixation map)."""
+  s = np.asarray(saliency, np.float64)
+  z = (s - s.mean()) / s.std()
+  rows, cols = np.unique(np.asarray(fixations).reshape(-1, 2), axis=0).T
+  return float(z[rows, cols].mean())
+
+
+def write_run(workdir, task: str):
+  """A run's workdir as training leaves it (``config.json``, a checkpoint at step 3) of
+  a tiny ``task`` model (``pretrain`` or ``supervised``) with filled variables, for the
+  evaluation tasks, without training. Returns (workdir, model, variables)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.tasks import pretrain, supervised  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(task)
+  model = (supervised if task == "supervised" else pretrain).build_model(config)
+  variables = filled_variables(model, (1, SIZE, SIZE, 3))
+  os.makedirs(workdir)
+  loop.write_config(str(workdir), config)
+  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
+  ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
+                "step": np.int32(3)})
+  ckpt.close()
+  return str(workdir), model, variables
 
 
 def filled_variables(model, shape, seed: int = 0):

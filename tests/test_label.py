@@ -12,7 +12,7 @@ from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
 from fakes import Permuted, Split, file_names, human_squares, random_images
-from helpers import TINY_MODEL, filled_variables, tiny_label_config
+from helpers import TINY_MODEL, bilinear, filled_variables, tiny_label_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_label")
@@ -149,20 +149,6 @@ def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
     joined[i]
 
 
-def _np_bilinear(m, out_hw):
-  """Bilinear upsampling with pixel centres at half-integers and clamped edges."""
-
-  def taps(n_in, n_out):
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(x).astype(int)
-    return lo, np.minimum(lo + 1, n_in - 1), x - lo
-
-  r0, r1, fr = taps(m.shape[0], out_hw[0])
-  c0, c1, fc = taps(m.shape[1], out_hw[1])
-  rows = m[r0] * (1 - fr)[:, None] + m[r1] * fr[:, None]
-  return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
-
-
 def _np_head_density(logits):
   """The heads' maps as the alignment task defines them, in NumPy: each head's
   spatial softmax, upsampled to the finest head and renormalised, averaged."""
@@ -172,7 +158,7 @@ def _np_head_density(logits):
     z = np.asarray(v, np.float64).reshape(len(v), -1)
     p = np.exp(z - z.max(1, keepdims=True))
     p = (p / p.sum(1, keepdims=True)).reshape(v.shape)
-    up = np.stack([_np_bilinear(m, (h, w)) for m in p])
+    up = np.stack([bilinear(m, (h, w)) for m in p])
     total = total + up / up.sum((1, 2), keepdims=True)
   return total / len(logits)
 
@@ -201,7 +187,7 @@ def _check_alignment(run_dir, out_dir, model, c):
   nss, cc = [], []
   for d, h in zip(dens, human):
     gt = h["saliency_map"][..., 0].astype(np.float64)
-    pred = _np_bilinear(d, gt.shape)
+    pred = bilinear(d, gt.shape)
     nss.append(metrics.nss(pred, metrics.fixations_to_map(h["fixations"], 16, 16)))
     cc.append(metrics.cc(pred, gt))
   model_scores = r["alignment/model"]

@@ -23,7 +23,8 @@ from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState, create_train_state
 
 from fakes import random_images
-from helpers import SIZE, TINY_RESNET, filled_variables, run_steps, tiny_config, zip_leaves
+from helpers import (SIZE, TINY_RESNET, filled_variables, run_steps, standardise, tiny_config,
+                     zip_leaves)
 
 
 def _assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
@@ -94,10 +95,8 @@ def _pillow_resize(maps, hw):
 
 
 def _views(batch):
-  """Both views as one batch of 2N rows, standardised with ImageNet's channel statistics."""
-  mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
-  std = np.array([0.229, 0.224, 0.225], np.float32) * 255
-  return (jnp.concatenate([batch["view1"], batch["view2"]]).astype(jnp.float32) - mean) / std
+  """Both views as one batch of 2N rows, as the network sees them."""
+  return standardise(jnp.concatenate([batch["view1"], batch["view2"]]))
 
 
 def _paper_loss(model, config, params, batch_stats, batch, targets):
