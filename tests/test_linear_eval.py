@@ -21,7 +21,7 @@ from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import init_key
 from fakes import colours
-from helpers import TINY_MODEL, zip_leaves
+from helpers import TINY_MODEL, standardise, write_run, zip_leaves
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_linear_eval")
@@ -80,7 +80,7 @@ def _linear_config(checkpoint):
 
 def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run, tmp_path,
                                                                      monkeypatch):
-  run_dir, _ = simclr_run
+  run_dir, config = simclr_run
   seen, real_run = {}, loop.run
 
   def recording_run(config, workdir, task, **kwargs):
@@ -126,6 +126,17 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   kernel, bias, protocol = linear_eval.load_classifier(workdir)
   assert protocol == "linear"
   np.testing.assert_array_equal(kernel, seen["head"]["head"]["kernel"])
+  # The linear protocol's top-1, recomputed: that head on the frozen encoder's pooled
+  # features of the validation split's centre crops, the network applied here op by
+  # op (the task's features come from a jitted program: the same network rounded
+  # otherwise, rtol 1e-5 as test_multiprocess's error model for features).
+  val = colours(20, 2)
+  crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
+  encoder = simclr_from_config(config.model).encoder
+  feats = np.asarray(encoder.apply(seen["before"], standardise(crops), train=False)["pooled"])
+  top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
+  ties = _near_ties(feats, kernel, bias, 1e-5 + feats.shape[1] * EPS32)
+  assert abs(top1 - written["linear/top1"]) <= ties + 1e-6, (top1, written["linear/top1"])
   kernel, bias, _ = linear_eval.load_classifier(workdir, "linear_cached")
   with np.load(os.path.join(workdir, "features", "validation", "00000.npz")) as f:
     val_x, val_y = f["features"], f["labels"]
@@ -136,6 +147,30 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   assert abs(top1 - written["linear_cached/top1"]) <= ties + 1e-6  # (written in float32)
   with pytest.raises(FileNotFoundError, match="linear_eval run"):
     linear_eval.load_classifier(str(tmp_path), "linear_cached")
+
+
+def test_supervised_run_is_scored_with_its_own_classifier(tmp_path):
+  """``supervised/top1`` and ``/top5`` of a supervised run (no protocol asked) against
+  its network applied here to the validation split's centre crops."""
+  run_dir, model, variables = write_run(tmp_path / "run", "supervised")
+  config = _linear_config(run_dir)
+  config.protocols = ()
+  val = colours(24, 7)
+  out = linear_eval.train_and_evaluate(config, str(tmp_path / "eval"),
+                                       splits={"train": colours(16, 8), "validation": val},
+                                       dataset_version="test", mesh=mesh_lib.make_mesh(8))
+  assert {"supervised/top1", "supervised/top5"} <= set(out) and "linear/top1" not in out
+  crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
+  logits = np.asarray(model.apply(variables, standardise(crops), train=False)["logits"],
+                      np.float64)
+  ranks = (logits > logits[np.arange(len(val)), val.labels][:, None]).sum(1)
+  # The task's logits: the same network jitted over 8 devices, rounded otherwise
+  # (rtol 1e-5, as for features): only rows whose top two are that close may differ.
+  top2 = np.sort(logits, 1)[:, -2:]
+  ties = np.mean(top2[:, 1] - top2[:, 0] <= 2e-5 * np.abs(logits).max(1))
+  assert abs(out["supervised/top1"] - np.mean(ranks == 0)) <= ties + 1e-6
+  assert out["supervised/top5"] == 1.0  # four classes
+  assert 0 < np.mean(ranks == 0) < 1  # neither all right nor all wrong: the check has teeth
 
 
 def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):
