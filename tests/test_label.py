@@ -12,7 +12,7 @@ from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
 from attn_contrastive.train import step as step_lib
 from fakes import Permuted, Split, file_names, human_squares, random_images
-from helpers import TINY_MODEL, bilinear, filled_variables, tiny_label_config
+from helpers import TINY_MODEL, bilinear, filled_variables, standardise, tiny_label_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_label")
@@ -201,7 +201,42 @@ def _check_alignment(run_dir, out_dir, model, c):
   assert np.isfinite(r["alignment/model"]["cc"])
 
 
-def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
+def _np_head_nss(logits, maps, hw):
+  """The heads' NSS metric written out: each head map (the spatial softmax of its
+  logits) z-scored over its pixels and weighted by the view's teacher map brought to
+  the head's resolution (Pillow's antialiased bilinear) as a fixation density, averaged
+  over the batch."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  z = np.asarray(logits, np.float64).reshape(len(logits), -1)
+  m = np.exp(z - z.max(1, keepdims=True))
+  m /= m.sum(1, keepdims=True)
+  zm = (m - m.mean(1, keepdims=True)) / m.std(1, keepdims=True)
+  w = np.stack([np.asarray(Image.fromarray(t, mode="F").resize(hw[::-1], Image.BILINEAR),
+                           np.float64).ravel() for t in np.asarray(maps, np.float32)])
+  return float(np.mean(np.sum(w * zm, 1) / w.sum(1)))
+
+
+def _recording_steps(monkeypatch):
+  """Records what each jitted train step is given (on the host, before the step
+  donates the state) and the metrics it returns."""
+  seen, jit_step = [], step_lib.jit_train_step
+
+  def recording_jit_step(train_step, mesh, **kwargs):
+    step_fn = jit_step(train_step, mesh, **kwargs)
+
+    def step(state, batch, rng, *frozen):
+      given = jax.device_get((state.params, state.batch_stats, batch))
+      state, metrics = step_fn(state, batch, rng, *frozen)
+      seen.append((*given, jax.device_get(metrics)))
+      return state, metrics
+
+    return step
+
+  monkeypatch.setattr(step_lib, "jit_train_step", recording_jit_step)
+  return seen
+
+
+def test_pretrain_on_labelled_maps_runs(tmp_path, teacher, monkeypatch):
   """Label a toy source, two fused SimCLR + L_attn steps on the join, then the
   alignment of the run's attention heads with human maps."""
   from attn_contrastive.data import pipeline
@@ -223,8 +258,24 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
       train_source=am.with_attention_maps(src, str(tmp_path / "maps")),
       train_transform=pipeline.ContrastiveViews(16, c.aug, c.attention.map_size),
       sample_input=jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  steps = _recording_steps(monkeypatch)
   _, metrics = loop.run(c, str(tmp_path / "run"), task)
-  assert np.isfinite(metrics["loss"]) and metrics["attn_nss/conv3"] != 0.0
+  assert np.isfinite(metrics["loss"]) and len(steps) == 2
+  # The last step's NSS of each head against its teacher maps, recomputed from the
+  # parameters and batch it was given (the forward pass in training mode, as the
+  # step's). Error model: the same network's sums rounded otherwise (rtol 1e-5 on
+  # the logits, as for features) move the z-scores, of order 1, by about 1e-5; NSS
+  # is their weighted mean and nearly cancels (|NSS| ≈ 1e-2 here): atol 1e-5.
+  params, stats, batch, last = steps[-1]
+  assert metrics["attn_nss/conv3"] == pytest.approx(float(last["attn_nss/conv3"]))
+  out = model.apply({"params": params, "batch_stats": stats},
+                    standardise(np.concatenate([batch["view1"], batch["view2"]])),
+                    train=True, mutable=["batch_stats"])[0]
+  maps = np.concatenate([batch["map1"], batch["map2"]])
+  for stage, logits in out["attention_logits"].items():
+    want = _np_head_nss(logits, maps, logits.shape[1:])
+    np.testing.assert_allclose(metrics[f"attn_nss/{stage}"], want, rtol=1e-4, atol=1e-5,
+                               err_msg=stage)
   np.testing.assert_allclose(metrics["loss"], metrics["nt_xent"] + metrics["attn_loss"],
                              rtol=1e-5)
   _check_alignment(str(tmp_path / "run"), str(tmp_path / "align"), model, c)

@@ -19,7 +19,8 @@ from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState
 from fakes import human_squares
-from helpers import TINY_RESNET, filled_variables, tiny_teacher_config as tiny_config
+from helpers import (TINY_RESNET, bilinear, filled_variables, nss, standardise,
+                     tiny_teacher_config as tiny_config)
 
 SIZE = 16
 
@@ -181,6 +182,19 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   predicted = jax.jit(lambda v, x: teacher.predict_density(model, v, x, jnp.float32))(
       {"params": state.params, "batch_stats": state.batch_stats}, ex["image"])
   np.testing.assert_allclose(ex["map/teacher"], predicted, rtol=1e-4, atol=1e-7)
+  # NSS, written out on the same images and fixations: the trained teacher's density
+  # (model.apply op by op), upsampled to the human map's 16 px, at each image's fixated
+  # pixels. The evaluation's densities come from a jitted program: the same sums
+  # rounded otherwise (rtol 1e-5), moving z-scores of order 1 by about as much.
+  log_density = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                            standardise(source.images), train=False)["log_density"]
+  density = np.exp(np.asarray(log_density, np.float64))
+  want = np.mean([nss(bilinear(d, (SIZE, SIZE)), source[i]["fixations"])
+                  for i, d in enumerate(density)])
+  assert want > 0.5  # the trained teacher looks at the squares: the check has teeth
+  for key in ("teacher", "eval"):
+    got = results["teacher"]["nss"] if key == "teacher" else results["eval/nss"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_evaluation_on_eight_devices_equals_one():
