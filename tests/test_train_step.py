@@ -71,13 +71,13 @@ PEAK_LR, TOTAL_STEPS = 1.0 * 16 / 256, 4  # base_lr × batch / 256 (linear scali
 def _fused_config():
   """SimCLR with heads on conv3/conv4; every constant of the step away from its default
   (a wire that drops one is seen): temperature, α, β, BatchNorm momentum, LARS's weight
-  decay and trust coefficient."""
+  decay, trust coefficient and momentum."""
   config = tiny_config()
   config.model.bn_momentum = 0.8
   config.loss.temperature = 0.5
   config.attention.update(dict(enabled=True, stages=("conv3", "conv4"), width=4, alpha=0.7,
                                beta=0.5, map_size=8))
-  config.optim.update(dict(weight_decay=1e-2, trust_coefficient=0.02, momentum=0.9))
+  config.optim.update(dict(weight_decay=1e-2, trust_coefficient=0.02, momentum=0.7))
   config.train.num_steps = TOTAL_STEPS
   return config
 
