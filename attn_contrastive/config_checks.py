@@ -49,6 +49,10 @@ def _subset_of(*allowed) -> Callable[[Any], bool]:  # a non-empty tuple of them
   return lambda x: isinstance(x, (tuple, list)) and bool(x) and set(x) <= set(allowed)
 
 
+def _tuple_of(*allowed) -> Callable[[Any], bool]:  # a tuple of them, perhaps empty
+  return lambda x: isinstance(x, (tuple, list)) and set(x) <= set(allowed)
+
+
 def _names(values: Iterable[Any]) -> str:
   return ", ".join(repr(v) for v in values)
 
@@ -139,8 +143,9 @@ CHECKS: tuple[Check, ...] = (
     ("label.batch_size", _positive, "a positive number of images"),
     ("label.num_shards", _positive, "at least 1"),
     ("label.map_size", _positive, "a positive map side in pixels"),
-    ("protocols", _subset_of(*LINEAR_PROTOCOLS),
-     f"a non-empty tuple of {_names(LINEAR_PROTOCOLS)}"),
+    ("protocols", _tuple_of(*LINEAR_PROTOCOLS),
+     f"a tuple of {_names(LINEAR_PROTOCOLS)} (empty: a supervised run's own classifier "
+     "only)"),
     ("retrieval.embedding", _one_of(*EMBEDDINGS), f"one of {_names(EMBEDDINGS)}"),
     ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),

@@ -27,33 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fakes import colours  # noqa: E402  (NumPy only: before JAX starts)
+
 _FLAGS = argparse.ArgumentParser()
 _FLAGS.add_argument("--plan", required=True)
 _FLAGS.add_argument("--coordinator")
 _FLAGS.add_argument("--num_processes", type=int, default=1)
 _FLAGS.add_argument("--process_id", type=int, default=0)
-
-
-class Colours:
-  """24-px images whose colour is the class (4 classes), with pixel noise and a key."""
-
-  def __init__(self, n, seed, delay=0.0):
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
-    self.labels = rng.integers(0, 4, n)
-    noise = rng.integers(-30, 30, (n, 24, 24, 3))
-    self.images = np.clip(palette[self.labels][:, None, None] + noise, 0, 255).astype(np.uint8)
-    self.delay = delay
-
-  def __len__(self):
-    return len(self.labels)
-
-  def __getitem__(self, i):
-    if self.delay:
-      time.sleep(self.delay)
-    return {"image": self.images[i], "label": self.labels[i],
-            "file_name": f"img_{i:03d}.png".encode()}
 
 
 def _touch(path, on):
@@ -102,8 +82,9 @@ def train(workdir, steps, stop_at=None, eval_every=-1, slow_save=0.0, delay=0.0,
     ckpt_lib.Checkpointer.save = held_save
   task = loop.TaskSpec(
       model=model, loss_fn=pretrain.make_loss_fn(model, config),
-      train_source=Colours(64, 0, delay), train_transform=pipeline.ContrastiveViews(
-          SIZE, config.aug), sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
+      train_source=colours(64, 0, keys=True, read_s=delay),
+      train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
+      sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
       evaluate=evaluate if eval_every > 0 else None)
   state, _ = loop.run(config, workdir, task, stop_at=stop_at)
   if jax.process_index() == 0 and stop_at is None:
@@ -130,7 +111,8 @@ def label(workdir):
   c = tiny_label_config(num_shards=5)
   model = teacher_from_config(c.teacher.model)
   variables = filled_variables(model, (1, 16, 16, 3))  # the same on every process
-  label_task.write_maps(c, workdir, teacher=(model, variables), source=Colours(37, 3))
+  label_task.write_maps(c, workdir, teacher=(model, variables),
+                        source=colours(37, 3, keys=True))
 
 
 def evaluate(workdir, run_dir):
@@ -145,7 +127,7 @@ def evaluate(workdir, run_dir):
   c.eval.update(dict(batch_size=16, num_threads=1))
   c.linear_cached.update(dict(l2_grid=(1e-4, 1e-2), max_iters=50, shard_size=32))
   linear_eval.evaluate(
-      c, workdir, splits={"train": Colours(48, 1), "validation": Colours(20, 2)},
+      c, workdir, splits={"train": colours(48, 1), "validation": colours(20, 2)},
       dataset_version="test")
 
 

@@ -1,5 +1,5 @@
-"""Pieces several test files share: a tiny training config and a few steps of it, filled
-variables without a compiled init, a tiny human-attention split."""
+"""Pieces several test files share: the tiny models and their configs, a few steps of
+training, filled variables without a compiled init. (In-memory splits: fakes.py.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +12,13 @@ from attn_contrastive.train.state import create_train_state
 
 SIZE = 16
 
+#: The tests' ResNet: ResNet-10 of width 4 with a 3×3 stem of stride 1 and no pooling,
+#: so that 16-px images give stages of 16, 8, 4 and 2 px (conv2 … conv5).
+TINY_RESNET = dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False)
+#: ``config.model`` of the tests' SimCLR: the tiny ResNet, a 16 → 8 projection head and
+#: XLA's convolutions.
+TINY_MODEL = dict(TINY_RESNET, proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla")
+
 
 def tiny_config(task: str = "pretrain"):
   """A ResNet-10 of width 4 on 16-px images, batch 16, 4 steps, XLA's convolutions."""
@@ -19,14 +26,21 @@ def tiny_config(task: str = "pretrain"):
   c.task = task
   c.data.image_size = SIZE
   c.data.num_classes = 4
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
   c.train.update(dict(num_steps=4, log_every=1, checkpoint_every=2, async_checkpoint=False))
   if task == "supervised":
     c.optim.update(dict(name="sgd", nesterov=True, weight_decay=1e-4))
   return c
+
+
+def standardise(images) -> jnp.ndarray:
+  """uint8 images as the networks see them, written out: each channel less ImageNet's
+  mean, over its standard deviation (float32)."""
+  mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+  std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+  return (jnp.asarray(images).astype(jnp.float32) - mean) / std
 
 
 def run_steps(n_devices: int, config, model, loss_fn, batch, *, steps: int = 2,
@@ -48,6 +62,60 @@ def run_steps(n_devices: int, config, model, loss_fn, batch, *, steps: int = 2,
   for _ in range(steps):
     state, metrics = step(state, mesh_lib.to_global(batch, mesh), rng)
   return init, *jax.device_get((state.params, state.batch_stats, metrics))
+
+
+def zip_leaves(*trees):
+  """The trees' leaves side by side, once the trees are known to have one structure
+  (a ``zip`` of their leaves alone would stop at the shortest, and pair leaves of
+  different names if one tree lacked a branch)."""
+  structures = [jax.tree.structure(t) for t in trees]
+  assert all(s == structures[0] for s in structures), structures
+  return zip(*(jax.tree.leaves(t) for t in trees))
+
+
+def bilinear(m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """A map resized by bilinear interpolation, pixel centres at half-integers and edges
+  clamped (upsampling as OpenCV's and jax.image's linear resize do), written out."""
+
+  def taps(n_in, n_out):
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    return lo, np.minimum(lo + 1, n_in - 1), x - lo
+
+  r0, r1, fr = taps(m.shape[0], out_hw[0])
+  c0, c1, fc = taps(m.shape[1], out_hw[1])
+  rows = m[r0] * (1 - fr)[:, None] + m[r1] * fr[:, None]
+  return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
+
+
+def nss(saliency: np.ndarray, fixations: np.ndarray) -> float:
+  """Normalised scanpath saliency written out: the map z-scored over its pixels (standard
+  deviation with ddof 0), averaged over the fixated pixels ``(row, col)`` (a pixel
+  fixated twice counts once, as in a binary fixation map)."""
+  s = np.asarray(saliency, np.float64)
+  z = (s - s.mean()) / s.std()
+  rows, cols = np.unique(np.asarray(fixations).reshape(-1, 2), axis=0).T
+  return float(z[rows, cols].mean())
+
+
+def write_run(workdir, task: str):
+  """A run's workdir as training leaves it (``config.json``, a checkpoint at step 3) of
+  a tiny ``task`` model (``pretrain`` or ``supervised``) with filled variables, for the
+  evaluation tasks, without training. Returns (workdir, model, variables)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.models.build import build_model  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(task)
+  model = build_model(config)
+  variables = filled_variables(model, (1, SIZE, SIZE, 3))
+  os.makedirs(workdir)
+  loop.write_config(str(workdir), config)
+  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
+  ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
+                "step": np.int32(3)})
+  ckpt.close()
+  return str(workdir), model, variables
 
 
 def filled_variables(model, shape, seed: int = 0):
@@ -73,29 +141,6 @@ def filled_variables(model, shape, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-class HumanSquares:
-  """A human-attention source: 16-px images, a bright square, fixations in it."""
-
-  def __init__(self, n=6):
-    rng = np.random.default_rng(1)
-    self.items = []
-    for _ in range(n):
-      image = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
-      r, c = rng.integers(0, 10, 2)
-      image[r:r + 6, c:c + 6] = 250
-      smap = np.zeros((SIZE, SIZE, 1), np.uint8)
-      smap[r:r + 6, c:c + 6] = 255
-      fix = np.stack([rng.integers(r, r + 6, 5), rng.integers(c, c + 6, 5)], 1)
-      self.items.append({"image": image, "saliency_map": smap,
-                         "fixations": fix.astype(np.int32)})
-
-  def __len__(self):
-    return len(self.items)
-
-  def __getitem__(self, i):
-    return self.items[i]
-
-
 def tiny_label_config(**label):
   """configs/label.py with a ResNet-10 teacher of width 4 on 16-px images, 8-px maps;
   ``label`` overrides fields of ``config.label`` (batch_size, num_shards, …)."""
@@ -103,9 +148,7 @@ def tiny_label_config(**label):
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
   c = config_lib.load_config_file(os.path.join(configs, "label.py"))
   c.teacher.data.image_size = SIZE
-  c.teacher.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1,
-                              stem_pool=False, decoder_width=4, output_stride=2,
-                              conv_impl="xla"))
+  c.teacher.model.update(dict(TINY_RESNET, decoder_width=4, output_stride=2, conv_impl="xla"))
   c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
   c.label.update(label)
   return c
@@ -117,8 +160,7 @@ def tiny_teacher_config():
   c.task = "teacher"
   c.data.image_size = SIZE
   c.data.image_width = 0
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      conv_impl="xla", decoder_width=8, output_stride=2))
+  c.model.update(dict(TINY_RESNET, conv_impl="xla", decoder_width=8, output_stride=2))
   c.loss.update(dict(kld_weight=1.0, cc_weight=0.2, nss_weight=0.1))
   c.aug.update(dict(area_min=0.5, hflip=True))
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))

@@ -38,7 +38,7 @@ def pretrain(workdir: str) -> None:
   from attn_contrastive.train import loop
   config = train_worker.make_config(PRETRAIN_STEPS)
   config.train.update(dict(checkpoint_every=4, log_every=4))
-  task = memory.make_task(config, train_worker.Images(), memory.MemoryMonitor())
+  task = memory.make_task(config, train_worker.images(), memory.MemoryMonitor())
   loop.run(config, workdir, task)
 
 

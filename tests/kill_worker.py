@@ -30,24 +30,14 @@ IMAGE_SIZE = 16
 READ_S = 0.005
 
 
-class Images:
-  """An in-memory split: random 20-px images keyed ``img_XXX.png``, label = index.
+def images(read_s: float = 0.0):
+  """The split: random 20-px images keyed ``img_XXX.png``, label = index.
 
   Each read takes ``read_s`` seconds (a slow decoder), so that the work, not
   only the start, lasts long enough to be killed in.
   """
-
-  def __init__(self, n: int = NUM_IMAGES, read_s: float = 0.0):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
-    self.read_s = read_s
-
-  def __len__(self) -> int:
-    return len(self.images)
-
-  def __getitem__(self, i: int) -> dict:
-    time.sleep(self.read_s)
-    return {"image": self.images[i], "file_name": f"img_{i:03d}.png".encode(), "label": i}
+  from fakes import random_images
+  return random_images(NUM_IMAGES, keys=True, read_s=read_s)
 
 
 def label_config():
@@ -69,7 +59,7 @@ def teacher(config):
 def run_label(workdir: str, read_s: float = 0.0) -> None:
   from attn_contrastive.tasks import label
   c = label_config()
-  label.write_maps(c, workdir, teacher=teacher(c), source=Images(read_s=read_s))
+  label.write_maps(c, workdir, teacher=teacher(c), source=images(read_s))
 
 
 def encoder():
@@ -100,7 +90,7 @@ def extract_features(cache_dir: str | None, read_s: float = 0.0
   from attn_contrastive.train import mesh as mesh_lib
   variables, embed = encoder()
   eval_cfg = ml_collections.ConfigDict(dict(batch_size=8, max_examples=-1, num_threads=1))
-  return features.extract(embed, variables, Images(read_s=read_s), eval_view, eval_cfg,
+  return features.extract(embed, variables, images(read_s), eval_view, eval_cfg,
                           mesh=mesh_lib.make_mesh(1), cache_dir=cache_dir,
                           shard_size=NUM_IMAGES // NUM_SHARDS)
 

@@ -13,18 +13,17 @@ from attn_contrastive import runs as runs_lib
 from attn_contrastive import terminal
 from attn_contrastive.evaluators import gradcam, results
 from attn_contrastive.evaluators import saliency as saliency_eval
-from attn_contrastive.models.build import build_model
 from attn_contrastive.models.resnet import ResNet, stage_output_block
 from attn_contrastive.tasks import alignment
-from attn_contrastive.train import checkpoint as ckpt_lib
-from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
-from helpers import SIZE, HumanSquares, filled_variables, tiny_config
+from fakes import human_squares
+from helpers import SIZE, TINY_RESNET, bilinear, filled_variables, nss, standardise, write_run
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_alignment")
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+EPS32 = float(np.finfo(np.float32).eps)
 
 # ---------------------------------------------------------------------------
 # Grad-CAM on networks whose answer is known.
@@ -139,8 +138,7 @@ def test_gradcam_weights_match_finite_differences():
 
 def test_gradcam_of_the_last_stage_is_the_classifier_column():
   """At conv5, ∂S/∂A = W[:, c] / (h·w) at every location (mean pool, linear head)."""
-  model = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                 num_classes=3)
+  model = ResNet(**TINY_RESNET, num_classes=3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, SIZE, SIZE, 3))
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
   block = stage_output_block(10, "conv5")
@@ -170,25 +168,11 @@ def test_all_zero_map_becomes_uniform():
 # ---------------------------------------------------------------------------
 
 
-def _write_run(workdir, task):
-  """A run's workdir (config.json, a checkpoint at step 3) of a tiny ``task`` model."""
-  config = tiny_config(task)
-  model = build_model(config)
-  variables = filled_variables(model, (1, SIZE, SIZE, 3))
-  os.makedirs(workdir)
-  loop.write_config(str(workdir), config)
-  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
-  ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
-                "step": np.int32(3)})
-  ckpt.close()
-  return str(workdir), model, variables
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """{task: (workdir, model, variables)} of a supervised and a SimCLR run."""
   root = tmp_path_factory.mktemp("runs")
-  return {task: _write_run(root / task, task) for task in ("supervised", "pretrain")}
+  return {task: write_run(root / task, task) for task in ("supervised", "pretrain")}
 
 
 def _config(run_dir, **alignment_keys):
@@ -201,15 +185,61 @@ def _config(run_dir, **alignment_keys):
 
 
 def _align(config, workdir):
-  return alignment.evaluate(config, str(workdir), splits={"validation": HumanSquares()},
+  return alignment.evaluate(config, str(workdir), splits={"validation": human_squares()},
                             dataset_version="test", mesh=mesh_lib.make_mesh(1))
+
+
+def _activation_maps(out, stages):
+  """Activation attention written out: Σ_c A_c² of each stage, normalised to sum 1,
+  upsampled to the finest stage, renormalised and averaged."""
+  energies = [np.square(np.asarray(out[s], np.float64)).sum(-1) for s in stages]
+  hw = max(e.shape[1:] for e in energies)
+  total = 0.0
+  for e in energies:
+    up = np.stack([bilinear(m / m.sum(), hw) for m in e])
+    total = total + up / up.sum((1, 2), keepdims=True)
+  return total / len(stages)
+
+
+def _resnet10_after_conv4(run, variables, a):
+  """The supervised ResNet-10's logits from its conv4 activation ``a``: its conv5 block
+  (inference BatchNorm), the mean pool and the classifier, rebuilt from the run's
+  variables outside the network."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.models.resnet import BasicBlock  # pylint: disable=g-import-not-at-top
+  block = BasicBlock(run.model.width * 8, 2, functools.partial(nn.Conv, use_bias=False),
+                     functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5))
+  name = "conv5_block0"
+  x = block.apply({"params": variables["params"][name],
+                   "batch_stats": variables["batch_stats"][name]}, a)
+  head = variables["params"]["classifier"]
+  return x.mean((1, 2)) @ head["kernel"] + head["bias"]
+
+
+def _gradcam_maps(run, variables, out):
+  """Grad-CAM of the predicted class at conv4 written out: the class's logit
+  differentiated (jax.grad) through the rebuilt tail, the gradient's spatial means as
+  channel weights, ReLU(Σ_k w_k A_k) normalised to sum 1.
+
+  Also returns each entry's rounding bound in float32: Σ_k w_k A_k can cancel to
+  near zero, leaving C·eps·Σ_k |w_k A_k| (×4) of its terms, over the map's total.
+  """
+  a = jnp.asarray(out["conv4"])
+  cls = np.argmax(_resnet10_after_conv4(run, variables, a), -1)
+  grad = jax.grad(lambda a: jnp.sum(
+      _resnet10_after_conv4(run, variables, a)[np.arange(len(cls)), cls]))(a)
+  weights = np.asarray(grad, np.float64).mean((1, 2))
+  terms = np.asarray(a, np.float64) * weights[:, None, None]
+  cam = np.maximum(terms.sum(-1), 0)
+  total = cam.sum((1, 2), keepdims=True)
+  return cam / total, 4 * a.shape[-1] * EPS32 * np.abs(terms).sum(-1) / total
 
 
 def _check_examples(workdir, kinds, map_hw):
   with np.load(os.path.join(workdir, saliency_eval.EXAMPLES_FILE)) as z:
     ex = {k: z[k] for k in z.files}
   assert set(ex) == {"image", "human", "index"} | {f"map/{k}" for k in kinds}
-  human = HumanSquares()
+  human = human_squares()
   assert ex["image"].dtype == np.uint8 and ex["image"].shape == (3, SIZE, SIZE, 3)
   np.testing.assert_array_equal(ex["image"], [human[i]["image"] for i in range(3)])
   assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1, 2]
@@ -248,6 +278,28 @@ def test_supervised_run_scores_every_kind_on_the_outline(runs, tmp_path):
                                              "protocol": "supervised"}
   _check_examples(str(tmp_path), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
+  # Both kinds of map recomputed from the network's stage outputs (model.apply, op by
+  # op: the task's come from a jitted program, the same sums rounded otherwise), then
+  # their NSS at the human fixations, against examples.npz and results.json.
+  _, model, variables = runs["supervised"]
+  run = runs_lib.read_config(run_dir)
+  human = human_squares()
+  out = model.apply(variables, standardise(human.images), train=False)
+  activations = _activation_maps(out, ("conv3", "conv4"))
+  gradcam_maps, cancel = _gradcam_maps(run, variables, out)
+  with np.load(tmp_path / saliency_eval.EXAMPLES_FILE) as z:
+    # Activation attention sums C ≤ 16 positive terms per pixel (≤ C·eps relative);
+    # Grad-CAM's weights come from another program's gradient (rtol 1e-4) and its sums
+    # can cancel (the bound returned with the maps).
+    np.testing.assert_allclose(z["map/activations"], activations[:3], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(z["map/gradcam"], gradcam_maps[:3], rtol=1e-4,
+                               atol=max(cancel[:3].max(), 1e-7))
+  for kind, maps in (("activations", activations), ("gradcam", gradcam_maps)):
+    want = np.mean([nss(bilinear(m, (SIZE, SIZE)), h["fixations"])
+                    for m, h in zip(maps, human)])
+    # (maps equal to 1e-5 relative move the z-scores, of order 1, by about as much)
+    np.testing.assert_allclose(written[f"alignment/{kind}"]["nss"], want, rtol=1e-4,
+                               atol=1e-5, err_msg=kind)
   text = terminal.summary("alignment", "configs/alignment.py", str(tmp_path),
                          "salient_objects/human_attention", 1.0)
   for kind, metric in (("model", "nss"), ("model", "cc"), ("center_bias", "nss")):
@@ -272,7 +324,7 @@ def test_simclr_run_reads_the_linear_evaluation_classifier(runs, tmp_path):
   _check_examples(str(tmp_path / "align"), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
   # The maps are Grad-CAM of the linear classifier's predicted class at conv4.
-  images = np.stack([HumanSquares()[i]["image"] for i in range(3)])
+  images = human_squares().images[:3]
   state = runs_lib.EvalState(variables["params"], variables["batch_stats"], 0,
                              {"kernel": kernel, "bias": bias})
   predict = alignment.make_predict(model, runs_lib.read_config(run_dir), ("gradcam",),

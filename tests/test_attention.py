@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import filled_variables
+from fakes import human_squares
+from helpers import TINY_MODEL, TINY_RESNET, filled_variables, zip_leaves
 
 from attn_contrastive import losses
 from attn_contrastive.models.attention import AttentionHeads, spatial_softmax
@@ -60,7 +61,7 @@ def test_negative_quantile_means_density_target():
 
 
 def test_heads_shapes_and_gradient():
-  encoder = ResNet(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False)
+  encoder = ResNet(**TINY_RESNET)
   heads = AttentionHeads(stages=("conv3", "conv4"), width=4)
   x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
   feats = jax.jit(functools.partial(encoder.apply, train=False))(
@@ -85,8 +86,7 @@ def _tiny_attn_config():
   from attn_contrastive import config as config_lib
   c = config_lib.base_config()
   c.data.image_size = 16
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
   c.attention.update(dict(enabled=True, width=4, beta=0.5, map_size=8))
   return c
@@ -114,8 +114,7 @@ def test_fused_attention_step_eight_devices_equal_one():
   for k in ("loss", "nt_xent", "attn_loss", "attn_kld/conv3", "attn_nss/conv4"):
     np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m1["loss"], m1["nt_xent"] + m1["attn_loss"], rtol=1e-5)
-  assert jax.tree.structure((p8, s8)) == jax.tree.structure((p1, s1))
-  for a, b in zip(jax.tree.leaves((p8, s8)), jax.tree.leaves((p1, s1))):
+  for a, b in zip_leaves((p8, s8), (p1, s1)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   head0 = jax.tree.leaves(p0["attention"])
   head1 = jax.tree.leaves(p1["attention"])
@@ -191,32 +190,11 @@ def test_supervised_view_keeps_a_square_aligned():
     assert np.mean(in_image == in_map) >= 0.95, seed
 
 
-class _HumanSquares:
-  """Human-attention records: a bright square in the image and in its map."""
-
-  def __init__(self, n=5):
-    rng = np.random.default_rng(3)
-    self.items = []
-    for _ in range(n):
-      r, c = rng.integers(2, 18, 2)
-      image = np.zeros((32, 32, 3), np.uint8)
-      image[r:r + 10, c:c + 10] = 255
-      smap = np.zeros((32, 32, 1), np.uint8)
-      smap[r:r + 10, c:c + 10] = 255
-      self.items.append({"image": image, "saliency_map": smap})
-
-  def __len__(self):
-    return len(self.items)
-
-  def __getitem__(self, i):
-    return self.items[i]
-
-
 def test_cotrain_views_bring_aligned_human_examples():
   from attn_contrastive.data import pipeline
   aug = _tiny_attn_config().aug
   example = {"image": np.full((24, 24, 3), 90, np.uint8)}
-  views = pipeline.CoTrainViews(16, aug, 16, _HumanSquares())
+  views = pipeline.CoTrainViews(16, aug, 16, human_squares(5, 32, side=10, seed=3))
   plain = pipeline.ContrastiveViews(16, aug)
   for seed in range(25):
     out = views(example, np.random.default_rng(seed))
@@ -283,6 +261,5 @@ def test_cotrain_loss_uses_views_for_nt_xent_and_human_images_for_heads(cotrain_
   np.testing.assert_allclose(metrics["attn_loss"], attn, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(loss, metrics["nt_xent"] + attn, rtol=1e-4)
   want = {"encoder": enc_stats, "head": head_stats, "attention": attn_stats}
-  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(want)):
+  for a, b in zip_leaves(stats, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert jax.tree.structure(stats) == jax.tree.structure(want)

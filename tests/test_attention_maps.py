@@ -10,23 +10,16 @@ import pytest
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.tasks import label
+from fakes import Split, file_names
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 N, SHARDS, SIZE = 37, 5, 8
 TEACHER = "/checkpoints/teacher_a"
 
 
-class _Images:
+def _images(n=N):
   """An image source whose records carry the keys the maps were made with."""
-
-  def __init__(self, n=N):
-    self.n = n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    return {"image": np.zeros((4, 4, 3), np.uint8), "file_name": f"img_{i:03d}.jpg".encode()}
+  return Split(image=np.zeros((n, 4, 4, 3), np.uint8), file_name=file_names(n, ".jpg"))
 
 
 def _write_maps(maps_dir, *, compressed=False, n=N):
@@ -128,14 +121,14 @@ def test_refuses_maps_of_another_dataset_split_or_version(tmp_path):
   d = str(tmp_path)
   with pytest.raises(ValueError, match=r"(?s)cover 37 examples .* has 36: they were made from "
                      r"another version .*--config=configs/label.py"):
-    am.with_attention_maps(_Images(36), d)
+    am.with_attention_maps(_images(36), d)
   with pytest.raises(ValueError,
                      match="(?s)split 'train', not 'validation'.*data.split=validation"):
-    am.with_attention_maps(_Images(), d, split="validation")
+    am.with_attention_maps(_images(), d, split="validation")
   with pytest.raises(ValueError, match="(?s)dataset 'salient_objects/classification', not "
                      "'imagenet2012'.*configs/label.py:imagenet"):
-    am.with_attention_maps(_Images(), d, dataset="imagenet2012")
-  joined = am.with_attention_maps(_Images(), d, dataset="salient_objects/classification",
+    am.with_attention_maps(_images(), d, dataset="imagenet2012")
+  joined = am.with_attention_maps(_images(), d, dataset="salient_objects/classification",
                                   split="train")
   assert joined[5]["file_name"] == b"img_005.jpg"
 
@@ -145,9 +138,9 @@ def test_refuses_maps_of_another_teacher(tmp_path):
   d = str(tmp_path)
   with pytest.raises(ValueError, match=f"made by the teacher {TEACHER}, but this run expects "
                      "attention.teacher_checkpoint=/checkpoints/teacher_b"):
-    am.with_attention_maps(_Images(), d, teacher="/checkpoints/teacher_b")
+    am.with_attention_maps(_images(), d, teacher="/checkpoints/teacher_b")
   for same in (TEACHER, TEACHER + "/", "", None):
-    assert len(am.with_attention_maps(_Images(), d, teacher=same)) == N
+    assert len(am.with_attention_maps(_images(), d, teacher=same)) == N
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "short"])

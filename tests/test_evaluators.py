@@ -8,6 +8,7 @@ import pytest
 
 from attn_contrastive.evaluators import classification, common
 from attn_contrastive.train import mesh as mesh_lib
+from fakes import random_images
 
 
 def test_split_batches_visits_each_example_once_and_masks_the_padding():
@@ -27,19 +28,9 @@ def test_num_examples_limits_and_refuses_an_empty_split():
     common.num_examples([], -1)
 
 
-class _Toy:
+def _toy(n=13):
   """Records whose first pixel holds the logits over three classes."""
-
-  def __init__(self, n=13):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 2, 2, 3), dtype=np.uint8)
-    self.labels = rng.integers(0, 3, n).astype(np.int32)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
+  return random_images(n, 2, classes=3, random_labels=True)
 
 
 def _expected(toy, n):
@@ -52,7 +43,7 @@ def _expected(toy, n):
 
 @pytest.mark.parametrize("n_devices,max_examples", [(8, -1), (1, -1), (8, 5)])
 def test_classification_matches_numpy(n_devices, max_examples):
-  toy = _Toy()
+  toy = _toy()
   eval_cfg = ml_collections.ConfigDict(dict(batch_size=8, max_examples=max_examples,
                                             num_threads=1))
   evaluator = classification.ClassificationEvaluator(

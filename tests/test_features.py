@@ -8,19 +8,13 @@ import pytest
 
 from attn_contrastive.evaluators import features
 from attn_contrastive.train import mesh as mesh_lib
+from fakes import Split
 
 
-class _Split:
+def _split(n):
   """Tiny images whose mean pixel encodes the index."""
-
-  def __init__(self, n):
-    self.n = n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    return {"image": np.full((4, 4, 3), i % 251, np.uint8), "label": i % 7}
+  return Split(image=np.stack([np.full((4, 4, 3), i % 251, np.uint8) for i in range(n)]),
+               label=np.arange(n) % 7)
 
 
 def _embed(state, images):
@@ -37,7 +31,7 @@ def _eval_cfg(batch, max_examples=-1):
 def test_features_come_back_in_split_order(n_devices):
   mesh = mesh_lib.make_mesh(n_devices)
   state = {"w": jnp.float32(2.0)}
-  src = _Split(37)  # not a multiple of the batch: the last batch is padded
+  src = _split(37)  # not a multiple of the batch: the last batch is padded
   f, lab = features.extract(_embed, state, src, lambda ex: ex, _eval_cfg(16), mesh=mesh)
   np.testing.assert_array_equal(f[:, 0], 2.0 * np.arange(37))
   np.testing.assert_array_equal(lab, np.arange(37) % 7)
@@ -47,7 +41,7 @@ def test_features_come_back_in_split_order(n_devices):
 
 def test_cached_shards_are_reused_and_checked(tmp_path):
   state = {"w": jnp.float32(1.0)}
-  src = _Split(30)
+  src = _split(30)
   cache = str(tmp_path / "train")
   f, _ = features.extract(_embed, state, src, lambda ex: ex, _eval_cfg(8), cache_dir=cache,
                           shard_size=12)
@@ -59,5 +53,5 @@ def test_cached_shards_are_reused_and_checked(tmp_path):
   np.testing.assert_array_equal(f2[:24], f[:24])
   np.testing.assert_array_equal(f2[24:], 5.0 * f[24:])
   with pytest.raises(ValueError, match="delete the folder"):
-    features.extract(_embed, state, _Split(30), lambda ex: ex, _eval_cfg(8), cache_dir=cache,
+    features.extract(_embed, state, _split(30), lambda ex: ex, _eval_cfg(8), cache_dir=cache,
                      shard_size=10)

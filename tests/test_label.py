@@ -11,24 +11,17 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.models.forward import normalize_images
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
-from helpers import HumanSquares, filled_variables, tiny_label_config
+from attn_contrastive.train import step as step_lib
+from fakes import Permuted, Split, file_names, human_squares, random_images
+from helpers import TINY_MODEL, bilinear, filled_variables, standardise, tiny_label_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_label")
 
 
-class _Images:
-  """An in-memory image source with keys: 20 random 20-px images."""
-
-  def __init__(self, n=20):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "file_name": f"img_{i:03d}.png".encode(), "label": i % 3}
+def _images(n=20):
+  """An in-memory image source with keys: random 20-px images."""
+  return random_images(n, classes=3, keys=True)
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -67,8 +60,8 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
   c = _config()
   size, map_size = c.teacher.data.image_size, c.label.map_size
   rng = np.random.default_rng(7)
-  src = _Images(12)
-  src.images = rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8)  # the input size
+  src = Split(image=rng.integers(0, 256, (12, size, size, 3), dtype=np.uint8),  # input size
+              file_name=file_names(12))
   label.write_maps(c, str(tmp_path), teacher=teacher, source=src)
   written = am.AttentionMapSource(str(tmp_path))
   apply = jax.jit(lambda x: model.apply(variables, x, train=False)["log_density"])
@@ -86,7 +79,7 @@ def test_written_maps_are_the_teachers_density_resized_and_scaled(tmp_path, teac
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
-  c, src = _config(), _Images()
+  c, src = _config(), _images()
   label.write_maps(c, str(tmp_path / "straight"), teacher=teacher, source=src)
   killed = str(tmp_path / "killed")
   r = label.write_maps(c, killed, teacher=teacher, source=src, stop_after_shards=1)
@@ -122,7 +115,7 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
   label task's rerun, which leaves the whole shards alone; ``results.json``
   counts the run's shards and images (summed over processes: one here)."""
   import json
-  c, src, d = _config(), _Images(), str(tmp_path)
+  c, src, d = _config(), _images(), str(tmp_path)
   r = label.write_maps(c, d, teacher=teacher, source=src)
   assert (r["shards_written"], r["images_labelled"], r["processes"]) == (3, 20, 1)
   with open(os.path.join(d, "results.json")) as f:
@@ -147,41 +140,14 @@ def test_rerun_redoes_a_broken_shard_and_counts_the_work(tmp_path, teacher):
   assert len(am.AttentionMapSource(d)) == 20
 
 
-class _Shuffled:
-  """A map source read in a permuted order."""
-
-  def __init__(self, maps, perm):
-    self.maps, self.perm = maps, perm
-
-  def __len__(self):
-    return len(self.maps)
-
-  def __getitem__(self, i):
-    return self.maps[int(self.perm[i])]
-
-
 def test_shuffled_maps_fail_the_key_check(tmp_path, teacher):
-  c, src = _config(), _Images()
+  c, src = _config(), _images()
   label.write_maps(c, str(tmp_path), teacher=teacher, source=src)
   perm = np.random.default_rng(0).permutation(20)
-  joined = am.JoinedSource(src, _Shuffled(am.AttentionMapSource(str(tmp_path)), perm))
+  joined = am.JoinedSource(src, Permuted(am.AttentionMapSource(str(tmp_path)), perm))
   i = int(np.flatnonzero(perm != np.arange(20))[0])
   with pytest.raises(KeyError, match=f"img_{i:03d}.png.*img_{perm[i]:03d}.png"):
     joined[i]
-
-
-def _np_bilinear(m, out_hw):
-  """Bilinear upsampling with pixel centres at half-integers and clamped edges."""
-
-  def taps(n_in, n_out):
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(x).astype(int)
-    return lo, np.minimum(lo + 1, n_in - 1), x - lo
-
-  r0, r1, fr = taps(m.shape[0], out_hw[0])
-  c0, c1, fc = taps(m.shape[1], out_hw[1])
-  rows = m[r0] * (1 - fr)[:, None] + m[r1] * fr[:, None]
-  return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
 
 
 def _np_head_density(logits):
@@ -193,7 +159,7 @@ def _np_head_density(logits):
     z = np.asarray(v, np.float64).reshape(len(v), -1)
     p = np.exp(z - z.max(1, keepdims=True))
     p = (p / p.sum(1, keepdims=True)).reshape(v.shape)
-    up = np.stack([_np_bilinear(m, (h, w)) for m in p])
+    up = np.stack([bilinear(m, (h, w)) for m in p])
     total = total + up / up.sum((1, 2), keepdims=True)
   return total / len(logits)
 
@@ -206,23 +172,23 @@ def _check_alignment(run_dir, out_dir, model, c):
   ac = config_lib.load_config_file(os.path.join(CONFIGS, "alignment.py"))
   ac.run_dir = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, shuffle_pool=6, shuffle_others=2))
-  human = HumanSquares()
+  human = human_squares()
   r = alignment.evaluate(ac, out_dir, splits={"validation": human}, dataset_version="test")
   # A SimCLR run without a classifier: the default maps skip Grad-CAM.
   assert r["alignment/kinds"] == ["heads"] and r["alignment/primary"] == "heads"
   assert r["alignment/stages"] == {"heads": ["conv3", "conv4"]}
   assert r["alignment/classifier"] is None and "alignment/gradcam" not in r
   variables = ckpt_lib.load_variables(run_dir)
-  images = np.stack([h["image"] for h in human.items])
+  images = human.images
   out = model.apply(variables, normalize_images(images), train=False)
   dens = _np_head_density(out["attention_logits"])
   assert dens.shape == (6, 8, 8)
   np.testing.assert_allclose(alignment.model_density(out, ("conv3", "conv4"), "heads"), dens,
                              rtol=1e-4, atol=1e-7)
   nss, cc = [], []
-  for d, h in zip(dens, human.items):
+  for d, h in zip(dens, human):
     gt = h["saliency_map"][..., 0].astype(np.float64)
-    pred = _np_bilinear(d, gt.shape)
+    pred = bilinear(d, gt.shape)
     nss.append(metrics.nss(pred, metrics.fixations_to_map(h["fixations"], 16, 16)))
     cc.append(metrics.cc(pred, gt))
   model_scores = r["alignment/model"]
@@ -236,20 +202,54 @@ def _check_alignment(run_dir, out_dir, model, c):
   assert np.isfinite(r["alignment/model"]["cc"])
 
 
-def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
+def _np_head_nss(logits, maps, hw):
+  """The heads' NSS metric written out: each head map (the spatial softmax of its
+  logits) z-scored over its pixels and weighted by the view's teacher map brought to
+  the head's resolution (Pillow's antialiased bilinear) as a fixation density, averaged
+  over the batch."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  z = np.asarray(logits, np.float64).reshape(len(logits), -1)
+  m = np.exp(z - z.max(1, keepdims=True))
+  m /= m.sum(1, keepdims=True)
+  zm = (m - m.mean(1, keepdims=True)) / m.std(1, keepdims=True)
+  w = np.stack([np.asarray(Image.fromarray(t, mode="F").resize(hw[::-1], Image.BILINEAR),
+                           np.float64).ravel() for t in np.asarray(maps, np.float32)])
+  return float(np.mean(np.sum(w * zm, 1) / w.sum(1)))
+
+
+def _recording_steps(monkeypatch):
+  """Records what each jitted train step is given (on the host, before the step
+  donates the state) and the metrics it returns."""
+  seen, jit_step = [], step_lib.jit_train_step
+
+  def recording_jit_step(train_step, mesh, **kwargs):
+    step_fn = jit_step(train_step, mesh, **kwargs)
+
+    def step(state, batch, rng, *frozen):
+      given = jax.device_get((state.params, state.batch_stats, batch))
+      state, metrics = step_fn(state, batch, rng, *frozen)
+      seen.append((*given, jax.device_get(metrics)))
+      return state, metrics
+
+    return step
+
+  monkeypatch.setattr(step_lib, "jit_train_step", recording_jit_step)
+  return seen
+
+
+def test_pretrain_on_labelled_maps_runs(tmp_path, teacher, monkeypatch):
   """Label a toy source, two fused SimCLR + L_attn steps on the join, then the
   alignment of the run's attention heads with human maps."""
   from attn_contrastive.data import pipeline
   from attn_contrastive.models.simclr import simclr_from_config
   from attn_contrastive.tasks import pretrain
   from attn_contrastive.train import loop
-  src = _Images(32)
+  src = _images(32)
   label.write_maps(_config(), str(tmp_path / "maps"), teacher=teacher, source=src)
   c = config_lib.load_config_file(os.path.join(CONFIGS, "contrastive_attn_teacher.py"))
   assert c.attention.enabled and c.model.depth == 18
   c.data.image_size = 16
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
   c.attention.update(dict(width=4, map_size=8))
@@ -259,8 +259,24 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher):
       train_source=am.with_attention_maps(src, str(tmp_path / "maps")),
       train_transform=pipeline.ContrastiveViews(16, c.aug, c.attention.map_size),
       sample_input=jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  steps = _recording_steps(monkeypatch)
   _, metrics = loop.run(c, str(tmp_path / "run"), task)
-  assert np.isfinite(metrics["loss"]) and metrics["attn_nss/conv3"] != 0.0
+  assert np.isfinite(metrics["loss"]) and len(steps) == 2
+  # The last step's NSS of each head against its teacher maps, recomputed from the
+  # parameters and batch it was given (the forward pass in training mode, as the
+  # step's). Error model: the same network's sums rounded otherwise (rtol 1e-5 on
+  # the logits, as for features) move the z-scores, of order 1, by about 1e-5; NSS
+  # is their weighted mean, near 0 for heads this close to their start: atol 1e-5.
+  params, stats, batch, last = steps[-1]
+  assert metrics["attn_nss/conv3"] == pytest.approx(float(last["attn_nss/conv3"]))
+  out = model.apply({"params": params, "batch_stats": stats},
+                    standardise(np.concatenate([batch["view1"], batch["view2"]])),
+                    train=True, mutable=["batch_stats"])[0]
+  maps = np.concatenate([batch["map1"], batch["map2"]])
+  for stage, logits in out["attention_logits"].items():
+    want = _np_head_nss(logits, maps, logits.shape[1:])
+    np.testing.assert_allclose(metrics[f"attn_nss/{stage}"], want, rtol=1e-4, atol=1e-5,
+                               err_msg=stage)
   np.testing.assert_allclose(metrics["loss"], metrics["nt_xent"] + metrics["attn_loss"],
                              rtol=1e-5)
   _check_alignment(str(tmp_path / "run"), str(tmp_path / "align"), model, c)

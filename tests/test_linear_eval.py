@@ -22,6 +22,8 @@ from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train.state import init_key
+from fakes import colours
+from helpers import TINY_MODEL, standardise, write_run, zip_leaves
 
 # Its tests share a costly module fixture: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_linear_eval")
@@ -43,28 +45,10 @@ SIZE = 16
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class _Colours:
-  """24-px images whose colour is the class (4 classes), with pixel noise."""
-
-  def __init__(self, n, seed):
-    rng = np.random.default_rng(seed)
-    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
-    self.labels = rng.integers(0, 4, n)
-    noise = rng.integers(-30, 30, (n, 24, 24, 3))
-    self.images = np.clip(palette[self.labels][:, None, None] + noise, 0, 255).astype(np.uint8)
-
-  def __len__(self):
-    return len(self.labels)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def _tiny_pretrain_config():
   c = config_lib.base_config()
   c.data.image_size = SIZE
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.optim.update(dict(base_lr=1.0, warmup_epochs=0.0))
   c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
@@ -77,7 +61,7 @@ def simclr_run(tmp_path_factory):
   config = _tiny_pretrain_config()
   model = simclr_from_config(config.model)
   task = loop.TaskSpec(
-      model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=_Colours(32, 0),
+      model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=colours(32, 0),
       train_transform=pipeline.ContrastiveViews(SIZE, config.aug),
       sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
   workdir = str(tmp_path_factory.mktemp("simclr"))
@@ -98,7 +82,7 @@ def _linear_config(run_dir):
 
 def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run, tmp_path,
                                                                      monkeypatch):
-  run_dir, _ = simclr_run
+  run_dir, config = simclr_run
   seen, real_run = {}, loop.run
 
   def recording_run(config, workdir, task, **kwargs):
@@ -110,16 +94,15 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   monkeypatch.setattr(loop, "run", recording_run)
   workdir = str(tmp_path / "eval")
   out = linear_eval.evaluate(
-      _linear_config(run_dir), workdir, splits={"train": _Colours(48, 1),
-                                                "validation": _Colours(20, 2)},
+      _linear_config(run_dir), workdir, splits={"train": colours(48, 1),
+                                                "validation": colours(20, 2)},
       dataset_version="test", mesh=mesh_lib.make_mesh(1))
   # The encoder's parameters and BatchNorm statistics: the checkpoint's, bit for bit,
   # before and after the head's training; the head moved.
   on_disk = ckpt_lib.load_variables(run_dir)
   on_disk = {k: v["encoder"] for k, v in on_disk.items()}
   assert set(seen["before"]) == {"params", "batch_stats"}
-  for before, after, disk in zip(*(jax.tree.leaves(t) for t in
-                                   (seen["before"], seen["after"], on_disk))):
+  for before, after, disk in zip_leaves(seen["before"], seen["after"], on_disk):
     np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(before, disk)
   assert np.abs(seen["head"]["head"]["kernel"]).max() > 0
@@ -145,6 +128,17 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   kernel, bias, protocol = runs.load_classifier(workdir)
   assert protocol == "linear"
   np.testing.assert_array_equal(kernel, seen["head"]["head"]["kernel"])
+  # The linear protocol's top-1, recomputed: that head on the frozen encoder's pooled
+  # features of the validation split's centre crops, the network applied here op by
+  # op (the task's features come from a jitted program: the same network rounded
+  # otherwise, rtol 1e-5 as test_multiprocess's error model for features).
+  val = colours(20, 2)
+  crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
+  encoder = simclr_from_config(config.model).encoder
+  feats = np.asarray(encoder.apply(seen["before"], standardise(crops), train=False)["pooled"])
+  top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
+  ties = _near_ties(feats, kernel, bias, 1e-5 + feats.shape[1] * EPS32)
+  assert abs(top1 - written["linear/top1"]) <= ties + 1e-6, (top1, written["linear/top1"])
   kernel, bias, _ = runs.load_classifier(workdir, "linear_cached")
   with np.load(os.path.join(workdir, "features", "validation", "00000.npz")) as f:
     val_x, val_y = f["features"], f["labels"]
@@ -157,11 +151,35 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
     runs.load_classifier(str(tmp_path), "linear_cached")
 
 
+def test_supervised_run_is_scored_with_its_own_classifier(tmp_path):
+  """``supervised/top1`` and ``/top5`` of a supervised run (no protocol asked) against
+  its network applied here to the validation split's centre crops."""
+  run_dir, model, variables = write_run(tmp_path / "run", "supervised")
+  config = _linear_config(run_dir)
+  config.protocols = ()
+  val = colours(24, 7)
+  out = linear_eval.evaluate(config, str(tmp_path / "eval"),
+                             splits={"train": colours(16, 8), "validation": val},
+                             dataset_version="test", mesh=mesh_lib.make_mesh(8))
+  assert {"supervised/top1", "supervised/top5"} <= set(out) and "linear/top1" not in out
+  crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
+  logits = np.asarray(model.apply(variables, standardise(crops), train=False)["logits"],
+                      np.float64)
+  ranks = (logits > logits[np.arange(len(val)), val.labels][:, None]).sum(1)
+  # The task's logits: the same network jitted over 8 devices, rounded otherwise
+  # (rtol 1e-5, as for features): only rows whose top two are that close may differ.
+  top2 = np.sort(logits, 1)[:, -2:]
+  ties = np.mean(top2[:, 1] - top2[:, 0] <= 2e-5 * np.abs(logits).max(1))
+  assert abs(out["supervised/top1"] - np.mean(ranks == 0)) <= ties + 1e-6
+  assert out["supervised/top5"] == 1.0  # four classes
+  assert 0 < np.mean(ranks == 0) < 1  # neither all right nor all wrong: the check has teeth
+
+
 def test_checkpoint_of_eight_devices_gives_the_same_features_on_one(simclr_run):
   run_dir, config = simclr_run
   model = simclr_from_config(config.model)
   embed = forward.predict(model.encoder, jnp.float32, "pooled")
-  src = _Colours(24, 3)
+  src = colours(24, 3)
   feats = {}
   for n in (1, 8):
     mesh = mesh_lib.make_mesh(n)
@@ -241,7 +259,7 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   c.run_dir = workdir
   c.retrieval.update(dict(knn_k=5, chunk=8, shard_size=16))
   c.eval.update(dict(batch_size=16, num_threads=1))
-  splits = {"train": _Colours(32, 3), "validation": _Colours(12, 4)}
+  splits = {"train": colours(32, 3), "validation": colours(12, 4)}
   out = retrieval.evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
                                      mesh=mesh_lib.make_mesh(8))
   assert set(results_lib.OUTLINE) <= set(out) and out["task"] == "retrieval"
@@ -280,7 +298,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   from attn_contrastive.data import image_corruptions
   from attn_contrastive.tasks import robustness
   run_dir, config = simclr_run
-  splits = {"train": _Colours(32, 5), "validation": _Colours(16, 6)}
+  splits = {"train": colours(32, 5), "validation": colours(16, 6)}
   lin_cfg = _linear_config(run_dir)
   lin_cfg.protocols = ("linear_cached",)
   linear_dir = str(tmp_path / "linear")

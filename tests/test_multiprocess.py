@@ -54,6 +54,25 @@ def _results(workdir):
     return json.load(f)
 
 
+def _initial():
+  """The training stage's variables before its first step, as the loop creates them
+  (the same seed and initialiser), flattened as ``final.npz`` is."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from attn_contrastive.models.simclr import simclr_from_config
+  from attn_contrastive.train import mesh as mesh_lib
+  from attn_contrastive.train.state import create_train_state
+  from helpers import SIZE, tiny_config
+  config = tiny_config()
+  state = create_train_state(simclr_from_config(config.model), optax.identity(),
+                             jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32),
+                             config.seed, mesh_lib.replicated(mesh_lib.make_mesh(1)))
+  tree = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  return {"/".join(str(k.key) for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def test_training_with_a_resume_matches_across_layouts(runs):
   two, one = runs
   straight = _final(os.path.join(one, "straight"))
@@ -69,9 +88,22 @@ def test_training_with_a_resume_matches_across_layouts(runs):
     assert _results(other)["step"] == 4
     np.testing.assert_allclose(_results(other)["loss"], _results(
         os.path.join(one, "straight"))["loss"], rtol=1e-4)
-  # The parameters moved, so equality above is not that of two untouched models.
-  first = _final(os.path.join(one, "straight"))
-  assert any(np.abs(v).sum() > 0 for v in first.values())
+  # What the steps did, leaf by leaf: the movement from the initial variables. The
+  # comparison above cannot see a wrong update of a kernel (LARS moves it by about
+  # 1e-5 of its size, under rtol 2e-4), this one does. Its error model: each of the 4
+  # steps rounds p − u to half an ulp of |p| in either run (4·eps·max|p| in all), and
+  # the update itself is a sum of the rows reordered across devices, off by at most
+  # n·eps relative for the longest such sum (32 rows × 16×16 px: 1e-3).
+  eps = np.finfo(np.float32).eps
+  init = _initial()
+  others = [_final(os.path.join(two, "run")), _final(os.path.join(one, "from_two"))]
+  assert init.keys() == straight.keys()
+  for k in straight:
+    moved = straight[k] - init[k]
+    atol = 4 * eps * max(np.abs(init[k]).max(), np.abs(straight[k]).max())
+    assert np.abs(moved).max() > 10 * atol, (k, np.abs(moved).max(), atol)  # every leaf
+    for got in others:
+      np.testing.assert_allclose(got[k] - init[k], moved, rtol=1e-3, atol=atol, err_msg=k)
 
 
 def test_only_process_zero_writes_logs_and_results(runs):

@@ -14,6 +14,7 @@ from jax import lax
 from attn_contrastive.ops import conv as conv_mod
 from attn_contrastive.ops import native
 from attn_contrastive.ops.conv import conv_general_dilated_fn
+from helpers import zip_leaves
 
 DN = ("NHWC", "HWIO", "NHWC")
 pytestmark = pytest.mark.skipif(
@@ -129,7 +130,7 @@ def test_train_steps_equal_with_and_without_kernel(monkeypatch):
     return fn(state)[0]
 
   with_kernel, without = train(conv_mod._NATIVE_MAX_CO), train(0)
-  for a, b in zip(jax.tree.leaves(with_kernel), jax.tree.leaves(without)):
+  for a, b in zip_leaves(with_kernel, without):
     assert _rel_err(a, b) < 1e-4
 
 

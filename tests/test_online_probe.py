@@ -22,7 +22,8 @@ from attn_contrastive.saliency import jax_metrics, metrics as np_metrics
 from attn_contrastive.tasks import pretrain
 from attn_contrastive.train import loop, mesh as mesh_lib, optim
 
-from helpers import SIZE, run_steps, tiny_config
+from fakes import random_images
+from helpers import SIZE, run_steps, tiny_config, zip_leaves
 
 
 def _tiny_config(online_probe=True):
@@ -50,13 +51,11 @@ def test_probe_leaves_the_encoder_and_heads_unchanged():
   init1, p1, s1, m1 = _two_steps(_tiny_config(online_probe=True), batch)
   probe0, probe1 = init1.pop("probe"), p1.pop("probe")
   assert set(s1.pop("probe")) == {"BatchNorm_0"}  # the probe's own input statistics
-  assert jax.tree.structure(init0) == jax.tree.structure(init1)
-  for a, b in zip(jax.tree.leaves(init0), jax.tree.leaves(init1)):  # same start
+  for a, b in zip_leaves(init0, init1):  # same start
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves((p0, s0)), jax.tree.leaves((p1, s1))):
+  for a, b in zip_leaves((p0, s0), (p1, s1)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(probe0),
-                                                 jax.tree.leaves(probe1))) > 1e-4
+  assert max(np.abs(a - b).max() for a, b in zip_leaves(probe0, probe1)) > 1e-4
   # In evaluation mode the network needs no probe variables (alignment, linear eval).
   model = build_model(_tiny_config(online_probe=True))
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
@@ -100,21 +99,6 @@ class _State:
   step: Any
 
 
-class _Split:
-  """Random 4×4 images (their pixels are the features) with labels in [0, 4)."""
-
-  def __init__(self, n, seed):
-    rng = np.random.default_rng(seed)
-    self.images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-    self.labels = rng.integers(0, 4, n)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def _pixels(images):
   return images.reshape(images.shape[0], -1).astype(np.float32) - 127.5
 
@@ -132,7 +116,9 @@ def _numpy_knn(queries, bank, bank_labels, k, temperature, num_classes):
 
 
 def test_knn_evaluator_matches_numpy():
-  bank_split, val = _Split(45, 0), _Split(13, 1)
+  # Random 4×4 images (their pixels are the features) with labels in [0, 4).
+  bank_split = random_images(45, 4, seed=0, classes=4, random_labels=True)
+  val = random_images(13, 4, seed=1, classes=4, random_labels=True)
   w = np.random.default_rng(2).normal(size=(48, 4)).astype(np.float32)
   cfg = ml_collections.ConfigDict(dict(batch_size=8, max_examples=-1, num_threads=2, knn_k=7,
                                        knn_temperature=0.07, knn_bank_size=40))
@@ -171,27 +157,13 @@ def test_attention_monitor_matches_numpy(tmp_path):
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
 
 
-class _Labelled:
-  """Random 24-px images with labels in [0, 4)."""
-
-  def __init__(self, n, seed):
-    rng = np.random.default_rng(seed)
-    self.images = rng.integers(0, 256, (n, 24, 24, 3), dtype=np.uint8)
-    self.labels = rng.integers(0, 4, n)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def test_run_writes_the_monitor_to_results(tmp_path):
   """Three steps with the probe; the monitor at step 2 and at the end."""
   config = _tiny_config()
   config.train.eval_every = 2
   model = build_model(config)
-  train, val = _Labelled(64, 0), _Labelled(24, 1)
+  train = random_images(64, 24, seed=0, classes=4, random_labels=True)
+  val = random_images(24, 24, seed=1, classes=4, random_labels=True)
   workdir, mesh = str(tmp_path / "run"), mesh_lib.make_mesh(1)
   task = loop.TaskSpec(
       model=model, loss_fn=pretrain.make_loss_fn(model, config), train_source=train,

@@ -9,6 +9,7 @@ import pytest
 from attn_contrastive import config as config_lib
 from attn_contrastive.models.simclr import simclr_from_config
 from attn_contrastive.train import optim
+from helpers import zip_leaves
 
 
 def test_decay_mask_takes_kernels_and_leaves_biases_and_batchnorm():
@@ -71,7 +72,7 @@ def test_initialisation_names_its_random_algorithm(impl):
   assert algos and set(algos) == {"PHILOX"}
   ours = jax.jit(init)(key)["params"]
   rbg = jax.jit(init)(jax.random.key(0, impl="rbg"))["params"]
-  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(rbg)):
+  for a, b in zip_leaves(ours, rbg):
     np.testing.assert_array_equal(a, b)
   other = jax.jit(init)(state_lib.init_key(1))["params"]
   assert not np.allclose(ours["encoder"]["stem_conv"]["kernel"],

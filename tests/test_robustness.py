@@ -6,6 +6,7 @@ import pytest
 from attn_contrastive.data import image_corruptions
 from attn_contrastive.data.corrupted_split import CorruptedSplit, corruption_rng
 from attn_contrastive.evaluators import corruption_errors
+from fakes import random_images
 
 
 def test_summary_numbers_equal_a_hand_computed_example():
@@ -38,24 +39,12 @@ def test_alexnet_itself_has_mce_one():
   assert sum(len(v) for k, v in image_corruptions.CATEGORIES.items() if k != "extra") == 15
 
 
-class _Source:
-  def __init__(self, n):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 20, 24, 3), dtype=np.uint8)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": i % 3}
-
-
 def _view(ex):
   return {"image": ex["image"][2:18, 4:20], "label": ex["label"]}
 
 
 def test_corrupted_split_is_the_view_corrupted_with_per_image_draws():
-  src = _Source(6)
+  src = random_images(6, (20, 24), classes=3)
   split = CorruptedSplit(src, _view, "gaussian_noise", 4, seed=7, clean_cache={})
   later = [split[i]["image"] for i in (5, 3, 1)]          # any order, same images
   for i, image in zip((5, 3, 1), later):

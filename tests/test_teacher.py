@@ -2,7 +2,6 @@
 import json
 import os
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,9 @@ from attn_contrastive.tasks import teacher
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import step as step_lib
 from attn_contrastive.train.state import TrainState
-from helpers import filled_variables, tiny_teacher_config as tiny_config
+from fakes import human_squares
+from helpers import (TINY_RESNET, bilinear, filled_variables, nss, standardise,
+                     tiny_teacher_config as tiny_config)
 
 SIZE = 16
 
@@ -30,30 +31,11 @@ def _tiny_model(output_stride=2):
   return teacher_from_config(c.model)
 
 
-class _ToySaliencySource:
-  """In-memory human-attention data: a bright square on noise, fixated."""
-
-  def __init__(self, n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    self.examples = []
-    for i in range(n):
-      image = rng.integers(60, 120, (SIZE, SIZE, 3)).astype(np.uint8)
-      top, left = rng.integers(0, SIZE - 5, 2)
-      image[top:top + 5, left:left + 5] = 250
-      fix = np.stack([rng.integers(top, top + 5, 12), rng.integers(left, left + 5, 12)],
-                     axis=1).astype(np.int32)
-      counts = np.zeros((SIZE, SIZE), np.float32)
-      np.add.at(counts, (fix[:, 0], fix[:, 1]), 1.0)
-      sal = cv2.GaussianBlur(counts, (0, 0), 1.5)
-      sal = np.round(sal / sal.max() * 255).astype(np.uint8)[..., None]
-      self.examples.append({"image": image, "saliency_map": sal, "fixations": fix,
-                            "file_name": f"toy_{i}.png"})
-
-  def __len__(self):
-    return len(self.examples)
-
-  def __getitem__(self, i):
-    return self.examples[i]
+def _toy_saliency(n=32, seed=0):
+  """Human-attention data: a bright square on noise, fixated 12 times, its map the
+  blurred fixations."""
+  return human_squares(n, SIZE, side=5, fixations=12, seed=seed, background=(60, 120),
+                       map_blur=1.5)
 
 
 @pytest.mark.parametrize("stride,out", [(1, 16), (2, 8), (4, 4)])
@@ -70,8 +52,8 @@ def test_model_outputs_normalised_log_density(stride, out):
 
 
 def test_non_square_input_gives_strided_output():
-  model = SaliencyTeacher(depth=10, width=4, stem_kernel=3, stem_stride=2, stem_pool=True,
-                          decoder_width=8, output_stride=4)
+  model = SaliencyTeacher(**dict(TINY_RESNET, stem_stride=2, stem_pool=True), decoder_width=8,
+                          output_stride=4)
   y = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0),
                                                     jnp.zeros((1, 24, 32, 3)),
                                                     train=False)[0])
@@ -102,7 +84,7 @@ def test_loss_matches_numpy_metrics():
 
 
 def _fixed_batch(config, n=16):
-  source = _ToySaliencySource()
+  source = _toy_saliency()
   view = pipeline.TeacherTrainView((SIZE, SIZE), teacher.map_hw(config))
   rng = np.random.default_rng(0)
   views = [view(source[i], rng) for i in range(n)]
@@ -161,8 +143,8 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   monkeypatch.setattr(step_lib, "jit_train_step", recording_jit_step)
   config = tiny_config()
   state, _ = teacher.train_and_evaluate(config, str(tmp_path),
-                                        train_source=_ToySaliencySource(),
-                                        eval_source=_ToySaliencySource(n=20, seed=1))
+                                        train_source=_toy_saliency(),
+                                        eval_source=_toy_saliency(20, seed=1))
   assert int(state.step) == 16 and len(losses) == 16
   assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
   # Gradients are finite and reach every parameter (weight decay is off, so
@@ -187,7 +169,7 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   with np.load(tmp_path / saliency_eval.EXAMPLES_FILE) as z:
     ex = {k: z[k] for k in z.files}
   assert set(ex) == {"image", "human", "index", "map/teacher"}
-  source = _ToySaliencySource(n=20, seed=1)
+  source = _toy_saliency(20, seed=1)
   np.testing.assert_array_equal(ex["image"], [source[i]["image"] for i in range(2)])
   assert ex["index"].dtype == np.int64 and list(ex["index"]) == [0, 1]
   assert ex["human"].shape == (2, SIZE, SIZE) and ex["map/teacher"].shape == (2, 8, 8)
@@ -200,6 +182,19 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
   predicted = jax.jit(lambda v, x: teacher.predict_density(model, v, x, jnp.float32))(
       {"params": state.params, "batch_stats": state.batch_stats}, ex["image"])
   np.testing.assert_allclose(ex["map/teacher"], predicted, rtol=1e-4, atol=1e-7)
+  # NSS, written out on the same images and fixations: the trained teacher's density
+  # (model.apply op by op), upsampled to the human map's 16 px, at each image's fixated
+  # pixels. The evaluation's densities come from a jitted program: the same sums
+  # rounded otherwise (rtol 1e-5), moving z-scores of order 1 by about as much.
+  log_density = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                            standardise(source.images), train=False)["log_density"]
+  density = np.exp(np.asarray(log_density, np.float64))
+  want = np.mean([nss(bilinear(d, (SIZE, SIZE)), source[i]["fixations"])
+                  for i, d in enumerate(density)])
+  assert want > 0.5  # the trained teacher looks at the squares: the check has teeth
+  for key in ("teacher", "eval"):
+    got = results["teacher"]["nss"] if key == "teacher" else results["eval/nss"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_evaluation_on_eight_devices_equals_one():
@@ -208,7 +203,7 @@ def test_evaluation_on_eight_devices_equals_one():
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
   state = TrainState.create(apply_fn=model.apply, params=variables["params"],
                             batch_stats=variables["batch_stats"], tx=optax.identity())
-  source = _ToySaliencySource(n=20, seed=1)
+  source = _toy_saliency(20, seed=1)
   results = []
   for n_devices in (8, 1):
     evaluator = teacher.make_evaluator(model, config, source,

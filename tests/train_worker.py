@@ -10,16 +10,14 @@ makes the split's reader raise for the first record of step K's batch, inside
 a worker process, as a record that cannot be read would. ``--pipeline_only``
 reads the same batches from ``pipeline.train_iterator`` without training
 (no model, no TensorFlow: a faster start), printing a line every 2 batches.
-Only the standard library and NumPy are imported at the top: grain's workers
-(started with ``spawn``) run this file's top level again.
+Only the standard library is imported at the top: grain's workers (started with
+``spawn``) run this file's top level again.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
@@ -28,22 +26,11 @@ NUM_IMAGES = 256  # 16 steps an epoch
 BATCH = 16
 
 
-class Images:
-  """An in-memory split of random 20-px images with labels; reading record ``bad``
-  raises."""
-
-  def __init__(self, n: int = NUM_IMAGES, bad: int = -1):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
-    self.bad = bad
-
-  def __len__(self) -> int:
-    return len(self.images)
-
-  def __getitem__(self, i: int) -> dict:
-    if i == self.bad:
-      raise OSError(f"record {i} cannot be read")
-    return {"image": self.images[i], "label": i % 4}
+def images(bad: int = -1):
+  """The run's split: random 20-px images labelled by index modulo 4; reading record
+  ``bad`` raises (``tests/fakes.py``, which grain's workers import as well)."""
+  from fakes import random_images
+  return random_images(NUM_IMAGES, classes=4, bad=bad)
 
 
 def record_of_step(step: int, seed: int) -> int:
@@ -90,11 +77,11 @@ def main() -> None:
   config = make_config(args.steps)
   bad = record_of_step(args.fail_at_step, config.seed) if args.fail_at_step else -1
   if args.pipeline_only:
-    read_batches(config, Images(bad=bad), args.steps)
+    read_batches(config, images(bad), args.steps)
   else:
     from attn_contrastive.train import loop
     monitor = memory.MemoryMonitor()
-    loop.run(config, args.workdir, memory.make_task(config, Images(bad=bad), monitor))
+    loop.run(config, args.workdir, memory.make_task(config, images(bad), monitor))
   print("done", flush=True)
 
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from attn_contrastive import losses, paths, runs
+from attn_contrastive import config_checks, losses, paths, runs
 from attn_contrastive.evaluators import classification, features
 from attn_contrastive.evaluators import softmax_regression
 from attn_contrastive.models.heads import LinearHead
@@ -144,6 +144,10 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
   embed, frozen = run.embedding("pooled")
   splits = {s: ev.split(s) for s in (config.data.train_split, config.data.eval_split)}
   num_classes = _num_classes(config)
+  if run.task != "supervised" and not config.protocols:
+    raise ValueError(f"{run.run_dir} is a {run.task} run, which has no classifier of its "
+                     "own: set --config.protocols to one or more of "
+                     f"{config_checks.LINEAR_PROTOCOLS}")
   metrics = {}
   if run.task == "supervised":
     t0 = time.perf_counter()
