@@ -261,7 +261,7 @@ def test_retrieval_task_equals_brute_force_on_the_run(simclr_run, tmp_path):
   c.eval.update(dict(batch_size=16, num_threads=1))
   splits = {"train": colours(32, 3), "validation": colours(12, 4)}
   out = retrieval.evaluate(c, str(tmp_path), splits=splits, dataset_version="0",
-                                     mesh=mesh_lib.make_mesh(8))
+                           mesh=mesh_lib.make_mesh(8))
   assert set(results_lib.OUTLINE) <= set(out) and out["task"] == "retrieval"
   assert len(out["retrieval/pr_curve"]) == 11
   # Brute force over the cached features.
@@ -303,7 +303,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   lin_cfg.protocols = ("linear_cached",)
   linear_dir = str(tmp_path / "linear")
   linear_eval.evaluate(lin_cfg, linear_dir, splits=splits, dataset_version="0",
-                                 mesh=mesh_lib.make_mesh(1))
+                       mesh=mesh_lib.make_mesh(1))
   c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py"))
   c.run_dir = linear_dir
   c.robustness.update(dict(corruptions=("gaussian_noise", "pixelate", "saturate"),
@@ -311,7 +311,7 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   c.eval.update(dict(batch_size=16, num_threads=1))
   workdir = str(tmp_path / "robust")
   out = robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
-                                      mesh=mesh_lib.make_mesh(1))
+                            mesh=mesh_lib.make_mesh(1))
   assert out["task"] == "robustness" and out["source_workdir"] == os.path.abspath(run_dir)
   assert out["robustness/classifier"]["protocol"] == "linear_cached"
   # By hand: corrupted centre crops → encoder → the cached classifier.
@@ -340,13 +340,13 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   cond = os.path.join(workdir, "conditions")
   stamps = {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
   again = robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
-                                        mesh=mesh_lib.make_mesh(1))
+                              mesh=mesh_lib.make_mesh(1))
   assert again["robustness/top1"] == top1s
   assert stamps == {f: os.stat(os.path.join(cond, f)).st_mtime_ns for f in os.listdir(cond)}
   c.robustness.seed = 1
   with pytest.raises(ValueError, match="holds features of"):
     robustness.evaluate(c, workdir, splits=splits, dataset_version="0",
-                                  mesh=mesh_lib.make_mesh(1))
+                        mesh=mesh_lib.make_mesh(1))
   # Retrieval reads the linear evaluation's cached features of the same run and view
   # (nothing extracted again) and scores as it does on its own extraction.
   from attn_contrastive.tasks import retrieval
@@ -355,11 +355,28 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   r.retrieval.update(dict(knn_k=5, chunk=8, shard_size=32))
   r.eval.update(dict(batch_size=16, num_threads=1))
   own = retrieval.evaluate(r, str(tmp_path / "own"), splits=splits,
-                                     dataset_version="0", mesh=mesh_lib.make_mesh(1))
+                           dataset_version="0", mesh=mesh_lib.make_mesh(1))
   r.retrieval.features_from = linear_dir
   reused = retrieval.evaluate(r, str(tmp_path / "reused"), splits=splits,
-                                        dataset_version="0", mesh=mesh_lib.make_mesh(1))
+                              dataset_version="0", mesh=mesh_lib.make_mesh(1))
   assert os.listdir(tmp_path / "own" / "features") != ["source.json"]
   assert os.listdir(tmp_path / "reused" / "features") == ["source.json"]
   for k in ("retrieval/map", "retrieval/precision@1", "knn/top1"):
     assert reused[k] == pytest.approx(own[k], abs=1e-6)
+  # A released tree without an extra corruption (no extra.tar): the rest is scored, and
+  # results.json names what was left out.
+  from PIL import Image
+  release = tmp_path / "imagenet_c"
+  for k, wnid in enumerate(("n01440764", "n15075141")):
+    folder = release / "gaussian_noise" / "1" / wnid
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 30 + 60 * k, np.uint8)).save(
+        folder / f"ILSVRC2012_val_{k:08d}.JPEG")
+  c.robustness.update(dict(source="released", manual_dir=str(release), seed=0, retrieval=False,
+                           corruptions=("gaussian_noise", "speckle_noise"), severities=(1,)))
+  c.data.data_dir = str(tmp_path / "data")
+  out = robustness.evaluate(c, str(tmp_path / "released"), splits=splits,
+                            dataset_version="0", mesh=mesh_lib.make_mesh(1))
+  assert out["robustness/missing"] == ["speckle_noise"]
+  assert list(out["robustness/top1"]) == ["gaussian_noise"]
+  assert out["robustness/num_benchmark"] == 1 and np.isnan(out["robustness/extra"])

@@ -105,7 +105,8 @@ def runs(tmp_path_factory):
                   _retrieval(0.10 + 0.01 * seed))
   for seed, (noise, mce) in enumerate([(0.20, 0.80), (0.22, 0.78), (0.24, 0.76)]):
     _evaluation(root / f"robustness_base_s{seed}", "robustness", BASELINE, seed,
-                _robustness(noise, mce))
+                dict(_robustness(noise, mce), **{"robustness/missing": [] if seed < 2 else
+                                                 ["speckle_noise", "spatter"]}))
   for seed, nss in enumerate((1.40, 1.44)):
     align = _evaluation(root / f"align_base_s{seed}", "alignment", BASELINE, seed,
                         {"alignment/model": _saliency(nss),
@@ -210,6 +211,7 @@ def test_markdown_shows_formatted_cells_paper_values_and_gaps(written):
   assert "| Contrastive attn. teacher | heads | 1.610 ± 0.014 (n=2) |" in text
   assert f"`{CLASSIFICATION}` (linear evaluation)" in text and f"`{HUMAN}` (alignment)" in text
   assert "- Contrastive attn. teacher: no robustness" in text
+  assert "Not scored for Contrastive: spatter, speckle_noise (absent" in text
   assert "- Contrastive: alignment lacks seed 2" in text
   assert "19 workdirs" in text and "1 teacher, 1 training runs" in text
   assert "seeds 0, 1, 2" in text

@@ -1,4 +1,5 @@
 """ImageNet-C's summary numbers, the corrupted split and the released-ImageNet-C reader."""
+import os
 
 import numpy as np
 import pytest
@@ -7,6 +8,8 @@ from attn_contrastive.data import image_corruptions
 from attn_contrastive.data.corrupted_split import CorruptedSplit, corruption_rng
 from attn_contrastive.evaluators import corruption_errors
 from fakes import random_images
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def test_summary_numbers_equal_a_hand_computed_example():
@@ -102,3 +105,46 @@ def test_released_imagenet_c_refuses_a_missing_condition(tmp_path):
   with pytest.raises(FileNotFoundError, match="fog severity 2"):
     prepare.prepare("imagenet_c/fog_2", str(tmp_path / "data"),
                     manual_dir=str(tmp_path / "manual"))
+
+
+def _write_conditions(root, conditions):
+  """Empty condition folders of a released tree (what corruptions_to_score looks at)."""
+  for name, severity in conditions:
+    (root / name / str(severity) / "n01440764").mkdir(parents=True)
+
+
+def _released_config(manual_dir, corruptions, severities=(1, 2)):
+  from attn_contrastive import config as config_lib
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py") + ":imagenet")
+  c.robustness.update(dict(source="released", manual_dir=str(manual_dir),
+                           corruptions=tuple(corruptions), severities=severities))
+  return c
+
+
+def test_a_release_without_extra_tar_scores_the_15_and_names_the_4(tmp_path):
+  from attn_contrastive.data import image_corruptions as ic
+  from attn_contrastive.tasks import robustness
+  _write_conditions(tmp_path, [(c, s) for c in ic.BENCHMARK for s in (1, 2)])
+  scored, missing = robustness.corruptions_to_score(_released_config(tmp_path, ic.ALL))
+  assert scored == ic.BENCHMARK and missing == list(ic.EXTRA)
+  # One severity of an extra corruption absent: the whole corruption is left out.
+  _write_conditions(tmp_path, [("spatter", 1)])
+  scored, missing = robustness.corruptions_to_score(_released_config(tmp_path, ic.ALL))
+  assert scored == ic.BENCHMARK and missing == list(ic.EXTRA)
+  # Generated corruptions lack nothing.
+  c = _released_config(tmp_path, ic.ALL)
+  c.robustness.source = "generate"
+  assert robustness.corruptions_to_score(c) == (ic.ALL, [])
+
+
+def test_a_release_without_a_benchmark_condition_is_refused_naming_the_tar(tmp_path):
+  from attn_contrastive.data import image_corruptions as ic
+  from attn_contrastive.tasks import robustness
+  present = [(c, s) for c in ic.BENCHMARK for s in (1, 2)]
+  present.remove(("fog", 2))
+  present.remove(("pixelate", 1))
+  _write_conditions(tmp_path, present)
+  with pytest.raises(FileNotFoundError,
+                     match=r"lacks 2 benchmark .*fog severity 2, pixelate severity 1\. "
+                           r"Extract digital\.tar, weather\.tar"):
+    robustness.corruptions_to_score(_released_config(tmp_path, ic.ALL))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -79,6 +79,22 @@ def find_condition_dir(root: epath.Path, corruption: str, severity: int) -> epat
   raise FileNotFoundError(
       f"no folder for {corruption} severity {severity} in {root} (looked for "
       f"{candidates[0]} and <category>/{corruption}/{severity}).\n{MANUAL_INSTRUCTIONS}")
+
+
+def missing_conditions(root: str, corruptions: Sequence[str],
+                       severities: Sequence[int]) -> list[tuple[str, int]]:
+  """The (corruption, severity) pairs of the grid that the extracted release at ``root``
+  lacks: a look at the folders, so that a stage can refuse (or leave out) what is absent
+  before it computes anything."""
+  base = epath.Path(root)
+  missing = []
+  for corruption in corruptions:
+    for severity in severities:
+      try:
+        find_condition_dir(base, corruption, severity)
+      except FileNotFoundError:
+        missing.append((corruption, int(severity)))
+  return missing
 
 
 class ImagenetC(tfds.core.GeneratorBasedBuilder):

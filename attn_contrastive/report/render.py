@@ -105,6 +105,9 @@ def table_lines(table: tables_lib.Table) -> list[str]:
               "mean: accuracy over their corruptions × 5 severities; mCE: corruption "
               "error relative to AlexNet's over the 15 benchmark corruptions.", ""]
     lines += [f"Protocol: {p}" for p in table.protocols] + ([""] if table.protocols else [])
+    lines += [f"Not scored for {row}: {', '.join(names)} (absent from the ImageNet-C tree it "
+              "was given; its extra column covers the rest)." for row, names in
+              table.missing.items()] + ([""] if table.missing else [])
   if table.spec.name == "alignment":
     lines += ["Map: the attention heads' maps for runs with heads, the activation attention "
               "(Σ_c A_c²) otherwise; the centre bias is scored on each workdir's images.", ""]

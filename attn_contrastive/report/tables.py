@@ -114,6 +114,9 @@ class Table:
   protocols: list[str] = dataclasses.field(default_factory=list)
   #: Alignment: the kind of map scored per row (``alignment/primary``), where recorded.
   maps: dict[str, str] = dataclasses.field(default_factory=dict)
+  #: Robustness: the corruptions a row's released ImageNet-C lacked, left out of its
+  #: numbers (``robustness/missing``), by row.
+  missing: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
   def rows(self) -> list[str]:
     return sorted(self.cells, key=lambda r: (r == CENTRE_BIAS, collect.row_order(r)))
@@ -190,8 +193,13 @@ def _table(name: str, spec: Spec, metrics: Sequence[Metric], datasets: dict[str,
   for e in chosen.get("alignment", ()):
     if isinstance(primary := e.results.get("alignment/primary"), str):
       maps.setdefault(e.row, set()).add(primary)
+  missing: dict[str, set] = {}
+  for e in chosen.get("robustness", ()):
+    if e.results.get("robustness/missing"):
+      missing.setdefault(e.row, set()).update(e.results["robustness/missing"])
   return Table(name, spec, datasets, present, cells, protocols,
-               {row: " / ".join(sorted(kinds)) for row, kinds in maps.items()})
+               {row: " / ".join(sorted(kinds)) for row, kinds in maps.items()},
+               {row: sorted(names) for row, names in missing.items()})
 
 
 def build(collection: collect.Collection) -> list[Table]:

@@ -14,6 +14,12 @@ is scored:
   built from ``robustness.manual_dir`` on first use), resized whole to the
   model's input.
 
+The released tree is looked at before anything is computed
+(:func:`corruptions_to_score`): a benchmark corruption (one of the 15 of
+mCE) it lacks stops the run at once, naming the tar files to extract; the 4
+extra ones (``extra.tar``, which many users skip) are left out, and
+``results.json`` names them (``robustness/missing``).
+
 Each condition's result is kept in ``<workdir>/conditions/`` as soon as it
 is scored, so a killed run restarted with the same command goes on from
 there. The summary (:mod:`attn_contrastive.evaluators.corruption_errors`):
@@ -31,7 +37,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -86,12 +92,45 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
   return source, pipeline.EvalView(view.image_size, 1.0)
 
 
-def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
-                     view) -> dict[str, dict[str, Any]]:
-  """``{"<corruption>_<severity>": {"top1", ["retrieval"]}}``, resuming finished ones."""
+def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
+  """(the corruptions to score, the extra ones left out as the release lacks them).
+
+  Only a released tree (``robustness.manual_dir``) can lack conditions; it is
+  read before any image is, so that a missing benchmark corruption costs
+  nothing but this error.
+  """
+  rc = config.robustness
+  if rc.source != "released" or not rc.manual_dir:
+    return tuple(rc.corruptions), []
+  from attn_contrastive.data import image_corruptions, imagenet_c_release
+  missing = imagenet_c_release.missing_conditions(rc.manual_dir, rc.corruptions,
+                                                  rc.severities)
+  benchmark = [(c, s) for c, s in missing if c not in image_corruptions.EXTRA]
+  if benchmark:
+    tars = sorted({f"{cat}.tar" for cat, names in image_corruptions.CATEGORIES.items()
+                   for c, _ in benchmark if c in names})
+    listed = ", ".join(f"{c} severity {s}" for c, s in benchmark[:8])
+    more = f" and {len(benchmark) - 8} more" if len(benchmark) > 8 else ""
+    raise FileNotFoundError(
+        f"the ImageNet-C tree at {rc.manual_dir} lacks {len(benchmark)} benchmark "
+        f"condition(s): {listed}{more}. Extract {', '.join(tars)} "
+        "(https://zenodo.org/record/2235448) into it, or score fewer with "
+        "--config.robustness.corruptions=... and --config.robustness.severities=...")
+  absent = sorted({c for c, _ in missing}, key=rc.corruptions.index)
+  if absent:
+    logging.warning("ImageNet-C's extra corruptions %s are not in %s (extra.tar): scoring "
+                    "the other %d; results.json lists them under robustness/missing",
+                    ", ".join(absent), rc.manual_dir, len(rc.corruptions) - len(absent))
+  return tuple(c for c in rc.corruptions if c not in absent), absent
+
+
+def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
+                     corruptions: Sequence[str]) -> dict[str, dict[str, Any]]:
+  """``{"<corruption>_<severity>": {"top1", ["retrieval"]}}`` of ``corruptions`` ×
+  ``robustness.severities``, resuming finished ones."""
   rc = config.robustness
   out, cache = {}, {}
-  for name in rc.corruptions:
+  for name in corruptions:
     for severity in rc.severities:
       preemption.check()
       key = f"{name}_{severity}"
@@ -115,9 +154,11 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source,
 
 def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
               clean_retrieval: dict[str, Any] | None) -> dict[str, Any]:
-  """The ``robustness/...`` and ``retrieval_c/...`` metrics of ``results.json``."""
+  """The ``robustness/...`` and ``retrieval_c/...`` metrics of ``results.json``, over the
+  corruptions of ``conditions``."""
   rc = config.robustness
-  top1 = {c: [conditions[f"{c}_{s}"]["top1"] for s in rc.severities] for c in rc.corruptions}
+  names = [c for c in rc.corruptions if f"{c}_{rc.severities[0]}" in conditions]
+  top1 = {c: [conditions[f"{c}_{s}"]["top1"] for s in rc.severities] for c in names}
   summary = corruption_errors.summarize(top1, clean_top1)
   metrics = {"robustness/clean_top1": clean_top1, "robustness/top1": top1,
              "robustness/severities": list(rc.severities)}
@@ -152,6 +193,7 @@ def score(ev: evaluation.Evaluation, linear: ml_collections.ConfigDict) -> dict[
   from attn_contrastive.data import pipeline
   config, rc, data = ev.config, ev.config.robustness, ev.config.data
   linear_dir = config.run_dir
+  corruptions, missing = corruptions_to_score(config)
   scorer = _Scorer(config, linear_dir, ev.run, ev.mesh)
   image_size = int(data.image_size or linear.data.image_size or ev.run.image_size)
   view = pipeline.EvalView(image_size, linear.aug.eval_crop_fraction)
@@ -164,12 +206,13 @@ def score(ev: evaluation.Evaluation, linear: ml_collections.ConfigDict) -> dict[
   clean_top1 = scorer.top1(clean_x, clean_y)
   retrieval = (clean_retrieval(ev, scorer, linear, view, clean_x, clean_y)
                if rc.retrieval else None)
-  conditions = score_conditions(config, ev.workdir, scorer, clean, view)
+  conditions = score_conditions(config, ev.workdir, scorer, clean, view, corruptions)
   metrics = summarize(config, conditions, clean_top1, retrieval)
   metrics.update({"robustness/classifier": {"workdir": paths.resolve(linear_dir),
                                             "protocol": scorer.protocol},
                   "robustness/source": rc.source, "robustness/seed": rc.seed,
-                  "robustness/num_images": int(len(clean_y))})
+                  "robustness/num_images": int(len(clean_y)),
+                  "robustness/missing": missing})
   logging.info("Robustness of %s (%s classifier): clean %.4f, mean %.4f, mCE %.3f", linear_dir,
                scorer.protocol, clean_top1, metrics["robustness/mean"],
                metrics["robustness/mce"])
