@@ -7,8 +7,10 @@ Synthetic (default), after configs/teacher.py; 2 CPU cores, about 2 min:
   ``--config.attention.maps_dir=/tmp/maps_train``.
 
 ImageNet (accelerator hosts, any number of processes): ``:imagenet`` labels
-1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB); a
-killed run restarted with the same flags skips finished shards (docs/chain.md).
+1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB), each
+image at its own aspect ratio, shorter side 240 px; a killed run restarted
+with the same flags skips finished shards (docs/chain.md). A smaller run sets
+``--config.eval.batch_size`` and ``--config.eval.num_threads``, as every stage.
 """
 import ml_collections
 
