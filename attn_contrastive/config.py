@@ -16,9 +16,21 @@ import ml_collections
 
 DATA_CHOICES = ("synthetic", "imagenet")
 
-#: Keys that were renamed, ``{old name: new name}`` (a key's last part): a config
-#: given the old one is refused with the new one's name.
-RENAMED_KEYS = {"checkpoint": "run_dir"}
+#: Keys that were renamed, ``{old name: new name}``, each the end of a dotted key
+#: (``checkpoint`` anywhere, ``label.batch_size`` in a label config, also inside a
+#: study's ``label`` stage): a config given the old one is refused with the new
+#: one's name. The label task's batch and threads are named as every other
+#: stage's, so the keys a smaller run overrides are the same everywhere.
+RENAMED_KEYS = {"checkpoint": "run_dir", "label.batch_size": "eval.batch_size",
+                "label.num_threads": "eval.num_threads"}
+
+
+def renamed_key(key: str) -> str | None:
+  """``key`` (dotted) under its new name if it ends with a renamed key, else None."""
+  for old, new in RENAMED_KEYS.items():
+    if key == old or key.endswith("." + old):
+      return key[:len(key) - len(old)] + new
+  return None
 
 
 def parse_arg(arg: str | None, choices: dict[str, Iterable[str]]) -> dict[str, str]:
@@ -186,11 +198,9 @@ def unknown_key_message(key: str, cfg: ml_collections.ConfigDict) -> str | None:
   valid = _flat_keys(cfg)
   if key in valid:
     return None
-  parent, _, leaf = key.rpartition(".")
-  if leaf in RENAMED_KEYS:
-    renamed = ".".join(filter(None, (parent, RENAMED_KEYS[leaf])))
-    if renamed in valid:
-      return f"config key {key!r} is now {renamed!r}: pass --config.{renamed}=... instead"
+  renamed = renamed_key(key)
+  if renamed in valid:
+    return f"config key {key!r} is now {renamed!r}: pass --config.{renamed}=... instead"
   near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
   parent = key.rpartition(".")[0]
   siblings = [k for k in valid if k.rpartition(".")[0] == parent]

@@ -75,6 +75,9 @@ ATTENTION_LABELS = ("teacher", "human")
 #: ``attention.cotrain_bn``: the co-train row's human images in a forward pass of their
 #: own (the encoder's BatchNorm statistics stay the views'), or in one with the views.
 COTRAIN_BN = ("separate", "joint")
+#: ``label.shape``: each image at its own aspect ratio on a padded canvas, or resized
+#: whole to the teacher's input (``data/canvases.py``).
+LABEL_SHAPES = ("own", "squashed")
 #: A linear evaluation's protocols (``protocols``, ``tasks/linear_eval.py``).
 LINEAR_PROTOCOLS = ("linear", "linear_cached")
 #: The classifier a stage reads from a linear evaluation: ``auto`` is ``linear`` if
@@ -140,9 +143,12 @@ CHECKS: tuple[Check, ...] = (
     ("attention.labels", _one_of(*ATTENTION_LABELS),
      f"one of {_names(ATTENTION_LABELS)} (the co-train row)"),
     ("attention.cotrain_bn", _one_of(*COTRAIN_BN), f"one of {_names(COTRAIN_BN)}"),
-    ("label.batch_size", _positive, "a positive number of images"),
     ("label.num_shards", _positive, "at least 1"),
     ("label.map_size", _positive, "a positive map side in pixels"),
+    ("label.shape", _one_of(*LABEL_SHAPES), f"one of {_names(LABEL_SHAPES)}"),
+    ("label.canvas_aspects", lambda x: isinstance(x, (tuple, list)) and bool(x)
+     and all(_positive(a) and a >= 1 for a in x),
+     "a tuple of aspect ratios (longer side / shorter side), each at least 1"),
     ("protocols", _tuple_of(*LINEAR_PROTOCOLS),
      f"a tuple of {_names(LINEAR_PROTOCOLS)} (empty: a supervised run's own classifier "
      "only)"),
@@ -196,7 +202,7 @@ def _links(config, prefix: str) -> Iterable[str]:
 def _renamed(config, prefix: str) -> Iterable[str]:
   """Keys of a config written for an earlier version, under the names they have now."""
   for old, new in config_lib.RENAMED_KEYS.items():
-    if old in config:
+    if _get(config, old)[0]:
       yield f"{prefix}{old} is now {prefix}{new}: set {prefix}{new} instead"
 
 
@@ -271,8 +277,8 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "",
 # classification, saliency, kNN and feature evaluators). An evaluation pads
 # its last global batch (with masked copies of example 0), so the size of a
 # split never matters, only the batch. The label task runs each process on
-# its own devices and pads every batch to them, so ``label.batch_size`` has
-# no constraint. A robustness run also embeds the training split with the
+# its own devices and pads every batch to them, so its ``eval.batch_size``
+# has no constraint. A robustness run also embeds the training split with the
 # ``eval.batch_size`` of the linear evaluation it scores; that run's own
 # check covered it on its layout (a study's is checked here).
 

@@ -7,8 +7,10 @@ Synthetic (default), after configs/teacher.py; 2 CPU cores, about 2 min:
   ``--config.attention.maps_dir=/tmp/maps_train``.
 
 ImageNet (accelerator hosts, any number of processes): ``:imagenet`` labels
-1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB); a
-killed run restarted with the same flags skips finished shards (docs/chain.md).
+1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB), each
+image at its own aspect ratio, shorter side 240 px; a killed run restarted
+with the same flags skips finished shards (docs/chain.md). A smaller run sets
+``--config.eval.batch_size`` and ``--config.eval.num_threads``, as every stage.
 """
 import ml_collections
 
@@ -23,12 +25,18 @@ def get_config(arg: str | None = None):
   c.data = ml_collections.ConfigDict(dict(
       name="salient_objects/classification", split="train", data_dir="",
       auto_prepare=True, max_bad_images=100))
-  c.label = ml_collections.ConfigDict(dict(map_size=64, batch_size=128, num_shards=16,
-                                           num_threads=2))
+  # `shape`: "own" (each image at its own aspect ratio, shorter side at the
+  # teacher's, padded to the smallest canvas of `canvas_aspects`, longer side /
+  # shorter side, that holds it) or "squashed" (resized to the teacher's input).
+  c.label = ml_collections.ConfigDict(dict(map_size=64, num_shards=16, shape="own",
+                                           canvas_aspects=(1.0, 4 / 3, 5 / 3, 2.0)))
+  # The images a jitted call labels per process, and the threads that decode them.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=128, num_threads=2))
   if picked["data"] == "imagenet":
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
-    c.label.update(dict(batch_size=256, num_shards=1024, num_threads=32))
+    c.label.num_shards = 1024
+    c.eval.update(dict(batch_size=256, num_threads=32))
   else:
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "synthetic")
   return c

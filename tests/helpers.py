@@ -143,14 +143,17 @@ def filled_variables(model, shape, seed: int = 0):
 
 def tiny_label_config(**label):
   """configs/label.py with a ResNet-10 teacher of width 4 on 16-px images, 8-px maps;
-  ``label`` overrides fields of ``config.label`` (batch_size, num_shards, …)."""
+  ``label`` overrides fields of ``config.label`` (num_shards, shape, …) and of
+  ``config.eval`` (batch_size, num_threads)."""
   import os  # pylint: disable=g-import-not-at-top
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
   c = config_lib.load_config_file(os.path.join(configs, "label.py"))
   c.teacher.data.image_size = SIZE
   c.teacher.model.update(dict(TINY_RESNET, decoder_width=4, output_stride=2, conv_impl="xla"))
-  c.label.update(dict(map_size=8, batch_size=8, num_shards=3))
-  c.label.update(label)
+  c.label.update(dict(map_size=8, num_shards=3))
+  c.eval.batch_size = 8
+  for key, value in label.items():
+    (c.eval if key in c.eval else c.label)[key] = value
   return c
 
 

@@ -95,6 +95,23 @@ def test_the_old_checkpoint_key_is_refused_with_its_new_name():
       config_checks.problems(c))
 
 
+def test_the_label_tasks_old_batch_keys_are_refused_with_their_new_names():
+  """The label task's batch and threads are ``eval.*``, as in every other stage."""
+  from attn_contrastive import config_checks
+  label_config = config_lib.load_config_file(os.path.join(ROOT, "configs/label.py"))
+  assert config_lib.unknown_key_message("label.batch_size", label_config).startswith(
+      "config key 'label.batch_size' is now 'eval.batch_size'")
+  study = config_lib.load_config_file(os.path.join(ROOT, "configs/study.py"))
+  assert config_lib.unknown_key_message("label.label.num_threads", study).startswith(
+      "config key 'label.label.num_threads' is now 'label.eval.num_threads'")
+  study.label.label.batch_size = 64  # set in code
+  assert "label.label.batch_size is now label.eval.batch_size" in "; ".join(
+      config_checks.problems(study))
+  for name in ("teacher", "label", *config_checks.EVALUATIONS):
+    stage = study[name]
+    assert {"batch_size", "num_threads"} <= set(stage.eval), name
+
+
 def test_main_refuses_unknown_key():
   proc = subprocess.run(
       [sys.executable, "-m", "attn_contrastive.main", "--config=configs/contrastive.py",

@@ -1,6 +1,8 @@
 """The label task and the attention-map dataset: resume, alignment, key checks."""
 import os
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import attention_maps as am
+from attn_contrastive.data import canvases
 from attn_contrastive.models.forward import normalize_images
 from attn_contrastive.models.teacher import teacher_from_config
 from attn_contrastive.tasks import label
@@ -280,3 +283,116 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher, monkeypatch):
   np.testing.assert_allclose(metrics["loss"], metrics["nt_xent"] + metrics["attn_loss"],
                              rtol=1e-5)
   _check_alignment(str(tmp_path / "run"), str(tmp_path / "align"), model, c)
+
+
+# Labels at the image's own shape.
+
+
+class DiscDetector(nn.Module):
+  """A teacher stand-in with a known, translation-equivariant response: a matched
+  filter for bright discs of radius ``radius`` (the disc's mean minus the mean of
+  the ring around it, zero padding), at output stride 1."""
+  radius: float = 3.5
+  outer: float = 5.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    n = int(self.outer)
+    r = np.hypot(*np.mgrid[-n:n + 1, -n:n + 1])
+    disc, ring = r <= self.radius, (r > self.radius) & (r <= self.outer)
+    kernel = disc / disc.sum() - ring / ring.sum()
+    grey = jnp.mean(x.astype(jnp.float32), -1, keepdims=True)
+    logits = jax.lax.conv_general_dilated(
+        grey, jnp.asarray(kernel, jnp.float32)[:, :, None, None], (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))[..., 0]
+    return {"logits": 4.0 * logits}
+
+
+def _ellipse(hw, centre, radii):
+  y, x = np.mgrid[:hw[0], :hw[1]] + 0.5
+  return ((y - centre[0]) / radii[0]) ** 2 + ((x - centre[1]) / radii[1]) ** 2 <= 1
+
+
+def _portraits(n=4):
+  """Tall 32×24 images (aspect 0.75, ImageNet's portrait): a disc of radius 3.5 (the
+  object) off-centre above, and below it an ellipse that the squash to a 24×32
+  teacher input turns into that disc (vertical semi-axis 3.5 / 0.75, horizontal
+  3.5 / (4/3)); the object's column moves from image to image."""
+  images = []
+  for i in range(n):
+    image = np.zeros((32, 24, 3), np.uint8)
+    col = 9 + 2 * i
+    image[_ellipse((32, 24), (8, col), (3.5, 3.5))] = 255
+    image[_ellipse((32, 24), (23, col), (3.5 / 0.75, 3.5 * 0.75))] = 255
+    images.append(image)
+  return Split(image=images, file_name=file_names(n))
+
+
+def _disc_config(**label_keys):
+  c = tiny_label_config(map_size=16, num_shards=1, **label_keys)
+  c.teacher.data.update(dict(image_size=24, image_width=32))  # SALICON's 3:4, in small
+  c.teacher.model.output_stride = 1
+  return c
+
+
+def _peaks(maps):
+  """Each map's peak in normalised ``(y, x)`` coordinates of its image."""
+  flat = maps.reshape(len(maps), -1).argmax(1)
+  rows, cols = np.unravel_index(flat, maps.shape[1:])
+  return (np.stack([rows, cols], 1) + 0.5) / np.array(maps.shape[1:])
+
+
+def test_own_shape_puts_the_peak_on_the_object_where_squashing_moves_it(tmp_path):
+  """The disc detector on portrait images: at their own shape the map's peak is on
+  the disc (normalised y ≈ 8/32); squashed to the teacher's landscape input, the
+  disc becomes a flat ellipse and the ellipse a disc, and the peak moves to it."""
+  src, teacher = _portraits(), (DiscDetector(), {})
+  found = {}
+  for shape in ("own", "squashed"):
+    label.write_maps(_disc_config(shape=shape), str(tmp_path / shape), teacher=teacher,
+                     source=src)
+    maps = np.stack([m["attention_map"] for m in am.AttentionMapSource(str(tmp_path / shape))])
+    found[shape] = _peaks(maps)
+  cols = (9 + 2 * np.arange(4) + 0.5) / 24
+  for shape, y in (("own", 8 / 32), ("squashed", 23 / 32)):
+    np.testing.assert_allclose(found[shape][:, 0], y, atol=1 / 16, err_msg=shape)
+    np.testing.assert_allclose(found[shape][:, 1], cols, atol=1 / 16, err_msg=shape)
+  with open(os.path.join(tmp_path, "own", am.METADATA)) as f:
+    assert '"shape": "own"' in f.read()
+
+
+def _alone(predict, place, image):
+  """One image labelled by itself, at its own size, no canvas padding."""
+  from attn_contrastive.data import augment  # pylint: disable=g-import-not-at-top
+  hw, _ = canvases.own_hw(image.shape[:2], min(place.teacher_hw), place.aspects, place.step)
+  one = augment.whole_image(image, hw)[None]
+  return np.asarray(predict(one, np.array([hw], np.int32)))[0]
+
+
+def test_padding_is_masked_a_padded_batch_gives_each_images_own_map(tmp_path):
+  """Images padded within their canvas (aspects 1.25, 1.83, and 2.5 fit inside the
+  2:1 canvas) or filling it, two canvases to a batch, batches padded to the devices:
+  each written map equals that image labelled alone at its own size (the
+  convolution's sums in another order may move a level by one)."""
+  rng = np.random.default_rng(3)
+  shapes = [(30, 24), (24, 44), (24, 60), (32, 24)]
+  images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in shapes]
+  src = Split(image=images, file_name=file_names(len(images)))
+  c = _disc_config(batch_size=2)
+  model = DiscDetector()
+  label.write_maps(c, str(tmp_path), teacher=(model, {}), source=src)
+  written = am.AttentionMapSource(str(tmp_path))
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), ("data",))  # alone
+  predict = label.make_predict(model, {}, c.label.map_size, mesh)
+  place = label.Placement(c)
+  padded = 0
+  for i, image in enumerate(images):
+    canvas, hw = place(image)
+    padded += canvas.shape[:2] != tuple(hw)
+    got = written[i]["attention_map"].astype(int)
+    want = _alone(predict, place, image).astype(int)
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.95, i
+  assert padded == 3
+

@@ -280,7 +280,8 @@ def _label_config(teacher_config, teacher_dir):
   c = config_lib.load_config_file(os.path.join(CONFIGS, "label.py"))
   c.teacher = teacher_config
   c.teacher_checkpoint = teacher_dir
-  c.label.update(dict(map_size=8, batch_size=8, num_shards=2, num_threads=1))
+  c.label.update(dict(map_size=8, num_shards=2))
+  c.eval.update(dict(batch_size=8, num_threads=1))
   return c
 
 

@@ -9,9 +9,17 @@ restarted with the same config skips the finished shards and redoes the rest,
 and any shard that is not whole (a truncated copy), removing the temporary
 file a kill during a write left (tested with SIGKILLs at random moments,
 ``tests/test_kills.py``). Shards are uncompressed
-``.npz`` so that readers can memory-map them. ``label.num_threads`` threads
-decode and resize the images; the teacher runs jitted, batch-sharded over this
-process's devices. ``results.json`` (process 0) counts every process's work.
+``.npz`` so that readers can memory-map them.
+
+Each image reaches the teacher at its own aspect ratio, its shorter side at
+the teacher's training input's (``label.shape="own"``): padded to one of a
+few canvases (``label.canvas_aspects``, :mod:`attn_contrastive.data.canvases`),
+batched with the images of its canvas, the padding masked out of the input
+and the log-density. ``label.shape="squashed"`` resizes every whole image to
+the teacher's input instead, as a comparison. ``eval.num_threads`` threads
+decode and place the images; the teacher runs jitted, ``eval.batch_size``
+images a call, batch-sharded over this process's devices. ``results.json``
+(process 0) counts every process's work.
 """
 from __future__ import annotations
 
@@ -31,10 +39,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from attn_contrastive import paths
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import augment
+from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
+from attn_contrastive.models import forward
 from attn_contrastive.models.teacher import teacher_from_config
-from attn_contrastive.saliency import jax_metrics
 from attn_contrastive.tasks import teacher as teacher_task
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
@@ -50,6 +59,8 @@ def metadata(config, num_examples: int) -> dict[str, Any]:
       "source": {"dataset": config.data.name, "split": config.data.split,
                  "num_examples": int(num_examples)},
       "map_size": int(config.label.map_size),
+      "shape": config.label.shape,
+      "canvas_aspects": [float(a) for a in config.label.canvas_aspects],
       "num_shards": int(config.label.num_shards),
       "key": "file_name",
       "format": "uint8 maps scaled to a maximum of 255",
@@ -70,27 +81,87 @@ def _write_metadata(workdir: str, meta: dict[str, Any]) -> None:
 
 
 def make_predict(model, variables, map_size: int, mesh: Mesh):
-  """Jitted ``uint8 images [B, H, W, 3] → uint8 maps [B, S, S]``.
+  """Jitted ``(uint8 canvases [B, H, W, 3], int32 image sizes [B, 2]) → uint8 maps
+  [B, S, S]``.
 
-  The teacher's density is resized to ``map_size`` and scaled per image so
-  that its maximum is 255 (the scale carries no information: maps are
-  renormalised wherever they are used).
+  Each image fills the top-left ``[h, w]`` of its canvas
+  (:mod:`attn_contrastive.data.canvases`). The rest is masked out twice: the
+  network's normalised input is zero there (what its convolutions pad with at
+  an image's edge), and the log-density is a softmax over the image's own
+  map pixels only. The image's part of the density is resized to
+  ``map_size`` square (every map covers its whole image) and scaled per
+  image so that its maximum is 255 (the scale carries no information: maps
+  are renormalised wherever they are used).
   """
   dtype = jnp.dtype(model.dtype)
   sharding = NamedSharding(mesh, P("data"))
 
-  def predict(images):
-    density = teacher_task.predict_density(model, variables, images, dtype)
-    density = jnp.maximum(jax_metrics.resize_maps(density, (map_size, map_size)), 0.0)
+  def predict(images, image_hw):
+    _, height, width, _ = images.shape
+    inside = _inside(image_hw, height, width)
+    x = jnp.where(inside[..., None], forward.normalize_images(images, dtype), 0)
+    logits = model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
+    map_h, map_w = logits.shape[1:]
+    # The image's part of the map: its share of the canvas, in whole map pixels.
+    map_hw = (image_hw * jnp.array([map_h, map_w]) + jnp.array([height, width]) - 1
+              ) // jnp.array([height, width])
+    mask = _inside(map_hw, map_h, map_w)
+    flat = jnp.where(mask, logits, -jnp.inf).reshape(len(logits), -1)
+    density = jnp.where(mask, jnp.exp(jax.nn.log_softmax(flat, -1)).reshape(mask.shape), 0.0)
+    density = jnp.maximum(jax.vmap(_resize_part, (0, 0, 0, None))(
+        density, mask.astype(jnp.float32), map_hw, map_size), 0.0)
     peak = jnp.max(density, axis=(1, 2), keepdims=True)
     return jnp.round(255.0 * density / jnp.maximum(peak, 1e-30)).astype(jnp.uint8)
 
-  return jax.jit(predict, in_shardings=sharding, out_shardings=sharding)
+  return jax.jit(predict, in_shardings=(sharding, sharding), out_shardings=sharding)
 
 
-def _prepared(source, i: int, image_hw) -> tuple[np.ndarray, str, bool]:
-  """Record ``i``'s whole image resized to the teacher's input, its key, and whether
-  its image could not be decoded.
+def _inside(hw: jax.Array, height: int, width: int) -> jax.Array:
+  """``[B, height, width]``: whether each pixel lies in its image's top-left ``hw``."""
+  rows = jnp.arange(height)[None, :, None] < hw[:, 0, None, None]
+  cols = jnp.arange(width)[None, None, :] < hw[:, 1, None, None]
+  return rows & cols
+
+
+def _resize_part(density: jax.Array, mask: jax.Array, part_hw: jax.Array,
+                 size: int) -> jax.Array:
+  """The top-left ``part_hw`` of one ``density`` map resized to ``size`` square.
+
+  Linear, antialiased when shrinking, as :func:`jax_metrics.resize_maps`;
+  the mask resized alike divides out the weight that fell on padding, so the
+  result is the part's own resize (edges clamped), exactly that of a map
+  without padding.
+  """
+  scale = size / part_hw.astype(jnp.float32)
+  resize = lambda m: jax.image.scale_and_translate(  # noqa: E731
+      m, (size, size), (0, 1), scale, jnp.zeros(2), method="linear", antialias=True)
+  return resize(density) / jnp.maximum(resize(mask), 1e-12)
+
+
+class Placement:
+  """Where each image goes for the teacher (``label.shape``): ``own`` keeps its
+  aspect ratio on a padded canvas (:mod:`attn_contrastive.data.canvases`),
+  ``squashed`` resizes the whole image to the teacher's input."""
+
+  def __init__(self, config):
+    self.shape = config.label.shape
+    self.teacher_hw = teacher_task.input_hw(config.teacher)
+    self.aspects = tuple(config.label.canvas_aspects)
+    self.step = int(config.teacher.model.get("output_stride", 1))
+
+  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(uint8 canvas, the image's size on it)``."""
+    if self.shape == "squashed":
+      return augment.whole_image(image, self.teacher_hw), self.teacher_hw
+    image_hw, canvas_hw = canvases.own_hw(image.shape[:2], min(self.teacher_hw),
+                                          self.aspects, self.step)
+    return canvases.on_canvas(image, image_hw, canvas_hw), image_hw
+
+
+def _prepared(source, i: int, place: Placement
+              ) -> tuple[np.ndarray, tuple[int, int], str, bool]:
+  """Record ``i``'s image on its canvas, the image's size there, its key, and
+  whether its image could not be decoded.
 
   An undecodable image (counted against ``data.max_bad_images``) is labelled
   from a black stand-in and its map written as zeros: every key keeps exactly
@@ -98,35 +169,40 @@ def _prepared(source, i: int, image_hw) -> tuple[np.ndarray, str, bool]:
   whole record (see :mod:`attn_contrastive.data.images`).
   """
   record, bad = images_lib.record_or_blank(source, i)
-  return (augment.whole_image(record["image"], image_hw),
-          am.key_str(record["file_name"]), bad)
+  canvas, image_hw = place(np.asarray(record["image"]))
+  return canvas, image_hw, am.key_str(record["file_name"]), bad
 
 
-def _label_shard(source, start: int, stop: int, predict, image_hw, batch: int,
-                 num_devices: int, pool: concurrent.futures.Executor
+def padded_size(n: int, batch: int, num_devices: int) -> int:
+  """The batch ``n`` images are padded to: ``batch`` halved while it holds them,
+  a multiple of the devices. A few sizes per canvas, so few programs compile,
+  and at most about half of a short batch is padding."""
+  up = lambda x: -(-x // num_devices) * num_devices  # noqa: E731
+  size = up(max(batch, n))
+  while size > num_devices and up(size // 2) >= n:
+    size = up(size // 2)
+  return size
+
+
+def _label_shard(prepared: list, predict, batch: int, num_devices: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Maps and keys for records ``[start, stop)``, in batches padded to the devices.
-
-  ``pool``'s threads decode and resize the images (Pillow and OpenCV release the GIL),
-  the next batch's while the teacher runs on this one.
-  """
-  batches = [range(lo, min(lo + batch, stop)) for lo in range(start, stop, batch)]
-  submit = lambda idx: [pool.submit(_prepared, source, i, image_hw) for i in idx]
-  pending = submit(batches[0]) if batches else []
-  maps, keys = [], []
-  for k in range(len(batches)):
-    done = [f.result() for f in pending]
-    pending = submit(batches[k + 1]) if k + 1 < len(batches) else []
-    images = np.stack([image for image, _, _ in done])
-    n = len(images)
-    pad = (-n) % num_devices
-    if pad:
-      images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-    batch_maps = np.array(jax.device_get(predict(images))[:n])
-    batch_maps[[bad for _, _, bad in done]] = 0
-    maps.append(batch_maps)
-    keys.extend(key for _, key, _ in done)
-  return np.concatenate(maps), np.array(keys)
+  """Maps and keys of a shard's prepared records (futures of :func:`_prepared`), in
+  order: batches of one canvas size each, padded with copies of their last image."""
+  done = [f.result() for f in prepared]
+  by_canvas: dict[tuple[int, ...], list[int]] = {}
+  for i, (canvas, _, _, _) in enumerate(done):
+    by_canvas.setdefault(canvas.shape, []).append(i)
+  maps = [None] * len(done)
+  for members in by_canvas.values():
+    for lo in range(0, len(members), batch):
+      idx = members[lo:lo + batch]
+      idx_padded = idx + [idx[-1]] * (padded_size(len(idx), batch, num_devices) - len(idx))
+      images = np.stack([done[i][0] for i in idx_padded])
+      image_hw = np.array([done[i][1] for i in idx_padded], np.int32)
+      batch_maps = np.asarray(jax.device_get(predict(images, image_hw)))
+      for i, m in zip(idx, batch_maps):
+        maps[i] = np.zeros_like(m) if done[i][3] else m
+  return np.stack(maps), np.array([key for _, _, key, _ in done])
 
 
 def _save_shard(path: str, maps: np.ndarray, keys: np.ndarray) -> None:
@@ -161,24 +237,32 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
   _write_metadata(workdir, meta)
   mesh = Mesh(np.array(jax.local_devices()), ("data",))
   predict = make_predict(model, variables, config.label.map_size, mesh)
-  image_hw = teacher_task.input_hw(config.teacher)
+  place = Placement(config)
   num_shards = config.label.num_shards
   ranges = am.shard_ranges(len(source), num_shards)
-  written, images, t0 = 0, 0, time.perf_counter()
   map_hw = (config.label.map_size, config.label.map_size)
-  with concurrent.futures.ThreadPoolExecutor(config.label.get("num_threads", 8)) as pool:
-    for index in range(jax.process_index(), num_shards, jax.process_count()):
+  todo = []
+  for index in range(jax.process_index(), num_shards, jax.process_count()):
+    path = am.shard_path(workdir, index, num_shards)
+    paths.remove_temporaries(path)  # a half-written file of a killed run
+    if not (paths.exists(path) and _is_whole(path, ranges[index][1] - ranges[index][0],
+                                             map_hw)):
+      todo.append(index)  # else finished by an earlier run
+  if stop_after_shards is not None:
+    todo = todo[:stop_after_shards]
+  written, images, t0 = 0, 0, time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(config.eval.num_threads) as pool:
+    # The threads decode and place the next shard's images (Pillow and OpenCV
+    # release the GIL) while the teacher runs on this one's.
+    submit = lambda k: [pool.submit(_prepared, source, i, place)  # noqa: E731
+                        for i in range(*ranges[todo[k]])] if k < len(todo) else []
+    pending = submit(0)
+    for k, index in enumerate(todo):
       preemption.check()
-      path = am.shard_path(workdir, index, num_shards)
+      prepared, pending = pending, submit(k + 1)
+      maps, keys = _label_shard(prepared, predict, config.eval.batch_size, mesh.size)
+      _save_shard(am.shard_path(workdir, index, num_shards), maps, keys)
       start, stop = ranges[index]
-      paths.remove_temporaries(path)  # a half-written file of a killed run
-      if paths.exists(path) and _is_whole(path, stop - start, map_hw):
-        continue  # finished by an earlier run
-      if stop_after_shards is not None and written >= stop_after_shards:
-        break
-      maps, keys = _label_shard(source, start, stop, predict, image_hw,
-                                config.label.batch_size, mesh.size, pool)
-      _save_shard(path, maps, keys)
       written, images = written + 1, images + (stop - start)
       rate = images / max(time.perf_counter() - t0, 1e-9)
       logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
