@@ -11,7 +11,7 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from attn_contrastive.data import images, prepare
+from attn_contrastive.data import image_folder, images, prepare
 
 
 SYNTHETIC_PREFIX = "salient_objects"
@@ -34,7 +34,17 @@ def prepare_command(name: str, data_dir: str | None) -> str:
 
 def get_builder(name: str, data_dir: str | None = None,
                 auto_prepare: bool = False) -> tfds.core.DatasetBuilder:
-  """The prepared builder of ``name``, building synthetic data if allowed."""
+  """The prepared builder of ``name``, building synthetic data if allowed.
+
+  ``folder:PATH`` (the user's images) is read from its prepared files alone.
+  """
+  if image_folder.is_folder(name):
+    builder = image_folder.prepared_builder(name, _data_dir(data_dir))
+    if builder is None:
+      raise DatasetMissingError(
+          f"{name} is not prepared under {_data_dir(data_dir)}; prepare it with:\n  "
+          f"{prepare_command(name, data_dir)}")
+    return builder
   prepare.register_builders()
   try:
     builder = tfds.builder(name, data_dir=_data_dir(data_dir))
