@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attn_contrastive import config_checks
 from attn_contrastive.data import image_folder, images, prepare, sources
 
 CLASSES = ("zebra", "apple", "moth", "kiwi")  # sorted: apple, kiwi, moth, zebra
@@ -118,3 +119,99 @@ def test_folders_that_cannot_be_read_are_refused_with_the_fix(tmp_path):
     prepare.prepare(f"folder:{tmp_path / 'mixed'}", data_dir)
   with pytest.raises(sources.DatasetMissingError, match="--dataset=folder:"):
     sources.get_builder(f"folder:{tmp_path / 'pets'}", data_dir)
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config(file, name, data_dir, **data):
+  """A documented config file's config on ``name``, its sizes made tiny."""
+  from attn_contrastive import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.load_config_file(os.path.join(CONFIGS, file))
+  c.data.update(dict(name=name, data_dir=data_dir, **data))
+  c.eval.update(dict(batch_size=8, num_threads=1)) if "eval" in c else None
+  return c
+
+
+def _write_teacher(workdir, c):
+  """A tiny teacher's checkpoint (filled variables, no training), as the label task
+  reads it."""
+  from attn_contrastive.models.teacher import teacher_from_config
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  from helpers import filled_variables
+  variables = filled_variables(teacher_from_config(c.teacher.model), (1, 16, 16, 3))
+  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
+  ckpt.save(1, {**variables, "step": np.int32(1)})
+  ckpt.close()
+  return str(workdir)
+
+
+def _run(c, workdir):
+  from attn_contrastive import tasks
+  assert config_checks.problems(c) == []
+  assert config_checks.layout_problems(c, 8, 1) == []
+  return tasks.entry(c.task)(c, str(workdir))
+
+
+def test_own_images_through_label_pretraining_input_and_every_evaluation(tmp_path):
+  """The commands of docs/own_images.md on 24 JPEG / PNG images of 4 classes, with the
+  documented configs, only sizes overridden (16-px images, the tiny ResNet, batch 8,
+  two corruptions at one severity): prepare; label with a tiny teacher (the task
+  itself); the attention-teacher pretraining's input built by its task (the folder's
+  images joined to their maps by key, views with maps; its fused step on such a join
+  is test_label's, left out here for time); linear evaluation, retrieval and
+  robustness to generated corruptions (the tasks themselves) of a tiny pretraining
+  run."""
+  import json
+  from attn_contrastive.data import attention_maps as am
+  from attn_contrastive.tasks import pretrain
+  from helpers import TINY_MODEL, tiny_label_config, write_run
+  root = _folder(tmp_path / "photos")
+  name, data_dir = f"folder:{root}", str(tmp_path / "tfds")
+  prepare.prepare(name, data_dir, validation_fraction=0.25)
+  train = _records(name, "train", data_dir)
+
+  label = tiny_label_config(batch_size=8, num_shards=2, num_threads=1)
+  label.data.update(dict(name=name, data_dir=data_dir))
+  label.teacher_checkpoint = _write_teacher(tmp_path / "teacher", label)
+  _run(label, tmp_path / "maps")
+  maps = am.AttentionMapSource(str(tmp_path / "maps"), name, "train")
+  assert [maps[i]["file_name"] for i in range(len(maps))] == [_key(r) for r in train]
+
+  c = _config("contrastive_attn_teacher.py", name, data_dir, image_size=16, num_classes=4)
+  c.model.update(TINY_MODEL)
+  c.attention.update(dict(maps_dir=str(tmp_path / "maps"), width=4, map_size=8))
+  assert config_checks.problems(c) == []
+  task = pretrain.build_task(c)
+  for i in (0, 7, 15):
+    joined = task.train_source[i]
+    assert _key(joined) == _key(train[i]) and joined["label"] == train[i]["label"]
+    np.testing.assert_array_equal(joined["attention_map"], maps[i]["attention_map"])
+    views = task.train_transform(joined, np.random.default_rng(i))
+    assert views["view1"].shape == (16, 16, 3) and views["map1"].shape[:2] == (8, 8)
+
+  run_dir, _, _ = write_run(tmp_path / "simclr", "pretrain")
+  lin = _config("linear_eval.py", name, data_dir)
+  lin.run_dir = run_dir
+  lin.input.update(dict(global_batch_size=8, num_threads=1, prefetch=1))
+  lin.train.update(dict(num_steps=2, async_checkpoint=False))
+  _run(lin, tmp_path / "linear")
+  res = json.loads((tmp_path / "linear" / "results.json").read_text())
+  assert res["dataset"] == {"name": name, "splits": ["train", "validation"],
+                            "version": "1.0.0"}
+  assert {"linear/top1", "linear_cached/top1"} <= set(res)
+
+  ret = _config("retrieval.py", name, data_dir)
+  ret.run_dir = run_dir
+  _run(ret, tmp_path / "retrieval")
+  res = json.loads((tmp_path / "retrieval" / "results.json").read_text())
+  assert res["retrieval/num_queries"] == 8 and res["retrieval/num_gallery"] == 16
+  assert 0 < res["retrieval/map"] <= 1
+
+  rob = _config("robustness.py", name, data_dir)
+  rob.run_dir = str(tmp_path / "linear")
+  rob.robustness.update(dict(corruptions=("gaussian_noise", "fog"), severities=(3,)))
+  _run(rob, tmp_path / "robustness")
+  res = json.loads((tmp_path / "robustness" / "results.json").read_text())
+  assert set(res["robustness/ce"]) == {"gaussian_noise", "fog"}
+  assert res["dataset"]["name"] == name and 0 <= res["robustness/clean_top1"] <= 1
