@@ -103,6 +103,12 @@ def test_a_flat_folder_is_unlabelled_and_a_bad_file_is_counted_and_named(tmp_pat
                               max_bad_images=0)
   with pytest.raises(images.TooManyBadImagesError, match="img3.webp"):
     [strict[i] for i in range(len(strict))]
+  # The evaluations that score labels refuse it before opening any run.
+  from attn_contrastive import tasks
+  lin = _config("linear_eval.py", name, data_dir)
+  lin.run_dir = str(tmp_path / "no_run")
+  with pytest.raises(ValueError, match="has no labels.*one subfolder per class"):
+    tasks.entry("linear_eval")(lin, str(tmp_path / "linear"))
 
 
 def test_folders_that_cannot_be_read_are_refused_with_the_fix(tmp_path):

@@ -85,6 +85,17 @@ def _build_once(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def require_labels(data, needed_by: str) -> None:
+  """Refuses the dataset a config's ``data`` names if it has no ``label``
+  (a flat ``folder:PATH``), before anything is computed: ``needed_by`` says
+  what needs them."""
+  builder = get_builder(data.name, data.data_dir, data.get("auto_prepare", False))
+  if "label" not in builder.info.features:
+    raise ValueError(
+        f"{data.name} has no labels, which {needed_by} needs: put its images in one "
+        "subfolder per class and prepare it again (docs/own_images.md)")
+
+
 def open_config_split(data, split: str, name: str | None = None) -> images.SkippingSource:
   """``split`` of the dataset a config's ``data`` names (or of ``name``: the
   human-attention data of the co-train row, ImageNet-C), opened with that
