@@ -68,7 +68,7 @@ def source_folder(name: str) -> str:
 
 def config_name(name: str) -> str:
   """The tfds config of ``folder:PATH``: the folder's own name, as tfds allows it."""
-  base = epath.Path(folder_of(name).rstrip("/")).name or "root"
+  base = epath.Path(source_folder(name).rstrip("/")).name or "root"
   slug = re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_")
   return slug or f"folder_{zlib.crc32(base.encode()):08x}"
 
@@ -95,13 +95,13 @@ class Listing:
     return bool(self.classes)
 
 
-def _walk(root: epath.Path, under: epath.Path) -> Iterator[epath.Path]:
+def _walk(under: epath.Path) -> Iterator[epath.Path]:
   """Every non-hidden file below ``under``, in sorted order."""
   for path in sorted(under.iterdir()):
     if path.name.startswith("."):
       continue
     if path.is_dir():
-      yield from _walk(root, path)
+      yield from _walk(path)
     else:
       yield path
 
@@ -134,7 +134,7 @@ def list_folder(folder: str) -> Listing:
   files, labels, ignored = [], [], []
   groups = [(i, root / c) for i, c in enumerate(classes)] or [(-1, root)]
   for label, under in groups:
-    for path in _walk(root, under):
+    for path in _walk(under):
       if is_image(path):
         files.append(_relative(root, path))
         labels.append(label)
