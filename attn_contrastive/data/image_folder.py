@@ -155,11 +155,10 @@ def split_indices(listing: Listing, validation_fraction: float,
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-  labels = listing.labels or (-1,) * len(listing.files)
-  names = listing.classes or ("",)
+  labels = listing.labels or (0,) * len(listing.files)
   validation = []
-  for label, name in enumerate(names):
-    members = [i for i, y in enumerate(labels) if y == (label if listing.classes else -1)]
+  for label, name in enumerate(listing.classes or ("",)):
+    members = [i for i, y in enumerate(labels) if y == label]
     n = len(members)
     take = int(round(validation_fraction * n))
     if validation_fraction > 0 and n >= 2:
