@@ -103,6 +103,8 @@ EVALUATES = {
     "alignment": TRAINED_TASKS,
 }
 EVALUATIONS = tuple(EVALUATES)
+#: The evaluations that score against the dataset's class labels.
+LABELLED_EVALUATIONS = ("linear_eval", "robustness", "retrieval")
 
 #: (dotted key, test, what it must be); a key the config lacks is not checked.
 CHECKS: tuple[Check, ...] = (

@@ -11,7 +11,7 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from attn_contrastive.data import images, prepare
+from attn_contrastive.data import image_folder, images, prepare
 
 
 SYNTHETIC_PREFIX = "salient_objects"
@@ -34,7 +34,17 @@ def prepare_command(name: str, data_dir: str | None) -> str:
 
 def get_builder(name: str, data_dir: str | None = None,
                 auto_prepare: bool = False) -> tfds.core.DatasetBuilder:
-  """The prepared builder of ``name``, building synthetic data if allowed."""
+  """The prepared builder of ``name``, building synthetic data if allowed.
+
+  ``folder:PATH`` (the user's images) is read from its prepared files alone.
+  """
+  if image_folder.is_folder(name):
+    builder = image_folder.prepared_builder(name, _data_dir(data_dir))
+    if builder is None:
+      raise DatasetMissingError(
+          f"{name} is not prepared under {_data_dir(data_dir)}; prepare it with:\n  "
+          f"{prepare_command(name, data_dir)}")
+    return builder
   prepare.register_builders()
   try:
     builder = tfds.builder(name, data_dir=_data_dir(data_dir))
@@ -73,6 +83,17 @@ def _build_once(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
       logging.info("Building %s into %s (first use)", name, builder.data_dir)
       builder.download_and_prepare(file_format="array_record")
   return builder
+
+
+def require_labels(data, needed_by: str) -> None:
+  """Refuses the dataset a config's ``data`` names if it has no ``label``
+  (a flat ``folder:PATH``), before anything is computed: ``needed_by`` says
+  what needs them."""
+  builder = get_builder(data.name, data.data_dir, data.get("auto_prepare", False))
+  if "label" not in builder.info.features:
+    raise ValueError(
+        f"{data.name} has no labels, which {needed_by} needs: put its images in one "
+        "subfolder per class and prepare it again (docs/own_images.md)")
 
 
 def open_config_split(data, split: str, name: str | None = None) -> images.SkippingSource:

@@ -86,6 +86,9 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, score: Score
   """
   start = time.perf_counter()
   check_config(config)
+  if splits is None and config.task in config_checks.LABELLED_EVALUATIONS:
+    from attn_contrastive.data import sources  # the data stack, only when there is data
+    sources.require_labels(config.data, f"the {config.task} task")
   paths.makedirs(workdir)
   loop.write_config(workdir, config)
   mesh = mesh or mesh_lib.make_mesh()

@@ -172,6 +172,8 @@ def make_evaluator(model, config, train_images, workdir: str | None = None,
   from attn_contrastive.evaluators import common
   parts = []
   if int(config.data.get("num_classes", 0) or 0) > 0:
+    sources.require_labels(config.data, "the kNN monitor (data.num_classes > 0; set it "
+                           "to 0 and train.online_probe to False for unlabelled images)")
     val = sources.open_config_split(config.data, config.data.eval_split)
     parts.append(make_knn_evaluator(model, config, train_images, val, mesh))
   attn = config.get("attention")
