@@ -86,6 +86,10 @@ EMBEDDINGS = ("pooled", "projection")
 ALIGNMENT_MAPS = ("auto", "heads", "activations", "gradcam")
 #: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
 ROBUSTNESS_SOURCES = ("generate", "released")
+#: The released corrupted copies it reads (``robustness.released_dataset``).
+RELEASED_CORRUPTED = ("imagenet_c", "cifar10_c")
+#: The generated corruptions' parameters (``image_corruptions.CONSTANTS``).
+CORRUPTION_CONSTANTS = ("imagenet", "cifar")
 #: The stages of a study (``tasks/study.py``), in the order they run.
 STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
                 "alignment", "report")
@@ -150,6 +154,10 @@ CHECKS: tuple[Check, ...] = (
     ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
     ("robustness.source", _one_of(*ROBUSTNESS_SOURCES), f"one of {_names(ROBUSTNESS_SOURCES)}"),
+    ("robustness.released_dataset", _one_of(*RELEASED_CORRUPTED),
+     f"one of {_names(RELEASED_CORRUPTED)}"),
+    ("robustness.constants", _one_of(*CORRUPTION_CONSTANTS),
+     f"one of {_names(CORRUPTION_CONSTANTS)}"),
     ("alignment.classifier_protocol", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
 )

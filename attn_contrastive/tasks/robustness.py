@@ -11,8 +11,13 @@ is scored:
   corrupted on the fly with :mod:`attn_contrastive.data.image_corruptions`
   (ImageNet-C's recipe; the synthetic data, or ImageNet without the release);
 * ``released``: the released ImageNet-C images (``imagenet_c/<c>_<s>``,
-  built from ``robustness.manual_dir`` on first use), resized whole to the
-  model's input.
+  built from ``robustness.manual_dir`` on first use), or with
+  ``released_dataset="cifar10_c"`` the extracted CIFAR-10-C arrays
+  (:mod:`attn_contrastive.data.cifar10_c_release`, read in place), resized
+  whole to the model's input.
+
+``robustness.constants`` picks the generated corruptions' parameters:
+ImageNet-C's (``imagenet``) or CIFAR-10-C's (``cifar``, for 32-px data).
 
 The released tree is looked at before anything is computed
 (:func:`corruptions_to_score`): a benchmark corruption (one of the 15 of
@@ -83,8 +88,13 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
   rc = config.robustness
   if rc.source == "generate":
     from attn_contrastive.data.corrupted_split import CorruptedSplit
-    return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache), None
+    return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache,
+                          rc.constants), None
   from attn_contrastive.data import pipeline, prepare, sources
+  if rc.released_dataset == "cifar10_c":
+    from attn_contrastive.data import cifar10_c_release
+    return (cifar10_c_release.CifarCSource(rc.manual_dir, name, severity),
+            pipeline.EvalView(view.image_size, 1.0))
   dataset = f"{rc.released_dataset}/{name}_{severity}"
   if rc.manual_dir:
     prepare.prepare(dataset, config.data.data_dir or None, manual_dir=rc.manual_dir)
@@ -103,6 +113,8 @@ def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
   if rc.source != "released" or not rc.manual_dir:
     return tuple(rc.corruptions), []
   from attn_contrastive.data import image_corruptions, imagenet_c_release
+  if rc.released_dataset == "cifar10_c":
+    return _cifar10_c_to_score(rc)
   missing = imagenet_c_release.missing_conditions(rc.manual_dir, rc.corruptions,
                                                   rc.severities)
   benchmark = [(c, s) for c, s in missing if c not in image_corruptions.EXTRA]
@@ -122,6 +134,25 @@ def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
                     "the other %d; results.json lists them under robustness/missing",
                     ", ".join(absent), rc.manual_dir, len(rc.corruptions) - len(absent))
   return tuple(c for c in rc.corruptions if c not in absent), absent
+
+
+def _cifar10_c_to_score(rc) -> tuple[tuple[str, ...], list[str]]:
+  """:func:`corruptions_to_score` of an extracted CIFAR-10-C folder (one file per
+  corruption, every severity in it): a missing benchmark file is refused at once."""
+  from attn_contrastive.data import cifar10_c_release, image_corruptions
+  missing = cifar10_c_release.missing_corruptions(rc.manual_dir, rc.corruptions)
+  benchmark = [c for c in missing if c not in image_corruptions.EXTRA]
+  if benchmark:
+    files = ", ".join(f"{c}.npy" for c in benchmark)
+    raise FileNotFoundError(
+        f"the CIFAR-10-C folder {rc.manual_dir} lacks {files}.\n"
+        f"{cifar10_c_release.MANUAL_INSTRUCTIONS}Or score fewer with "
+        "--config.robustness.corruptions=...")
+  if missing:
+    logging.warning("CIFAR-10-C's extra corruptions %s are not in %s: scoring the other %d; "
+                    "results.json lists them under robustness/missing", ", ".join(missing),
+                    rc.manual_dir, len(rc.corruptions) - len(missing))
+  return tuple(c for c in rc.corruptions if c not in missing), missing
 
 
 def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
