@@ -10,11 +10,8 @@ ImageNet (TPU v3-32 / v4-32 or 8 GPUs): ``:imagenet``, 50,000 queries against
 1.28M images, exact; ``--config.retrieval.features_from=`` a linear
 evaluation's workdir reuses its cached features.
 
-CIFAR-10 (one GPU, minutes), any run's encoder: ``:cifar10``, the 10,000 test
-images query the 50,000 training images, whole 32-px images (an ImageNet
-encoder reads them upsampled with ``--config.data.image_size=224``):
-  python -m attn_contrastive.main --config=configs/retrieval.py:cifar10 \
-      --workdir=/tmp/retrieval_simclr_cifar10 --config.run_dir=/tmp/simclr_cifar10
+CIFAR-10 (one GPU, minutes): ``:cifar10``, 10,000 test queries against 50,000
+training images (ImageNet encoders: ``--config.data.image_size=224``, upsampled).
 
 Arguments: ``synthetic`` (default), ``imagenet`` or ``cifar10``.
 """

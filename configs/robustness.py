@@ -17,9 +17,8 @@ CIFAR-10-C (one GPU, ≈ 15 min estimated), after configs/linear_eval.py:cifar10
   python -m attn_contrastive.main --config=configs/robustness.py:cifar10 \
       --workdir=/tmp/robust_simclr_cifar10 --config.run_dir=/tmp/linear_simclr_cifar10 \
       --config.robustness.manual_dir=DIR_WITH_EXTRACTED_CIFAR_10_C
-  The released arrays, read in place (docs/datasets.md); without the release,
-  ``--config.robustness.source=generate`` corrupts the test images on the fly
-  with CIFAR-10-C's constants.
+  The release read in place; ``--config.robustness.source=generate`` without it
+  (CIFAR-10-C's constants; docs/datasets.md).
 
 Arguments: ``synthetic`` (default), ``imagenet`` or ``cifar10``.
 """
