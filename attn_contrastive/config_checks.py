@@ -247,6 +247,11 @@ def _robustness(rc, prefix: str) -> Iterable[str]:
   unknown = sorted(set(rc.corruptions) - set(image_corruptions.ALL))
   if unknown:
     yield f"{prefix}robustness.corruptions has {unknown}: choose from {image_corruptions.ALL}"
+  if (rc.get("source") == "released" and rc.get("released_dataset") == "cifar10_c"
+      and not rc.get("manual_dir")):
+    yield (f"{prefix}robustness.manual_dir is empty: set it to the extracted CIFAR-10-C "
+           f"folder (labels.npy, <corruption>.npy), or set {prefix}robustness.source="
+           "'generate' to corrupt the test images with CIFAR-10-C's constants")
 
 
 def problems(config: ml_collections.ConfigDict, prefix: str = "",

@@ -9,6 +9,7 @@ Synthetic (default), after configs/teacher.py; 2 CPU cores, about 2 min:
 ImageNet (accelerator hosts, any number of processes): ``:imagenet`` labels
 1,281,167 images with the SALICON teacher into 1,024 shards (5.3 GB); a
 killed run restarted with the same flags skips finished shards (docs/chain.md).
+``:cifar10``: CIFAR-10's 50,000 training images, 32×32 maps (one GPU, minutes).
 """
 import ml_collections
 
@@ -16,7 +17,7 @@ from attn_contrastive import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
+  picked = config_lib.parse_arg(arg, {"data": config_lib.CIFAR10_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "label"
   c.teacher_checkpoint = ""
@@ -29,6 +30,10 @@ def get_config(arg: str | None = None):
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
     c.label.update(dict(batch_size=256, num_shards=1024, num_threads=32))
+  elif picked["data"] == "cifar10":
+    c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
+    c.data.update(dict(name="cifar10", auto_prepare=False))
+    c.label.update(dict(map_size=32, batch_size=256, num_threads=8))
   else:
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "synthetic")
   return c
