@@ -101,5 +101,8 @@ def test_cifar10_evaluations_on_mocked_tfds(tmp_path):
   assert set(rob["robustness/top1"]) == {"fog", "contrast"}
   assert rob["robustness/num_images"] == NUM_EXAMPLES and rob["robustness/source"] == "released"
   assert 0 < rob["retrieval_c/map"] <= 1
+  assert np.isnan(rob["robustness/mce"]) and rob["robustness/ce"] == {}
+  assert rob["robustness/mean"] == pytest.approx(
+      np.mean([np.mean(v) for v in rob["robustness/top1"].values()]))
   fog = json.loads((tmp_path / "robust" / "conditions" / "fog_3.json").read_text())
   assert fog["num_images"] == 4  # the release's images, not the mocked test split

@@ -18,6 +18,8 @@ is scored:
 
 ``robustness.constants`` picks the generated corruptions' parameters:
 ImageNet-C's (``imagenet``) or CIFAR-10-C's (``cifar``, for 32-px data).
+CIFAR-10-C has no mCE (AlexNet's errors normalise ImageNet-C only): its
+``mce`` and ``relative_mce`` are NaN and its summary the accuracies.
 
 The released tree is looked at before anything is computed
 (:func:`corruptions_to_score`): a benchmark corruption (one of the 15 of
@@ -183,6 +185,13 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
   return out
 
 
+def is_cifar(rc) -> bool:
+  """Whether ``robustness`` scores CIFAR-10-C (released, or generated with its constants)."""
+  if rc.source == "released":
+    return rc.released_dataset == "cifar10_c"
+  return rc.get("constants") == "cifar"
+
+
 def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
               clean_retrieval: dict[str, Any] | None) -> dict[str, Any]:
   """The ``robustness/...`` and ``retrieval_c/...`` metrics of ``results.json``, over the
@@ -191,6 +200,9 @@ def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
   names = [c for c in rc.corruptions if f"{c}_{rc.severities[0]}" in conditions]
   top1 = {c: [conditions[f"{c}_{s}"]["top1"] for s in rc.severities] for c in names}
   summary = corruption_errors.summarize(top1, clean_top1)
+  if is_cifar(rc):
+    # AlexNet's errors normalise ImageNet-C's; CIFAR-10-C is read as its accuracies.
+    summary.update(ce={}, relative_ce={}, mce=float("nan"), relative_mce=float("nan"))
   metrics = {"robustness/clean_top1": clean_top1, "robustness/top1": top1,
              "robustness/severities": list(rc.severities)}
   metrics.update({f"robustness/{k}": v for k, v in summary.items()})
