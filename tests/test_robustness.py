@@ -1,5 +1,6 @@
 """ImageNet-C's summary numbers, the corrupted split and the released-ImageNet-C reader."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -180,6 +181,9 @@ def test_released_cifar10_c_reads_each_severity_with_its_labels(tmp_path):
         assert ex["label"] == CIFAR_C_LABELS[i]
   assert cifar10_c_release.missing_corruptions(str(tmp_path), ("fog", "snow", "saturate")) \
       == ["snow"]
+  # A loader process's copy maps the files again instead of carrying the images.
+  payload = pickle.dumps(source)
+  assert len(payload) < 1000 and (pickle.loads(payload)[2]["image"] == 60 * 2 + 50 + 2).all()
 
 
 def test_released_cifar10_c_refuses_a_missing_or_misshapen_file(tmp_path):

@@ -66,22 +66,38 @@ def load_images(root: str, corruption: str, num_rows: int) -> np.ndarray:
 
 class CifarCSource:
   """One corruption at one severity of the release at ``root``: ``{"image", "label"}``
-  items (uint8 32 × 32 × 3, int32), in the CIFAR-10 test split's order."""
+  items (uint8 32 × 32 × 3, int32), in the CIFAR-10 test split's order.
+
+  The files are checked when the source is made; a copy sent to a loader
+  process carries only the path and maps the files again there.
+  """
 
   def __init__(self, root: str, corruption: str, severity: int):
     if severity not in image_corruptions.SEVERITIES:
       raise ValueError(f"severity {severity}: CIFAR-10-C's severities are 1 to 5")
-    labels = load_labels(root)
-    images = load_images(root, corruption, len(labels))
+    self.root, self.corruption, self.severity = root, corruption, severity
+    self._arrays = self._open()
+
+  def _open(self) -> tuple[np.ndarray, np.ndarray]:
+    labels = load_labels(self.root)
+    images = load_images(self.root, self.corruption, len(labels))
     per_severity = len(labels) // NUM_SEVERITIES
-    rows = slice((severity - 1) * per_severity, severity * per_severity)
-    self.images, self.labels = images[rows], labels[rows]
+    rows = slice((self.severity - 1) * per_severity, self.severity * per_severity)
+    return images[rows], labels[rows]
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k != "_arrays"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._arrays = self._open()
 
   def __len__(self) -> int:
-    return len(self.labels)
+    return len(self._arrays[1])
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return {"image": np.asarray(self.images[index]), "label": np.int32(self.labels[index])}
+    images, labels = self._arrays
+    return {"image": np.array(images[index]), "label": np.int32(labels[index])}
 
 
 def missing_corruptions(root: str, corruptions: Sequence[str]) -> list[str]:
