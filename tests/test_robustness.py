@@ -241,3 +241,19 @@ def test_generated_cifar10_c_uses_cifar_constants():
                                 .astype(np.uint8))
   with pytest.raises(ValueError, match="unknown constants"):
     CorruptedSplit(src, view, "contrast", 5, constants="tiny")
+
+
+def test_generated_cifar10_c_corrupts_the_whole_32_px_image_then_resizes():
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.tasks import robustness
+  c = _cifar_config("", ("contrast",))
+  c.robustness.source = "generate"
+  src = random_images(3, (32, 32), classes=3)
+  source, transform = robustness._condition_source(
+      c, "contrast", 5, src, pipeline.EvalView(64, 0.875), {})
+  x = src[1]["image"] / 255.0
+  means = x.mean(axis=(0, 1), keepdims=True)
+  np.testing.assert_array_equal(source[1]["image"],
+                                (np.clip((x - means) * 0.15 + means, 0, 1) * 255)
+                                .astype(np.uint8))
+  assert transform(source[1])["image"].shape == (64, 64, 3)

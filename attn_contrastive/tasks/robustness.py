@@ -17,7 +17,8 @@ is scored:
   whole to the model's input.
 
 ``robustness.constants`` picks the generated corruptions' parameters:
-ImageNet-C's (``imagenet``) or CIFAR-10-C's (``cifar``, for 32-px data).
+ImageNet-C's (``imagenet``) or CIFAR-10-C's (``cifar``: as CIFAR-10-C was
+made, the whole 32-px image is corrupted, then resized to the model's input).
 CIFAR-10-C has no mCE (AlexNet's errors normalise ImageNet-C only): its
 ``mce`` and ``relative_mce`` are NaN and its summary the accuracies.
 
@@ -85,14 +86,25 @@ class _Scorer:
     return {k: out[k] for k in ("map", "pr_curve", *(f"precision@{k}" for k in rc.ks))}
 
 
+#: The side of the images CIFAR-10-C's constants are made for.
+CIFAR_SIZE = 32
+
+
 def _condition_source(config, name: str, severity: int, clean_source, view, cache):
   """(source, transform) of one condition's images."""
   rc = config.robustness
+  from attn_contrastive.data import pipeline
   if rc.source == "generate":
     from attn_contrastive.data.corrupted_split import CorruptedSplit
+    if rc.constants == "cifar":
+      # As CIFAR-10-C was made: the whole 32-px image corrupted, then resized to the model's
+      # input like the released arrays (an ImageNet encoder reads them upsampled).
+      return (CorruptedSplit(clean_source, pipeline.EvalView(CIFAR_SIZE, 1.0), name, severity,
+                             rc.seed, cache, rc.constants),
+              pipeline.EvalView(view.image_size, 1.0))
     return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache,
                           rc.constants), None
-  from attn_contrastive.data import pipeline, prepare, sources
+  from attn_contrastive.data import prepare, sources
   if rc.released_dataset == "cifar10_c":
     from attn_contrastive.data import cifar10_c_release
     return (cifar10_c_release.CifarCSource(rc.manual_dir, name, severity),
