@@ -172,6 +172,24 @@ def imagenet_data(c: ml_collections.ConfigDict) -> None:
   c.eval.update(dict(batch_size=1024, num_threads=16))
 
 
+#: The ``:cifar10`` argument of the configs that read CIFAR-10 (tfds ``cifar10``).
+CIFAR10_CHOICES = (*DATA_CHOICES, "cifar10")
+
+
+def cifar10_data(c: ml_collections.ConfigDict) -> None:
+  """Switches a training config ``c`` to CIFAR-10 (tfds ``cifar10``) at 32 px.
+
+  SimCLR's CIFAR stem (its appendix B.9): a 3×3 stride-1 convolution and no
+  max pooling, so the last stage still sees 4×4. The held-out split is
+  ``test`` (CIFAR-10 has no validation split).
+  """
+  c.data.update(dict(name="cifar10", image_size=32, num_classes=10, auto_prepare=False,
+                     eval_split="test"))
+  c.input.update(dict(num_threads=8, num_workers=4))
+  c.model.update(dict(width=64, stem_kernel=3, stem_stride=1, stem_pool=False))
+  c.eval.update(dict(batch_size=1000, num_threads=8))
+
+
 def flatten(tree: dict, sep: str = ".", prefix: str = "") -> dict:
   """A nested dict as ``{"a<sep>b": leaf}`` (configs' dotted keys, results' metric paths)."""
   flat = {}

@@ -89,6 +89,10 @@ EMBEDDINGS = ("pooled", "projection")
 ALIGNMENT_MAPS = ("auto", "heads", "activations", "gradcam")
 #: Where the robustness stage's corrupted images come from (``tasks/robustness.py``).
 ROBUSTNESS_SOURCES = ("generate", "released")
+#: The released corrupted copies it reads (``robustness.released_dataset``).
+RELEASED_CORRUPTED = ("imagenet_c", "cifar10_c")
+#: The generated corruptions' parameters (``image_corruptions.CONSTANTS``).
+CORRUPTION_CONSTANTS = ("imagenet", "cifar")
 #: The stages of a study (``tasks/study.py``), in the order they run.
 STUDY_STAGES = ("teacher", "label", "train", "linear_eval", "robustness", "retrieval",
                 "alignment", "report")
@@ -158,6 +162,10 @@ CHECKS: tuple[Check, ...] = (
     ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
     ("robustness.source", _one_of(*ROBUSTNESS_SOURCES), f"one of {_names(ROBUSTNESS_SOURCES)}"),
+    ("robustness.released_dataset", _one_of(*RELEASED_CORRUPTED),
+     f"one of {_names(RELEASED_CORRUPTED)}"),
+    ("robustness.constants", _one_of(*CORRUPTION_CONSTANTS),
+     f"one of {_names(CORRUPTION_CONSTANTS)}"),
     ("alignment.classifier_protocol", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
 )
@@ -247,6 +255,11 @@ def _robustness(rc, prefix: str) -> Iterable[str]:
   unknown = sorted(set(rc.corruptions) - set(image_corruptions.ALL))
   if unknown:
     yield f"{prefix}robustness.corruptions has {unknown}: choose from {image_corruptions.ALL}"
+  if (rc.get("source") == "released" and rc.get("released_dataset") == "cifar10_c"
+      and not rc.get("manual_dir")):
+    yield (f"{prefix}robustness.manual_dir is empty: set it to the extracted CIFAR-10-C "
+           f"folder (labels.npy, <corruption>.npy), or set {prefix}robustness.source="
+           "'generate' to corrupt the test images with CIFAR-10-C's constants")
 
 
 def problems(config: ml_collections.ConfigDict, prefix: str = "",

@@ -13,13 +13,21 @@ ImageNet, a TPU v3-32 / v4-32 or 8 GPUs (≈ 4 h of steps on 8 H200, estimated):
   linear top-1 is 67.61 ± 0.04. The recipe and its fidelity to SimCLR:
   docs/chain.md, docs/results.md.
 
-Arguments: ``synthetic`` (default) or ``imagenet``.
+CIFAR-10, SimCLR's one-GPU recipe (its README; appendix B.9), one H100 ≈ 8 h (estimated):
+  python -m attn_contrastive.data.prepare --dataset=cifar10
+  python -m attn_contrastive.main --config=configs/contrastive.py:cifar10 \
+      --workdir=/tmp/simclr_cifar10
+  ResNet-18 (width 64) with a 3×3 stride-1 stem and no max pooling, 32 px,
+  batch 512, LARS 1.0, weight decay 1e-4, temperature 0.5, colour strength 0.5,
+  no blur, 1000 epochs. Then configs/linear_eval.py:cifar10.
+
+Arguments: ``synthetic`` (default), ``imagenet`` or ``cifar10``.
 """
 from attn_contrastive import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
+  picked = config_lib.parse_arg(arg, {"data": config_lib.CIFAR10_CHOICES})
   c = config_lib.base_config()
   c.task = "pretrain"
   c.train.num_epochs = 3
@@ -44,4 +52,14 @@ def get_config(arg: str | None = None):
     c.loss.temperature = 0.1
     c.optim.warmup_epochs = 10
     c.train.num_epochs = 300
+  if picked["data"] == "cifar10":
+    config_lib.cifar10_data(c)
+    c.train.update(dict(num_epochs=1000, eval_every=5000, log_every=100,
+                        checkpoint_every=2000))
+    c.eval.knn_bank_size = -1
+    c.optim.update(dict(base_lr=1.0, weight_decay=1e-4, warmup_epochs=10))
+    c.aug.update(dict(area_min=0.08, strength=0.5, p_blur=0.0))
+    c.model.update(dict(proj_hidden_dim=512, proj_out_dim=128))
+    c.input.global_batch_size = 512
+    c.loss.temperature = 0.5
   return c

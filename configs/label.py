@@ -11,6 +11,7 @@ ImageNet (accelerator hosts, any number of processes): ``:imagenet`` labels
 image at its own aspect ratio, shorter side 240 px; a killed run restarted
 with the same flags skips finished shards (docs/chain.md). A smaller run sets
 ``--config.eval.batch_size`` and ``--config.eval.num_threads``, as every stage.
+``:cifar10``: CIFAR-10's 50,000 training images, 32×32 maps (one GPU, minutes).
 """
 import ml_collections
 
@@ -18,7 +19,7 @@ from attn_contrastive import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
+  picked = config_lib.parse_arg(arg, {"data": config_lib.CIFAR10_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "label"
   c.teacher_checkpoint = ""
@@ -37,6 +38,11 @@ def get_config(arg: str | None = None):
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
     c.label.num_shards = 1024
     c.eval.update(dict(batch_size=256, num_threads=32))
+  elif picked["data"] == "cifar10":
+    c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
+    c.data.update(dict(name="cifar10", auto_prepare=False))
+    c.label.map_size = 32
+    c.eval.update(dict(batch_size=256, num_threads=8))
   else:
     c.teacher = config_lib.sibling_config(__file__, "teacher.py", "synthetic")
   return c

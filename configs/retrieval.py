@@ -10,7 +10,10 @@ ImageNet (TPU v3-32 / v4-32 or 8 GPUs): ``:imagenet``, 50,000 queries against
 1.28M images, exact; ``--config.retrieval.features_from=`` a linear
 evaluation's workdir reuses its cached features.
 
-Arguments: ``synthetic`` (default) or ``imagenet``.
+CIFAR-10 (one GPU, minutes): ``:cifar10``, 10,000 test queries against 50,000
+training images (ImageNet encoders: ``--config.data.image_size=224``, upsampled).
+
+Arguments: ``synthetic`` (default), ``imagenet`` or ``cifar10``.
 """
 import ml_collections
 
@@ -18,7 +21,7 @@ from attn_contrastive import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  picked = config_lib.parse_arg(arg, {"data": config_lib.DATA_CHOICES})
+  picked = config_lib.parse_arg(arg, {"data": config_lib.CIFAR10_CHOICES})
   c = ml_collections.ConfigDict()
   c.task = "retrieval"
   c.run_dir = ""  # the workdir of the run to evaluate
@@ -34,4 +37,8 @@ def get_config(arg: str | None = None):
   if picked["data"] == "imagenet":
     c.data.update(dict(name="imagenet2012", auto_prepare=False))
     c.eval.update(dict(batch_size=1024, num_threads=16))
+  if picked["data"] == "cifar10":
+    c.data.update(dict(name="cifar10", auto_prepare=False))
+    c.retrieval.query_split = "test"
+    c.eval.update(dict(batch_size=1000, num_threads=8, crop_fraction=1.0))
   return c

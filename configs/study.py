@@ -15,6 +15,14 @@ Arguments (times on a 2-core AMD EPYC VM, docs/performance.md):
   seed, one epoch each, evaluations on subsets; about 6 minutes.
   ``full``: five rows × three seeds on whole splits; about an hour; its
   tables are those of docs/results.md.
+  ``cifar10``: CIFAR-10 and CIFAR-10-C on one GPU (H100), ≈ 20 h estimated:
+  the SALICON teacher (≈ 1 h), its maps of CIFAR-10, the Contrastive and
+  Contrastive attn. teacher rows (SimCLR's recipe, ≈ 8 h each), linear
+  evaluation, robustness, retrieval and the report (no alignment: CIFAR has
+  no human maps). Prepare ``salicon`` and ``cifar10`` first (docs/datasets.md):
+    python -m attn_contrastive.main --config=configs/study.py:cifar10 \
+        --workdir=/tmp/study_cifar10 \
+        --config.robustness.robustness.manual_dir=DIR_WITH_EXTRACTED_CIFAR_10_C
 ImageNet runs the same stages as separate commands (docs/chain.md).
 """
 import ml_collections
@@ -54,8 +62,25 @@ def _full(c: ml_collections.ConfigDict) -> None:
   c.robustness.eval.update(dict(max_examples=300, batch_size=300))
 
 
+def _cifar10(c: ml_collections.ConfigDict) -> None:
+  """The two SimCLR rows on CIFAR-10 with a SALICON teacher; CIFAR-10-C's robustness."""
+  sibling = lambda name: config_lib.sibling_config(__file__, name, "cifar10")  # noqa: E731
+  c.data.name = "cifar10"
+  c.study.rows = ("contrastive", "contrastive_attn_teacher")
+  c.study.stages = tuple(s for s in c.study.stages if s != "alignment")
+  c.teacher = config_lib.sibling_config(__file__, "teacher.py", "salicon")
+  c.label = sibling("label.py")
+  c.rows = ml_collections.ConfigDict({name: sibling(ROWS[name]) for name in c.study.rows})
+  for row in c.rows.values():
+    row.train.eval_every = -1  # the evaluations below replace the monitor
+  c.linear_eval = sibling("linear_eval.py")
+  c.linear_eval.protocols = ("linear_cached",)
+  c.robustness = sibling("robustness.py")
+  c.retrieval = sibling("retrieval.py")
+
+
 def get_config(arg: str | None = None):
-  picked = config_lib.parse_arg(arg, {"scale": ("demo", "full")})
+  picked = config_lib.parse_arg(arg, {"scale": ("demo", "full", "cifar10")})
   c = ml_collections.ConfigDict()
   c.task = "study"
   c.seed = 0  # unused: each row's seed comes from study.seeds
@@ -75,6 +100,8 @@ def get_config(arg: str | None = None):
   c.alignment = sibling("alignment.py")
   if picked["scale"] == "demo":
     _demo(c)
-  else:
+  elif picked["scale"] == "full":
     _full(c)
+  else:
+    _cifar10(c)
   return c

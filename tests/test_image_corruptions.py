@@ -409,3 +409,96 @@ def test_plasma_fractal_matches_reference(reference):
     theirs = icc.plasma_fractal(mapsize=size, wibbledecay=decay)
     ours = C._plasma_fractal(size, decay, _LegacyGenerator(3))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# CIFAR-10-C's constants (make_cifar_c.py, transcribed here independently).
+# ---------------------------------------------------------------------------
+
+CIFAR_TABLE = {
+  "gaussian_noise": [0.04, 0.06, .08, .09, .10],
+  "shot_noise": [500, 250, 100, 75, 50],
+  "impulse_noise": [.01, .02, .03, .05, .07],
+  "speckle_noise": [.06, .1, .12, .16, .2],
+  "gaussian_blur": [.4, .6, 0.7, .8, 1],
+  "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+  "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+  "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+  "zoom_blur": [np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
+                np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)],
+  "fog": [(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+  "frost": [(1, 0.2, 0.2), (1, 0.3, 0.2), (0.9, 0.4, 0.2), (0.85, 0.4, 0.2), (0.75, 0.45, 0.2)],
+  "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+           (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+           (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+  "spatter": [(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+              (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+              (0.65, 0.1, 0.5, 0.68, 0.6, 1)],
+  "contrast": [.75, .5, .4, .3, 0.15],
+  "brightness": [.05, .1, .15, .2, .3],
+  "saturate": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
+  "jpeg_compression": [80, 65, 58, 50, 40],
+  "pixelate": [(0.95, "box"), (0.9, "box"), (0.85, "box"), (0.75, "box"), (0.65, "box")],
+  # (alpha, sigma, affine) as make_cifar_c.py's IMSIZE * f, over IMSIZE = 32.
+  "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
+                        (0.1, 0.03, 0.03)],
+}
+CIFAR_IMAGE = _textured(32, 32, seed=3)
+
+
+@pytest.mark.parametrize("name", C.ALL)
+def test_cifar_constants_are_make_cifar_c(name):
+  """The table, and what corrupt(constants="cifar") computes with it: CIFAR-10-C's row at
+  every severity, which ImageNet-C's row would not give."""
+  assert len(C.CIFAR[name]) == 5
+  for got, want in zip(C.CIFAR[name], CIFAR_TABLE[name]):
+    if name == "pixelate":
+      assert got == want
+    else:
+      np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float))
+  severity = 3
+  function = C._VARIANTS["cifar"].get(name, C._CORRUPTIONS[name])
+  expected = function(CIFAR_IMAGE.copy(), CIFAR_TABLE[name][severity - 1],
+                      np.random.default_rng(7))
+  ours = C.corrupt(CIFAR_IMAGE, name, severity, np.random.default_rng(7), constants="cifar")
+  imagenet = C.corrupt(CIFAR_IMAGE, name, severity, np.random.default_rng(7))
+  np.testing.assert_array_equal(ours, expected)
+  assert not np.array_equal(ours, imagenet), f"{name}: CIFAR's constants change nothing"
+
+
+def test_cifar_corruptions_against_independent_computations():
+  """Five corruptions recomputed from make_cifar_c.py's formulas at severity 3."""
+  x = CIFAR_IMAGE / 255.0
+  rng = np.random.default_rng(0)
+  noise = rng.normal(size=x.shape, scale=0.08)
+  np.testing.assert_array_equal(
+      C.corrupt(CIFAR_IMAGE, "gaussian_noise", 3, np.random.default_rng(0), constants="cifar"),
+      (np.clip(x + noise, 0, 1) * 255).astype(np.uint8))
+  means = x.mean(axis=(0, 1), keepdims=True)
+  np.testing.assert_array_equal(
+      C.corrupt(CIFAR_IMAGE, "contrast", 3, rng, constants="cifar"),
+      (np.clip((x - means) * 0.4 + means, 0, 1) * 255).astype(np.uint8))
+  blurred = ndimage.gaussian_filter(x, (0.7, 0.7, 0), mode="nearest", truncate=4)
+  np.testing.assert_array_equal(
+      C.corrupt(CIFAR_IMAGE, "gaussian_blur", 3, rng, constants="cifar"),
+      (np.clip(blurred, 0, 1) * 255).astype(np.uint8))
+  from PIL import Image
+  small = Image.fromarray(CIFAR_IMAGE).resize((27, 27), Image.BOX)
+  np.testing.assert_array_equal(
+      C.corrupt(CIFAR_IMAGE, "pixelate", 3, rng, constants="cifar"),
+      np.array(small.resize((32, 32), Image.BOX)))
+  # Severity 1 of the elastic transform is its affine step alone (alpha = sigma = 0).
+  import cv2
+  draws = np.random.default_rng(5).uniform(-2.56, 2.56, size=(3, 2)).astype(np.float32)
+  src = np.float32([[26, 26], [26, 6], [6, 6]])
+  warped = cv2.warpAffine((CIFAR_IMAGE / 255.0).astype(np.float32),
+                          cv2.getAffineTransform(src, src + draws), (32, 32),
+                          borderMode=cv2.BORDER_REFLECT_101)
+  np.testing.assert_array_equal(
+      C.corrupt(CIFAR_IMAGE, "elastic_transform", 1, np.random.default_rng(5),
+                constants="cifar"), (np.clip(warped, 0, 1) * 255).astype(np.uint8))
+
+
+def test_unknown_constants_are_refused():
+  with pytest.raises(ValueError, match="constants 'mnist'"):
+    C.corrupt(CIFAR_IMAGE, "fog", 1, np.random.default_rng(0), constants="mnist")

@@ -1,5 +1,6 @@
 """ImageNet-C's summary numbers, the corrupted split and the released-ImageNet-C reader."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -148,3 +149,111 @@ def test_a_release_without_a_benchmark_condition_is_refused_naming_the_tar(tmp_p
                      match=r"lacks 2 benchmark .*fog severity 2, pixelate severity 1\. "
                            r"Extract digital\.tar, weather\.tar"):
     robustness.corruptions_to_score(_released_config(tmp_path, ic.ALL))
+
+
+# CIFAR-10-C's release: <corruption>.npy of 5 severities × N images (severity 1 first)
+# and labels.npy, the N test labels 5 times.
+CIFAR_C_LABELS = np.array([3, 1, 4, 1], np.uint8)
+
+
+def _write_cifar_c(root, corruptions=("fog", "contrast", "saturate")):
+  """Image ``i`` of severity ``s`` of corruption ``k`` is filled with 60k + 10s + i (mod 256)."""
+  root.mkdir(parents=True, exist_ok=True)
+  n = len(CIFAR_C_LABELS)
+  np.save(root / "labels.npy", np.tile(CIFAR_C_LABELS, 5))
+  for k, name in enumerate(corruptions):
+    values = [(60 * k + 10 * s + i) % 256 for s in range(1, 6) for i in range(n)]
+    np.save(root / f"{name}.npy",
+            np.stack([np.full((32, 32, 3), v, np.uint8) for v in values]))
+
+
+def test_released_cifar10_c_reads_each_severity_with_its_labels(tmp_path):
+  from attn_contrastive.data import cifar10_c_release
+  _write_cifar_c(tmp_path)
+  for k, name in enumerate(("fog", "contrast", "saturate")):
+    for severity in range(1, 6):
+      source = cifar10_c_release.CifarCSource(str(tmp_path), name, severity)
+      assert len(source) == 4
+      for i in range(4):
+        ex = source[i]
+        assert ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8
+        assert (ex["image"] == 60 * k + 10 * severity + i).all(), (name, severity, i)
+        assert ex["label"] == CIFAR_C_LABELS[i]
+  assert cifar10_c_release.missing_corruptions(str(tmp_path), ("fog", "snow", "saturate")) \
+      == ["snow"]
+  # A loader process's copy maps the files again instead of carrying the images.
+  payload = pickle.dumps(source)
+  assert len(payload) < 1000 and (pickle.loads(payload)[2]["image"] == 60 * 2 + 50 + 2).all()
+
+
+def test_released_cifar10_c_refuses_a_missing_or_misshapen_file(tmp_path):
+  from attn_contrastive.data import cifar10_c_release
+  _write_cifar_c(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"(?s)snow\.npy is missing.*CIFAR-10-C\.tar"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "snow", 1)
+  np.save(tmp_path / "fog.npy", np.zeros((19, 32, 32, 3), np.uint8))     # a row short
+  with pytest.raises(ValueError, match=r"fog\.npy is uint8 of shape \(19, 32, 32, 3\).*"
+                                       r"\(20, 32, 32, 3\)"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "fog", 2)
+  np.save(tmp_path / "contrast.npy", np.zeros((20, 32, 32, 3), np.float32))
+  with pytest.raises(ValueError, match=r"contrast\.npy is float32"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "contrast", 2)
+  np.save(tmp_path / "labels.npy", np.zeros(21, np.uint8))
+  with pytest.raises(ValueError, match=r"labels\.npy has shape \(21,\)"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "saturate", 1)
+  (tmp_path / "labels.npy").unlink()
+  with pytest.raises(FileNotFoundError, match=r"labels\.npy is missing"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "saturate", 1)
+
+
+def _cifar_config(manual_dir, corruptions):
+  from attn_contrastive import config as config_lib
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "robustness.py") + ":cifar10")
+  c.robustness.update(dict(manual_dir=str(manual_dir), corruptions=tuple(corruptions)))
+  return c
+
+
+def test_robustness_on_released_cifar10_c_reads_the_arrays_upsampled(tmp_path):
+  from attn_contrastive.data import image_corruptions as ic
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.tasks import robustness
+  _write_cifar_c(tmp_path, ic.BENCHMARK)
+  c = _cifar_config(tmp_path, ic.ALL)
+  assert robustness.corruptions_to_score(c) == (ic.BENCHMARK, list(ic.EXTRA))
+  source, transform = robustness._condition_source(
+      c, "fog", 4, None, pipeline.EvalView(64, 1.0), {})
+  ex = transform(source[2])
+  assert ex["image"].shape == (64, 64, 3) and (ex["image"] == (60 * 9 + 40 + 2) % 256).all()
+  assert ex["label"] == 4
+  (tmp_path / "snow.npy").unlink()
+  with pytest.raises(FileNotFoundError, match=r"lacks snow\.npy"):
+    robustness.corruptions_to_score(c)
+
+
+def test_generated_cifar10_c_uses_cifar_constants():
+  src = random_images(3, (32, 32), classes=3)
+  view = lambda ex: {"image": ex["image"], "label": ex["label"]}
+  split = CorruptedSplit(src, view, "contrast", 5, seed=1, constants="cifar")
+  x = src[2]["image"] / 255.0
+  means = x.mean(axis=(0, 1), keepdims=True)
+  np.testing.assert_array_equal(split[2]["image"],
+                                (np.clip((x - means) * 0.15 + means, 0, 1) * 255)
+                                .astype(np.uint8))
+  with pytest.raises(ValueError, match="unknown constants"):
+    CorruptedSplit(src, view, "contrast", 5, constants="tiny")
+
+
+def test_generated_cifar10_c_corrupts_the_whole_32_px_image_then_resizes():
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.tasks import robustness
+  c = _cifar_config("", ("contrast",))
+  c.robustness.source = "generate"
+  src = random_images(3, (32, 32), classes=3)
+  source, transform = robustness._condition_source(
+      c, "contrast", 5, src, pipeline.EvalView(64, 0.875), {})
+  x = src[1]["image"] / 255.0
+  means = x.mean(axis=(0, 1), keepdims=True)
+  np.testing.assert_array_equal(source[1]["image"],
+                                (np.clip((x - means) * 0.15 + means, 0, 1) * 255)
+                                .astype(np.uint8))
+  assert transform(source[1])["image"].shape == (64, 64, 3)

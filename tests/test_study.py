@@ -81,3 +81,31 @@ def test_unknown_rows_and_stages_are_refused():
   c.study.stages = ("teacher", "pretrain")
   with pytest.raises(ValueError, match=r"study\.stages has \['pretrain'\]"):
     study_lib.Study(c, "/tmp/unused")
+
+
+def test_the_cifar10_study_chains_salicon_teacher_cifar_rows_and_cifar10_c(tmp_path):
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "study.py") + ":cifar10")
+  c.robustness.robustness.manual_dir = str(tmp_path / "cifar10_c")
+  c.study.stages = tuple(s for s in c.study.stages if s != "report")
+  assert config_checks.problems(c) == []
+  rec = _Recorder()
+  study_lib.Study(c, str(tmp_path / "study"), run_stage=rec).run()
+  by_dir = {os.path.relpath(w, tmp_path / "study"): cfg for cfg, w in rec.calls}
+  per_row = ["train", "linear_eval", "robustness", "retrieval"]
+  assert list(by_dir) == ["teacher", "maps_train"] + [
+      f"{row}/seed0/{stage}" for row in ("contrastive", "contrastive_attn_teacher")
+      for stage in per_row]
+  assert by_dir["teacher"].data.name == "salicon"
+  assert (by_dir["maps_train"].data.name, by_dir["maps_train"].data.split) == ("cifar10",
+                                                                              "train")
+  train = by_dir["contrastive_attn_teacher/seed0/train"]
+  assert (train.data.name, train.model.stem_stride, train.model.stem_pool) == ("cifar10", 1,
+                                                                              False)
+  assert train.attention.maps_dir == str(tmp_path / "study" / "maps_train")
+  robustness = by_dir["contrastive/seed0/robustness"].robustness
+  assert (robustness.released_dataset, robustness.constants) == ("cifar10_c", "cifar")
+  assert by_dir["contrastive/seed0/retrieval"].retrieval.query_split == "test"
+  # Without the release the check names both ways out.
+  c.robustness.robustness.manual_dir = ""
+  assert any("CIFAR-10-C folder" in p and "source='generate'" in p
+             for p in config_checks.problems(c))

@@ -29,16 +29,22 @@ class CorruptedSplit:
   items are ``{"image", "label"}`` of the corrupted view. ``clean_cache``
   (optional, shared between the conditions of one evaluation) keeps the
   clean views, so the images are decoded once for all the conditions.
+  ``constants``: :func:`image_corruptions.corrupt`'s table, ``"imagenet"``
+  (ImageNet-C's) or ``"cifar"`` (CIFAR-10-C's, for 32-px images).
   """
 
   def __init__(self, source, view: Callable[[Any], dict[str, Any]], name: str, severity: int,
-               seed: int = 0, clean_cache: dict[int, dict[str, Any]] | None = None):
+               seed: int = 0, clean_cache: dict[int, dict[str, Any]] | None = None,
+               constants: str = "imagenet"):
     if name not in image_corruptions.ALL:
       raise ValueError(f"unknown corruption {name!r}; choose from {image_corruptions.ALL}")
     if severity not in range(1, 6):
       raise ValueError(f"severity {severity}: ImageNet-C's severities are 1 to 5")
+    if constants not in image_corruptions.CONSTANTS:
+      raise ValueError(f"unknown constants {constants!r}; choose from "
+                       f"{tuple(image_corruptions.CONSTANTS)}")
     self.source, self.view, self.name, self.severity = source, view, name, severity
-    self.seed, self.clean_cache = seed, clean_cache
+    self.seed, self.clean_cache, self.constants = seed, clean_cache, constants
 
   def __len__(self) -> int:
     return len(self.source)
@@ -54,5 +60,6 @@ class CorruptedSplit:
   def __getitem__(self, index: int) -> dict[str, Any]:
     ex = self.clean(int(index))
     rng = corruption_rng(self.seed, self.name, self.severity, int(index))
-    image = image_corruptions.corrupt(np.asarray(ex["image"]), self.name, self.severity, rng)
+    image = image_corruptions.corrupt(np.asarray(ex["image"]), self.name, self.severity, rng,
+                                      self.constants)
     return {"image": image, "label": ex["label"]}

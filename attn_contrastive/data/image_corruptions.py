@@ -39,6 +39,13 @@ centre. The released ImageNet-C files were moreover saved as JPEG at quality
 
 Float results are clipped to [0, 1] (or [0, 255]) and truncated to uint8, as
 the reference's `np.uint8(...)` does.
+
+`corrupt(..., constants="cifar")` uses CIFAR-10-C's parameters instead
+(`make_cifar_c.py` of the same authors: milder severities for 32-px images,
+frost textures scaled by 0.2, pixelate upsampled with the box filter, and an
+elastic transform with a random affine step first). Its zoom layers are
+cropped at the top-left like the ImageNet ones, where that script crops
+their centre (a pixel's shift at most on 32 px).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["BENCHMARK", "EXTRA", "ALL", "CATEGORIES", "SEVERITIES", "corrupt"]
+__all__ = ["BENCHMARK", "EXTRA", "ALL", "CATEGORIES", "SEVERITIES", "CONSTANTS", "corrupt"]
 
 BENCHMARK: tuple[str, ...] = (
   "gaussian_noise", "shot_noise", "impulse_noise",
@@ -281,31 +288,31 @@ def _frost_resized(index: int, width: int, height: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _gaussian_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _gaussian_noise(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Additive Gaussian noise, std 0.08 .. 0.38 of the range (ImageNet-C)."""
-  std = (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
+  std = p
   x = _unit(image)
   return _to_uint8(x + rng.normal(size=x.shape, scale=std))
 
 
-def _shot_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _shot_noise(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Poisson (photon) noise: Poisson(x * c) / c with c = 60 .. 3 (ImageNet-C).
 
   The variance of a pixel of value x (in [0, 1]) is x / c.
   """
-  photons = (60, 25, 12, 5, 3)[severity - 1]
+  photons = p
   x = _unit(image)
   return _to_uint8(rng.poisson(x * photons) / float(photons))
 
 
-def _impulse_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _impulse_noise(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Salt-and-pepper noise on 3 .. 27% of the values (ImageNet-C).
 
   Each channel value independently becomes 0 or 255 (even odds) with
   probability `amount`; the draws are those of scikit-image's
   `random_noise(mode="s&p")` given the same generator.
   """
-  amount = (0.03, 0.06, 0.09, 0.17, 0.27)[severity - 1]
+  amount = p
   x = _unit(image)
   flipped = rng.random(x.shape) <= amount
   salted = rng.random(x.shape) <= 0.5
@@ -314,9 +321,9 @@ def _impulse_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -
   return _to_uint8(x)
 
 
-def _speckle_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _speckle_noise(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Multiplicative Gaussian noise x * (1 + n), std of n 0.15 .. 0.6 (ImageNet-C)."""
-  std = (0.15, 0.2, 0.35, 0.45, 0.6)[severity - 1]
+  std = p
   x = _unit(image)
   return _to_uint8(x + x * rng.normal(size=x.shape, scale=std))
 
@@ -326,12 +333,12 @@ def _speckle_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -
 # ---------------------------------------------------------------------------
 
 
-def _defocus_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _defocus_blur(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Convolution with an anti-aliased disk of radius 3 .. 10 px (ImageNet-C).
 
   Borders reflect (OpenCV's default, as in the reference).
   """
-  radius, alias_blur = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))[severity - 1]
+  radius, alias_blur = p
   kernel = _disk_kernel(radius, alias_blur)
   x = _unit(image)
   blurred = np.stack([cv2.filter2D(x[..., c], -1, kernel) for c in range(3)], axis=-1)
@@ -385,41 +392,39 @@ def _glass_shuffle(x: np.ndarray, max_delta: int, rng: np.random.Generator) -> n
   return x.reshape(h * w, -1)[pointer].reshape(x.shape)
 
 
-def _glass_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _glass_blur(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Gaussian blur, local pixel shuffling, Gaussian blur again (ImageNet-C).
 
   (sigma, max displacement, shuffle passes) = (0.7, 1, 2) .. (1.5, 4, 2). The
   shuffle acts on the uint8-truncated first blur, as in the reference, and
   is the reference's sequential copy (see `_glass_shuffle`), vectorised.
   """
-  sigma, max_delta, passes = (
-    (0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))[severity - 1]
+  sigma, max_delta, passes = p
   x = (_gaussian(_unit(image), sigma) * 255).astype(np.uint8)
   for _ in range(passes):
     x = _glass_shuffle(x, max_delta, rng)
   return _to_uint8(_gaussian(_unit(x), sigma))
 
 
-def _motion_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _motion_blur(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Smear along a random direction in [-45, 45] degrees (ImageNet-C).
 
   (radius, sigma) = (10, 3) .. (20, 15): the kernel has 2 * radius + 1 taps
   with half-Gaussian weights of std sigma (see `_line_blur`).
   """
-  radius, sigma = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))[severity - 1]
+  radius, sigma = p
   angle = rng.uniform(-45, 45)
   blurred = _line_blur(image, radius=radius, sigma=sigma, angle=angle)
   return np.clip(blurred, 0, 255).astype(np.uint8)
 
 
-def _zoom_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _zoom_blur(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Mean of the image and centre zooms by 1 .. 1.1-1.3 (ImageNet-C).
 
   The zoom factors are the reference's `np.arange` sequences (11 to 16 of
   them); each zoomed layer is cropped to the image's top-left HxW.
   """
-  factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
-             np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[severity - 1]
+  factors = p
   x = _unit(image).astype(np.float32)
   h, w = x.shape[:2]
   total = np.zeros_like(x)
@@ -428,9 +433,9 @@ def _zoom_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np
   return _to_uint8((x + total) / (len(factors) + 1))
 
 
-def _gaussian_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _gaussian_blur(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Gaussian blur with sigma 1, 2, 3, 4, 6 px, replicated borders (ImageNet-C)."""
-  sigma = (1, 2, 3, 4, 6)[severity - 1]
+  sigma = p
   return _to_uint8(_gaussian(_unit(image), sigma))
 
 
@@ -439,7 +444,7 @@ def _gaussian_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -
 # ---------------------------------------------------------------------------
 
 
-def _snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _snow(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Motion-blurred flakes over a brightened, desaturated image (ImageNet-C).
 
   Flakes: Gaussian noise N(mean, std) zoomed up, thresholded, smeared by
@@ -449,12 +454,7 @@ def _snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
   (mean, std, zoom, threshold, blur radius, blur sigma, image weight) per
   severity are ImageNet-C's.
   """
-  mean, std, zoom, threshold, radius, sigma, keep = (
-    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
-    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
-    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))[severity - 1]
+  mean, std, zoom, threshold, radius, sigma, keep = p
   x = image.astype(np.float32) / 255.0
   h, w = x.shape[:2]
   flakes = rng.normal(size=(h, w), loc=mean, scale=std)
@@ -469,20 +469,21 @@ def _snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
   return _to_uint8(x + flakes + np.rot90(flakes, k=2))
 
 
-def _frost(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _frost(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Blend with a random crop of a frost texture (ImageNet-C).
 
   out = a * image + b * frost, (a, b) = (1, 0.4) .. (0.6, 0.75). The texture
   is scaled (bicubic) by 1.1 times the factor that makes it cover the image
-  (at least 1), then cropped at a random offset. As in ImageNet-C's code the
+  (at least 1), or by a fixed factor (CIFAR-10-C's 0.2) that still covers
+  it, then cropped at a random offset. As in ImageNet-C's code the
   texture is drawn among the first five of the six files.
   """
-  weight_image, weight_frost = (
-    (1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))[severity - 1]
+  weight_image, weight_frost, texture_scale = p
   index = int(rng.integers(5))
   tex_h, tex_w = _frost_texture(index).shape[:2]
   h, w = image.shape[:2]
-  scale = max(1.0, h / tex_h, w / tex_w) * 1.1
+  cover = max(h / tex_h, w / tex_w) * 1.1
+  scale = max(1.1, cover) if texture_scale is None else max(texture_scale, cover)
   texture = _frost_resized(index, int(np.ceil(tex_w * scale)), int(np.ceil(tex_h * scale)))
   top = rng.integers(0, texture.shape[0] - h)
   left = rng.integers(0, texture.shape[1] - w)
@@ -490,14 +491,14 @@ def _frost(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
   return np.clip(weight_image * image + weight_frost * crop, 0, 255).astype(np.uint8)
 
 
-def _fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _fog(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Add a plasma-fractal haze and compress the range (ImageNet-C).
 
   out = (x + a * fractal) * max(x) / (max(x) + a), the fractal in [0, 1] of
   side the next power of two of the image's longer side, (a, decay) =
   (1.5, 2) .. (3, 1.4).
   """
-  strength, decay = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))[severity - 1]
+  strength, decay = p
   h, w = image.shape[:2]
   size = 1 << (max(h, w) - 1).bit_length()
   x = _unit(image)
@@ -506,15 +507,15 @@ def _fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarr
   return _to_uint8(x * peak / (peak + strength))
 
 
-def _brightness(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _brightness(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Add 0.1 .. 0.5 to the HSV value channel (ImageNet-C)."""
-  shift = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]
+  shift = p
   hsv = _rgb_to_hsv(_unit(image))
   hsv[..., 2] = np.clip(hsv[..., 2] + shift, 0, 1)
   return _to_uint8(_hsv_to_rgb(hsv))
 
 
-def _spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _spatter(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Water drops (severities 1-3) or mud (4-5) on the lens (ImageNet-C).
 
   A blurred Gaussian noise field thresholded into blobs. Water: the blobs'
@@ -526,12 +527,7 @@ def _spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.n
   on very small images) the reference divides 0 by 0; here the image is left
   without spatter.
   """
-  mean, std, sigma, threshold, strength, mud = (
-    (0.65, 0.3, 4, 0.69, 0.6, 0),
-    (0.65, 0.3, 3, 0.68, 0.6, 0),
-    (0.65, 0.3, 2, 0.68, 0.5, 0),
-    (0.65, 0.3, 1, 0.65, 1.5, 1),
-    (0.67, 0.4, 1, 0.65, 1.5, 1))[severity - 1]
+  mean, std, sigma, threshold, strength, mud = p
   x = image.astype(np.float32) / 255.0
   liquid = rng.normal(size=x.shape[:2], loc=mean, scale=std)
   liquid = _gaussian(liquid, sigma)
@@ -565,16 +561,18 @@ def _spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.n
 # Digital.
 # ---------------------------------------------------------------------------
 
+_RESAMPLING = {"nearest": Image.NEAREST, "box": Image.BOX}
 
-def _contrast(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+
+def _contrast(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Scale each channel's deviation from its mean by 0.4 .. 0.05 (ImageNet-C)."""
-  factor = (0.4, 0.3, 0.2, 0.1, 0.05)[severity - 1]
+  factor = p
   x = _unit(image)
   means = np.mean(x, axis=(0, 1), keepdims=True)
   return _to_uint8((x - means) * factor + means)
 
 
-def _elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _elastic_transform(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """Warp by a smooth random displacement field (imagecorruptions' version).
 
   Each displacement component is uniform noise in +-0.005 * H px, smoothed
@@ -582,7 +580,7 @@ def _elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generato
   scaled by alpha = 250 * (0.05, 0.065, 0.085, 0.1, 0.12); the image is
   resampled bilinearly with reflecting borders.
   """
-  alpha = 250 * (0.05, 0.065, 0.085, 0.1, 0.12)[severity - 1]
+  alpha = p
   x = image.astype(np.float32) / 255.0
   h, w = x.shape[:2]
   sigma = np.array((h, w)) * 0.01
@@ -599,17 +597,54 @@ def _elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generato
   return _to_uint8(warped)
 
 
-def _pixelate(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-  """Box-downsample to 0.6 .. 0.25 of the size, nearest-upsample back (ImageNet-C)."""
-  factor = (0.6, 0.5, 0.4, 0.3, 0.25)[severity - 1]
+def _elastic_transform_cifar(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
+  """CIFAR-10-C's elastic transform: a random affine warp, then a displacement field.
+
+  ``p = (alpha, sigma, affine)``, fractions of the image's shorter side
+  (CIFAR-10-C's pixel values over its 32 px): the three points of
+  ``(centre ± side // 3)`` move by uniform draws in ``±affine``
+  (``cv2.warpAffine``, reflect-101 borders); each displacement component is
+  uniform noise in ±1 px smoothed by a Gaussian of ``sigma`` (reflecting
+  borders, truncate 3) times ``alpha``; bilinear resampling, reflecting
+  borders. Draws in the reference's order: the affine, then x, then y.
+  """
+  side = min(image.shape[:2])
+  alpha, sigma, affine = (f * side for f in p)
+  x = image.astype(np.float32) / 255.0
+  h, w = x.shape[:2]
+  centre = np.float32((h, w)) // 2
+  square = side // 3
+  src = np.float32([centre + square, [centre[0] + square, centre[1] - square],
+                    centre - square])
+  dst = src + rng.uniform(-affine, affine, size=src.shape).astype(np.float32)
+  x = cv2.warpAffine(x, cv2.getAffineTransform(src, dst), (w, h),
+                     borderMode=cv2.BORDER_REFLECT_101)
+  dx = (_gaussian(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3)
+        * alpha).astype(np.float32)
+  dy = (_gaussian(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3)
+        * alpha).astype(np.float32)
+  cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+  coords = np.stack([rows + dy, cols + dx])
+  warped = np.stack(
+    [ndimage.map_coordinates(x[..., c], coords, order=1, mode="reflect") for c in range(3)],
+    axis=-1)
+  return _to_uint8(warped)
+
+
+def _pixelate(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
+  """Box-downsample to 0.6 .. 0.25 of the size, upsample back (ImageNet-C: nearest).
+
+  CIFAR-10-C upsamples with the box filter too.
+  """
+  factor, upsample = p
   h, w = image.shape[:2]
   small = Image.fromarray(image).resize((int(w * factor), int(h * factor)), Image.BOX)
-  return np.array(small.resize((w, h), Image.NEAREST))
+  return np.array(small.resize((w, h), _RESAMPLING[upsample]))
 
 
-def _jpeg_compression(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _jpeg_compression(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """JPEG round trip (Pillow) at quality 25, 18, 15, 10, 7 (ImageNet-C)."""
-  quality = (25, 18, 15, 10, 7)[severity - 1]
+  quality = p
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, "JPEG", quality=quality)
   buffer.seek(0)
@@ -617,9 +652,9 @@ def _jpeg_compression(image: np.ndarray, severity: int, rng: np.random.Generator
     return np.array(decoded)
 
 
-def _saturate(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _saturate(image: np.ndarray, p, rng: np.random.Generator) -> np.ndarray:
   """HSV saturation s -> s * a + b, (a, b) = (0.3, 0) .. (20, 0.2) (ImageNet-C)."""
-  scale, offset = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[severity - 1]
+  scale, offset = p
   hsv = _rgb_to_hsv(_unit(image))
   hsv[..., 1] = np.clip(hsv[..., 1] * scale + offset, 0, 1)
   return _to_uint8(_hsv_to_rgb(hsv))
@@ -649,8 +684,91 @@ _CORRUPTIONS: dict[str, _Corruption] = {
 assert tuple(_CORRUPTIONS) == ALL
 
 
+# ---------------------------------------------------------------------------
+# The constants: each corruption's parameters at severities 1-5.
+# ---------------------------------------------------------------------------
+
+#: ImageNet-C's (``make_imagenet_c.py``, as ``imagecorruptions`` generalises them).
+IMAGENET: dict[str, tuple] = {
+  "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+  "shot_noise": (60, 25, 12, 5, 3),
+  "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
+  "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+  "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
+  "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
+  "zoom_blur": (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+                np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03)),
+  "snow": ((0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+           (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+           (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+           (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+           (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)),
+  "frost": ((1, 0.4, None), (0.8, 0.6, None), (0.7, 0.7, None), (0.65, 0.7, None),
+            (0.6, 0.75, None)),
+  "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),
+  "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
+  "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
+  "elastic_transform": tuple(250 * a for a in (0.05, 0.065, 0.085, 0.1, 0.12)),
+  "pixelate": ((0.6, "nearest"), (0.5, "nearest"), (0.4, "nearest"), (0.3, "nearest"),
+               (0.25, "nearest")),
+  "jpeg_compression": (25, 18, 15, 10, 7),
+  "speckle_noise": (0.15, 0.2, 0.35, 0.45, 0.6),
+  "gaussian_blur": (1, 2, 3, 4, 6),
+  "spatter": ((0.65, 0.3, 4, 0.69, 0.6, 0),
+              (0.65, 0.3, 3, 0.68, 0.6, 0),
+              (0.65, 0.3, 2, 0.68, 0.5, 0),
+              (0.65, 0.3, 1, 0.65, 1.5, 1),
+              (0.67, 0.4, 1, 0.65, 1.5, 1)),
+  "saturate": ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)),
+}
+
+#: CIFAR-10-C's (Hendrycks & Dietterich, ``make_cifar_c.py``): milder, for 32-px images.
+#: Frost scales its texture by 0.2, pixelate upsamples with the box filter, and the
+#: elastic transform is the affine-then-displacement variant (fractions of the side).
+CIFAR: dict[str, tuple] = {
+  "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+  "shot_noise": (500, 250, 100, 75, 50),
+  "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+  "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+  "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+  "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
+  "zoom_blur": (np.arange(1, 1.06, 0.01), np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01),
+                np.arange(1, 1.21, 0.01), np.arange(1, 1.26, 0.01)),
+  "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+           (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+           (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+           (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+           (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+  "frost": ((1, 0.2, 0.2), (1, 0.3, 0.2), (0.9, 0.4, 0.2), (0.85, 0.4, 0.2),
+            (0.75, 0.45, 0.2)),
+  "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
+  "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+  "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+  "elastic_transform": ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
+                        (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)),
+  "pixelate": ((0.95, "box"), (0.9, "box"), (0.85, "box"), (0.75, "box"), (0.65, "box")),
+  "jpeg_compression": (80, 65, 58, 50, 40),
+  "speckle_noise": (0.06, 0.1, 0.12, 0.16, 0.2),
+  "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1),
+  "spatter": ((0.62, 0.1, 0.7, 0.7, 0.5, 0),
+              (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+              (0.65, 0.3, 1, 0.69, 0.5, 0),
+              (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+              (0.65, 0.1, 0.5, 0.68, 0.6, 1)),
+  "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+}
+
+#: ``corrupt``'s ``constants``: the parameter table of each benchmark.
+CONSTANTS: dict[str, dict[str, tuple]] = {"imagenet": IMAGENET, "cifar": CIFAR}
+assert all(set(table) == set(ALL) for table in CONSTANTS.values())
+
+#: Where a benchmark's recipe differs from ImageNet-C's in more than its numbers.
+_VARIANTS: dict[str, dict[str, _Corruption]] = {
+  "imagenet": {}, "cifar": {"elastic_transform": _elastic_transform_cifar}}
+
+
 def corrupt(image: np.ndarray, name: str, severity: int,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, constants: str = "imagenet") -> np.ndarray:
   """Apply ImageNet-C corruption `name` at `severity` (1-5) to an RGB image.
 
   Args:
@@ -659,6 +777,9 @@ def corrupt(image: np.ndarray, name: str, severity: int,
     severity: 1 (mildest) to 5.
     rng: source of all random draws; corruptions without randomness ignore
       it. The same generator state gives the same output.
+    constants: whose parameters: "imagenet" (ImageNet-C's) or "cifar"
+      (CIFAR-10-C's, made for 32-px images, which ImageNet-C's severities
+      would mostly destroy).
 
   Returns:
     A new uint8 HxWx3 array.
@@ -673,6 +794,9 @@ def corrupt(image: np.ndarray, name: str, severity: int,
     raise ValueError(f"Expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
   if min(image.shape[:2]) < 16:
     raise ValueError(f"Image sides must be at least 16 px, got {image.shape[:2]}")
-  out = _CORRUPTIONS[name](np.ascontiguousarray(image), int(severity), rng)
+  if constants not in CONSTANTS:
+    raise ValueError(f"Unknown constants {constants!r}; expected one of {', '.join(CONSTANTS)}")
+  function = _VARIANTS[constants].get(name, _CORRUPTIONS[name])
+  out = function(np.ascontiguousarray(image), CONSTANTS[constants][name][int(severity) - 1], rng)
   assert out.shape == image.shape and out.dtype == np.uint8
   return out

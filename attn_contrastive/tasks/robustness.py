@@ -11,8 +11,16 @@ is scored:
   corrupted on the fly with :mod:`attn_contrastive.data.image_corruptions`
   (ImageNet-C's recipe; the synthetic data, or ImageNet without the release);
 * ``released``: the released ImageNet-C images (``imagenet_c/<c>_<s>``,
-  built from ``robustness.manual_dir`` on first use), resized whole to the
-  model's input.
+  built from ``robustness.manual_dir`` on first use), or with
+  ``released_dataset="cifar10_c"`` the extracted CIFAR-10-C arrays
+  (:mod:`attn_contrastive.data.cifar10_c_release`, read in place), resized
+  whole to the model's input.
+
+``robustness.constants`` picks the generated corruptions' parameters:
+ImageNet-C's (``imagenet``) or CIFAR-10-C's (``cifar``: as CIFAR-10-C was
+made, the whole 32-px image is corrupted, then resized to the model's input).
+CIFAR-10-C has no mCE (AlexNet's errors normalise ImageNet-C only): its
+``mce`` and ``relative_mce`` are NaN and its summary the accuracies.
 
 The released tree is looked at before anything is computed
 (:func:`corruptions_to_score`): a benchmark corruption (one of the 15 of
@@ -78,13 +86,29 @@ class _Scorer:
     return {k: out[k] for k in ("map", "pr_curve", *(f"precision@{k}" for k in rc.ks))}
 
 
+#: The side of the images CIFAR-10-C's constants are made for.
+CIFAR_SIZE = 32
+
+
 def _condition_source(config, name: str, severity: int, clean_source, view, cache):
   """(source, transform) of one condition's images."""
   rc = config.robustness
+  from attn_contrastive.data import pipeline
   if rc.source == "generate":
     from attn_contrastive.data.corrupted_split import CorruptedSplit
-    return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache), None
-  from attn_contrastive.data import pipeline, prepare, sources
+    if rc.constants == "cifar":
+      # As CIFAR-10-C was made: the whole 32-px image corrupted, then resized to the model's
+      # input like the released arrays (an ImageNet encoder reads them upsampled).
+      return (CorruptedSplit(clean_source, pipeline.EvalView(CIFAR_SIZE, 1.0), name, severity,
+                             rc.seed, cache, rc.constants),
+              pipeline.EvalView(view.image_size, 1.0))
+    return CorruptedSplit(clean_source, view, name, severity, rc.seed, cache,
+                          rc.constants), None
+  from attn_contrastive.data import prepare, sources
+  if rc.released_dataset == "cifar10_c":
+    from attn_contrastive.data import cifar10_c_release
+    return (cifar10_c_release.CifarCSource(rc.manual_dir, name, severity),
+            pipeline.EvalView(view.image_size, 1.0))
   dataset = f"{rc.released_dataset}/{name}_{severity}"
   if rc.manual_dir:
     prepare.prepare(dataset, config.data.data_dir or None, manual_dir=rc.manual_dir)
@@ -103,6 +127,8 @@ def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
   if rc.source != "released" or not rc.manual_dir:
     return tuple(rc.corruptions), []
   from attn_contrastive.data import image_corruptions, imagenet_c_release
+  if rc.released_dataset == "cifar10_c":
+    return _cifar10_c_to_score(rc)
   missing = imagenet_c_release.missing_conditions(rc.manual_dir, rc.corruptions,
                                                   rc.severities)
   benchmark = [(c, s) for c, s in missing if c not in image_corruptions.EXTRA]
@@ -122,6 +148,25 @@ def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
                     "the other %d; results.json lists them under robustness/missing",
                     ", ".join(absent), rc.manual_dir, len(rc.corruptions) - len(absent))
   return tuple(c for c in rc.corruptions if c not in absent), absent
+
+
+def _cifar10_c_to_score(rc) -> tuple[tuple[str, ...], list[str]]:
+  """:func:`corruptions_to_score` of an extracted CIFAR-10-C folder (one file per
+  corruption, every severity in it): a missing benchmark file is refused at once."""
+  from attn_contrastive.data import cifar10_c_release, image_corruptions
+  missing = cifar10_c_release.missing_corruptions(rc.manual_dir, rc.corruptions)
+  benchmark = [c for c in missing if c not in image_corruptions.EXTRA]
+  if benchmark:
+    files = ", ".join(f"{c}.npy" for c in benchmark)
+    raise FileNotFoundError(
+        f"the CIFAR-10-C folder {rc.manual_dir} lacks {files}.\n"
+        f"{cifar10_c_release.MANUAL_INSTRUCTIONS}Or score fewer with "
+        "--config.robustness.corruptions=...")
+  if missing:
+    logging.warning("CIFAR-10-C's extra corruptions %s are not in %s: scoring the other %d; "
+                    "results.json lists them under robustness/missing", ", ".join(missing),
+                    rc.manual_dir, len(rc.corruptions) - len(missing))
+  return tuple(c for c in rc.corruptions if c not in missing), missing
 
 
 def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
@@ -152,6 +197,13 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
   return out
 
 
+def is_cifar(rc) -> bool:
+  """Whether ``robustness`` scores CIFAR-10-C (released, or generated with its constants)."""
+  if rc.source == "released":
+    return rc.released_dataset == "cifar10_c"
+  return rc.get("constants") == "cifar"
+
+
 def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
               clean_retrieval: dict[str, Any] | None) -> dict[str, Any]:
   """The ``robustness/...`` and ``retrieval_c/...`` metrics of ``results.json``, over the
@@ -160,6 +212,9 @@ def summarize(config, conditions: dict[str, dict[str, Any]], clean_top1: float,
   names = [c for c in rc.corruptions if f"{c}_{rc.severities[0]}" in conditions]
   top1 = {c: [conditions[f"{c}_{s}"]["top1"] for s in rc.severities] for c in names}
   summary = corruption_errors.summarize(top1, clean_top1)
+  if is_cifar(rc):
+    # AlexNet's errors normalise ImageNet-C's; CIFAR-10-C is read as its accuracies.
+    summary.update(ce={}, relative_ce={}, mce=float("nan"), relative_mce=float("nan"))
   metrics = {"robustness/clean_top1": clean_top1, "robustness/top1": top1,
              "robustness/severities": list(rc.severities)}
   metrics.update({f"robustness/{k}": v for k, v in summary.items()})
