@@ -78,3 +78,14 @@ def test_only_main_and_tasks_import_tasks():
   importers = {m for m, imported in import_graph().items()
                if any(i == tasks or i.startswith(tasks + ".") for i in imported)}
   assert {m for m in importers if not m.startswith(tasks)} == {f"{PACKAGE}.main"}
+
+
+def test_a_task_uses_no_other_task():
+  """A task imports from ``tasks/`` only the evaluation skeleton and the task table:
+  what two tasks share lives below them, not in one of them."""
+  tasks = f"{PACKAGE}.tasks"
+  shared = {tasks, f"{tasks}.evaluation"}
+  for module, imported in import_graph().items():
+    if module.startswith(tasks + ".") and module not in shared:
+      others = {i for i in imported if i.startswith(tasks + ".")} - shared
+      assert not others, f"{module} imports {sorted(others)}"

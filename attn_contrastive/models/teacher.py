@@ -52,6 +52,19 @@ def output_shape(height: int, width: int, output_stride: int) -> tuple[int, int]
   return max(height // output_stride, 1), max(width // output_stride, 1)
 
 
+def input_hw(config) -> tuple[int, int]:
+  """A teacher run's input size from its config: ``data.image_size`` × (``data.image_width``
+  or square)."""
+  h = int(config.data.image_size)
+  w = int(config.data.get("image_width", 0) or 0)
+  return h, (w if w > 0 else h)
+
+
+def map_hw(config) -> tuple[int, int]:
+  """A teacher run's output (and training-target) resolution from its config."""
+  return output_shape(*input_hw(config), config.model.output_stride)
+
+
 def _resize(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
   """Bilinear resize of an NHWC tensor to spatial size ``hw`` (no-op if equal)."""
   if tuple(x.shape[1:3]) == tuple(hw):

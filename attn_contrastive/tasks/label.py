@@ -43,8 +43,7 @@ from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
 from attn_contrastive.models import forward
-from attn_contrastive.models.teacher import teacher_from_config
-from attn_contrastive.tasks import teacher as teacher_task
+from attn_contrastive.models.teacher import input_hw, teacher_from_config
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import preemption
@@ -145,7 +144,7 @@ class Placement:
 
   def __init__(self, config):
     self.shape = config.label.shape
-    self.teacher_hw = teacher_task.input_hw(config.teacher)
+    self.teacher_hw = input_hw(config.teacher)
     self.aspects = tuple(config.label.canvas_aspects)
     self.step = int(config.teacher.model.get("output_stride", 1))
 

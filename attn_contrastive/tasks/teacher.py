@@ -44,24 +44,12 @@ from attn_contrastive import losses
 from attn_contrastive.data import pipeline, sources
 from attn_contrastive.evaluators import saliency as saliency_eval
 from attn_contrastive.models import forward
-from attn_contrastive.models.teacher import output_shape, teacher_from_config
+from attn_contrastive.models.teacher import input_hw, map_hw, teacher_from_config
 from attn_contrastive.train import loop
 
 # ---------------------------------------------------------------------------
 # Sizes.
 # ---------------------------------------------------------------------------
-
-
-def input_hw(config) -> tuple[int, int]:
-  """The teacher's input size: ``data.image_size`` × (``data.image_width`` or square)."""
-  h = int(config.data.image_size)
-  w = int(config.data.get("image_width", 0) or 0)
-  return h, (w if w > 0 else h)
-
-
-def map_hw(config) -> tuple[int, int]:
-  """The teacher's output (and training-target) resolution."""
-  return output_shape(*input_hw(config), config.model.output_stride)
 
 
 # ---------------------------------------------------------------------------
