@@ -119,16 +119,26 @@ def _condition_source(config, name: str, severity: int, clean_source, view, cach
 def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
   """(the corruptions to score, the extra ones left out as the release lacks them).
 
-  Only a released tree (``robustness.manual_dir``) can lack conditions; it is
-  read before any image is, so that a missing benchmark corruption costs
-  nothing but this error.
+  Only a released copy (``robustness.manual_dir``) can lack conditions; it is
+  looked at before any image is read, so that a missing benchmark corruption
+  costs nothing but the error its reader raises.
   """
   rc = config.robustness
   if rc.source != "released" or not rc.manual_dir:
     return tuple(rc.corruptions), []
+  missing = (_missing_cifar10_c(rc) if rc.released_dataset == "cifar10_c"
+             else _missing_imagenet_c(rc))
+  if missing:
+    logging.warning("%s's extra corruptions %s are not in %s: scoring the other %d; "
+                    "results.json lists them under robustness/missing", rc.released_dataset,
+                    ", ".join(missing), rc.manual_dir, len(rc.corruptions) - len(missing))
+  return tuple(c for c in rc.corruptions if c not in missing), missing
+
+
+def _missing_imagenet_c(rc) -> list[str]:
+  """The extra corruptions an extracted ImageNet-C tree lacks (any of their severities);
+  a missing benchmark condition is refused, naming the tar files to extract."""
   from attn_contrastive.data import image_corruptions, imagenet_c_release
-  if rc.released_dataset == "cifar10_c":
-    return _cifar10_c_to_score(rc)
   missing = imagenet_c_release.missing_conditions(rc.manual_dir, rc.corruptions,
                                                   rc.severities)
   benchmark = [(c, s) for c, s in missing if c not in image_corruptions.EXTRA]
@@ -142,17 +152,12 @@ def corruptions_to_score(config) -> tuple[tuple[str, ...], list[str]]:
         f"condition(s): {listed}{more}. Extract {', '.join(tars)} "
         "(https://zenodo.org/record/2235448) into it, or score fewer with "
         "--config.robustness.corruptions=... and --config.robustness.severities=...")
-  absent = sorted({c for c, _ in missing}, key=rc.corruptions.index)
-  if absent:
-    logging.warning("ImageNet-C's extra corruptions %s are not in %s (extra.tar): scoring "
-                    "the other %d; results.json lists them under robustness/missing",
-                    ", ".join(absent), rc.manual_dir, len(rc.corruptions) - len(absent))
-  return tuple(c for c in rc.corruptions if c not in absent), absent
+  return sorted({c for c, _ in missing}, key=rc.corruptions.index)
 
 
-def _cifar10_c_to_score(rc) -> tuple[tuple[str, ...], list[str]]:
-  """:func:`corruptions_to_score` of an extracted CIFAR-10-C folder (one file per
-  corruption, every severity in it): a missing benchmark file is refused at once."""
+def _missing_cifar10_c(rc) -> list[str]:
+  """The extra corruptions an extracted CIFAR-10-C folder lacks (one file per corruption,
+  every severity in it); a missing benchmark file is refused."""
   from attn_contrastive.data import cifar10_c_release, image_corruptions
   missing = cifar10_c_release.missing_corruptions(rc.manual_dir, rc.corruptions)
   benchmark = [c for c in missing if c not in image_corruptions.EXTRA]
@@ -162,11 +167,7 @@ def _cifar10_c_to_score(rc) -> tuple[tuple[str, ...], list[str]]:
         f"the CIFAR-10-C folder {rc.manual_dir} lacks {files}.\n"
         f"{cifar10_c_release.MANUAL_INSTRUCTIONS}Or score fewer with "
         "--config.robustness.corruptions=...")
-  if missing:
-    logging.warning("CIFAR-10-C's extra corruptions %s are not in %s: scoring the other %d; "
-                    "results.json lists them under robustness/missing", ", ".join(missing),
-                    rc.manual_dir, len(rc.corruptions) - len(missing))
-  return tuple(c for c in rc.corruptions if c not in missing), missing
+  return missing
 
 
 def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
