@@ -203,34 +203,33 @@ def predict_folder(run_dir: str, folder: str, out: str, *, npy: bool = False,
   return summary
 
 
-#: The command line's flags: name → (kind, default, help).
-FLAGS = {
-    "run": ("string", None, "Workdir of a teacher, pretrain or supervised run "
-            "(config.json and checkpoints/), local or gs://."),
-    "images": ("string", None, "Folder of images (any depth)."),
-    "out": ("string", None, "Folder for the maps, embeddings and summary.json."),
-    "npy": ("bool", False, "Teacher runs: also write each log-density as .npy."),
-    "query": ("string", None, "Encoder runs: an image whose nearest images of the folder "
-              "to list."),
-    "k": ("integer", 5, "How many nearest images --query lists."),
-    "embedding": ("string", "pooled", f"Encoder runs: the embedding written and ranked, "
-                  f"one of {config_checks.EMBEDDINGS}."),
-    "batch_size": ("integer", 32, "Images per jitted call."),
-    "num_threads": ("integer", 4, "Threads that decode images."),
-    "max_bad_images": ("integer", images_lib.DEFAULT_MAX_BAD_IMAGES,
-                       "Undecodable files left out before the run stops "
-                       "(data.max_bad_images)."),
-}
-
-
 def define_flags(flag_values=None) -> dict[str, Any]:
-  """:data:`FLAGS` defined in ``flag_values`` (absl's global flags by default): only
-  when this module runs as the program, so that importing it defines none."""
+  """The command line's flags, in ``flag_values`` (absl's global flags by default):
+  defined only when this module runs as the program, so importing it defines none."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flag_values = flag_values if flag_values is not None else flags.FLAGS
-  return {name: getattr(flags, f"DEFINE_{kind}")(name, default, text,
-                                                  flag_values=flag_values)
-          for name, (kind, default, text) in FLAGS.items()}
+  fv = flag_values if flag_values is not None else flags.FLAGS
+  return dict(
+      run=flags.DEFINE_string("run", None, "Workdir of a teacher, pretrain or supervised run "
+                              "(config.json and checkpoints/), local or gs://.", flag_values=fv),
+      images=flags.DEFINE_string("images", None, "Folder of images (any depth).",
+                                 flag_values=fv),
+      out=flags.DEFINE_string("out", None, "Folder for the maps, embeddings and summary.json.",
+                              flag_values=fv),
+      npy=flags.DEFINE_bool("npy", False, "Teacher runs: also each log-density as .npy.",
+                            flag_values=fv),
+      query=flags.DEFINE_string("query", None, "Encoder runs: an image whose nearest images "
+                                "of the folder to list.", flag_values=fv),
+      k=flags.DEFINE_integer("k", 5, "How many nearest images --query lists.", flag_values=fv),
+      embedding=flags.DEFINE_enum("embedding", "pooled", list(config_checks.EMBEDDINGS),
+                                  "Encoder runs: the embedding written and ranked.",
+                                  flag_values=fv),
+      batch_size=flags.DEFINE_integer("batch_size", 32, "Images per jitted call.",
+                                      flag_values=fv),
+      num_threads=flags.DEFINE_integer("num_threads", 4, "Threads that decode images.",
+                                       flag_values=fv),
+      max_bad_images=flags.DEFINE_integer(
+          "max_bad_images", images_lib.DEFAULT_MAX_BAD_IMAGES, "Undecodable files left out "
+          "before the run stops (as data.max_bad_images).", flag_values=fv))
 
 
 def main(argv: Sequence[str], flag_values: dict[str, Any]) -> None:
