@@ -28,6 +28,7 @@ programs compile whatever the number of images.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -35,7 +36,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from attn_contrastive import runs
+from attn_contrastive import paths, runs
 from attn_contrastive.data import augment
 from attn_contrastive.data import canvases
 from attn_contrastive.data import pipeline
@@ -203,6 +204,10 @@ def load(run_dir: str, batch_size: int = DEFAULT_BATCH_SIZE,
   """The run in ``run_dir`` (a teacher, pretrain or supervised workdir, local or
   ``gs://``) ready to predict, on ``mesh`` (this process's devices by default)."""
   mesh = mesh or Mesh(np.array(jax.local_devices()), (mesh_lib.DATA_AXIS,))
+  if not paths.exists(os.path.join(run_dir, runs.CONFIG_FILE)):
+    raise FileNotFoundError(f"{run_dir} holds no {runs.CONFIG_FILE}: pass the workdir of a "
+                            "finished teacher, pretrain or supervised run (it holds "
+                            "config.json and checkpoints/)")
   config = runs.read_config(run_dir)
   if config.get("task") not in ("teacher", "pretrain", "supervised"):
     raise ValueError(f"{run_dir} is a {config.get('task')!r} run: point at the workdir of "

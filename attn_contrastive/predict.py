@@ -237,6 +237,7 @@ def main(argv: Sequence[str], flag_values: dict[str, Any]) -> None:
   from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # the libraries' INFO lines; bad files still show
   v = {name: flag.value for name, flag in flag_values.items()}
   for name in ("run", "images", "out"):
     if not v[name]:

@@ -13,6 +13,7 @@ from PIL import Image
 import attn_contrastive
 from attn_contrastive import predict
 from attn_contrastive.data import augment, canvases, pipeline
+from attn_contrastive.data import images as images_lib
 from attn_contrastive.models import forward
 from helpers import bilinear, standardise, tiny_config, tiny_teacher_config, write_run
 
@@ -200,8 +201,11 @@ def test_the_api_equals_the_command_line(folder, runs, teacher_out, encoder_out)
                              rtol=1e-5, atol=1e-6)
 
 
-def test_bad_inputs_are_refused_with_the_fix(runs):
+def test_bad_inputs_are_refused_with_the_fix(tmp_path, folder, runs):
   teacher = attn_contrastive.load(runs["teacher"][0])
+  with pytest.raises(images_lib.TooManyBadImagesError, match="broken.jpg"):
+    predict.predict_folder("", folder, str(tmp_path / "out"), max_bad_images=0,
+                           predictor=teacher)
   with pytest.raises(ValueError, match="uint8"):
     teacher.saliency([np.zeros((8, 8, 3), np.float32)])
   with pytest.raises(ValueError, match="H×W×3"):
@@ -210,3 +214,8 @@ def test_bad_inputs_are_refused_with_the_fix(runs):
     teacher.embed([np.zeros((8, 8, 3), np.uint8)])
   with pytest.raises(ValueError, match="needs a teacher run"):
     attn_contrastive.load(runs["pretrain"][0]).saliency([np.zeros((8, 8, 3), np.uint8)])
+  with pytest.raises(FileNotFoundError, match="holds no config.json"):
+    attn_contrastive.load(os.path.dirname(runs["teacher"][0]))
+  plain = attn_contrastive.load(write_run(tmp_path / "plain", "pretrain")[0])
+  with pytest.raises(ValueError, match="has no attention heads"):
+    plain.attention([np.zeros((8, 8, 3), np.uint8)])
