@@ -219,3 +219,18 @@ def test_bad_inputs_are_refused_with_the_fix(tmp_path, folder, runs):
   plain = attn_contrastive.load(write_run(tmp_path / "plain", "pretrain")[0])
   with pytest.raises(ValueError, match="has no attention heads"):
     plain.attention([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_nearest_ranks_by_cosine_similarity():
+  """retrieval_metrics.nearest against the cosine similarities written out."""
+  from attn_contrastive.evaluators import retrieval_metrics  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  queries, bank = rng.standard_normal((3, 5)), rng.standard_normal((7, 5))
+  bank[4] = 3 * queries[1]  # the same direction, another norm
+  cosine = (queries @ bank.T) / np.outer(np.linalg.norm(queries, axis=1),
+                                         np.linalg.norm(bank, axis=1))
+  sim, idx = retrieval_metrics.nearest(queries, bank, k=4)
+  np.testing.assert_array_equal(idx, np.argsort(-cosine, axis=1)[:, :4])
+  np.testing.assert_allclose(sim, np.take_along_axis(cosine, idx, 1), rtol=1e-5, atol=1e-6)
+  assert idx[1, 0] == 4 and sim[1, 0] == pytest.approx(1.0, abs=1e-6)
+  assert retrieval_metrics.nearest(queries, bank, k=50)[1].shape == (3, 7)
