@@ -138,6 +138,30 @@ def _write_attention(out: str, name: str, image: np.ndarray,
            as_png(overlay(image, map_8bit)))
 
 
+def _predict_chunk(predictor, good: list[tuple[int, np.ndarray]], names: Sequence[str],
+                   out: str, npy: bool, embedding: str) -> np.ndarray | None:
+  """Writes one chunk's maps (and attention maps); returns its embeddings (encoder runs)."""
+  images = [image for _, image in good]
+  if predictor.task == "teacher":
+    for (i, image), m in zip(good, predictor.saliency(images, log=True)):
+      _write_saliency(out, names[i], image, m, npy)
+    return None
+  if predictor.stages:
+    maps = predictor.attention(images)
+    for j, (i, image) in enumerate(good):
+      _write_attention(out, names[i], image, {s: maps[s][j] for s in maps})
+  return predictor.embed(images, embedding)
+
+
+def _neighbours(predictor, query: str, bank: np.ndarray, names: Sequence[str], k: int,
+                embedding: str) -> list[dict[str, Any]]:
+  """The ``k`` images of ``bank`` (named ``names``) nearest to the image file ``query``."""
+  from attn_contrastive.evaluators import retrieval_metrics  # pylint: disable=g-import-not-at-top
+  q = predictor.embed([images_lib.decode(paths.read_bytes(query), query)], embedding)
+  sim, idx = retrieval_metrics.nearest(q, bank, k)
+  return [{"file_name": names[j], "similarity": float(s)} for s, j in zip(sim[0], idx[0])]
+
+
 def predict_folder(run_dir: str, folder: str, out: str, *, npy: bool = False,
                    query: str | None = None, k: int = 5, embedding: str = "pooled",
                    batch_size: int = 32, num_threads: int = 4,
@@ -152,11 +176,9 @@ def predict_folder(run_dir: str, folder: str, out: str, *, npy: bool = False,
   # Imported here: JAX starts when a run is opened, not when the flags are read.
   from attn_contrastive import inference  # pylint: disable=g-import-not-at-top
   from attn_contrastive.data import image_folder  # pylint: disable=g-import-not-at-top
-  from attn_contrastive.evaluators import retrieval_metrics  # pylint: disable=g-import-not-at-top
 
   predictor = predictor or inference.load(run_dir, batch_size)
-  teacher = predictor.task == "teacher"
-  if query and teacher:
+  if query and predictor.task == "teacher":
     raise ValueError("--query ranks images by their embeddings: pass a pretrain or "
                      "supervised run, not a teacher run")
   files, ignored = image_folder.images_under(folder)
@@ -164,37 +186,24 @@ def predict_folder(run_dir: str, folder: str, out: str, *, npy: bool = False,
   log = images_lib.BadImageLog(folder, max_bad_images)
   paths.makedirs(out)
   kept, embeddings = [], []
-  bar = progress_bar(len(files), "saliency" if teacher else "embeddings")
+  bar = progress_bar(len(files), predictor.task)
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     for chunk in _chunks(len(files), batch_size * CHUNK_BATCHES):
       good = _decoded(folder, files[chunk.start:chunk.stop], chunk.start, log, pool)
-      images = [image for _, image in good]
-      if images and teacher:
-        for (i, image), m in zip(good, predictor.saliency(images, log=True)):
-          _write_saliency(out, names[i], image, m, npy)
-      elif images:
-        embeddings.append(predictor.embed(images, embedding))
-        if predictor.stages:
-          maps = predictor.attention(images)
-          for j, (i, image) in enumerate(good):
-            _write_attention(out, names[i], image, {s: maps[s][j] for s in maps})
-      kept += [i for i, _ in good]
+      if good:
+        embeddings.append(_predict_chunk(predictor, good, names, out, npy, embedding))
+        kept += [i for i, _ in good]
       bar.update(len(chunk))
   bar.close()
-  summary = {"run": paths.resolve(run_dir) if run_dir else predictor.run.run_dir,
-             "task": predictor.task, "images": len(kept),
-             "bad_images": [log.bad[i][0] for i in sorted(log.bad)],
-             "ignored_files": ignored}
-  if not teacher and kept:
-    bank = np.concatenate(embeddings)
+  summary = {"run": predictor.run.run_dir, "task": predictor.task, "images": len(kept),
+             "bad_images": [log.bad[i][0] for i in sorted(log.bad)], "ignored_files": ignored}
+  if predictor.task != "teacher" and kept:
+    bank, kept_files = np.concatenate(embeddings), [files[i] for i in kept]
     paths.save_npz_atomic(os.path.join(out, "embeddings.npz"), embeddings=bank,
-                          file_names=np.array([files[i] for i in kept]))
+                          file_names=np.array(kept_files))
     if query:
-      q = predictor.embed([images_lib.decode(paths.read_bytes(query), query)], embedding)
-      sim, idx = retrieval_metrics.nearest(q, bank, k)
-      summary["query"] = query
-      summary["neighbours"] = [{"file_name": files[kept[j]], "similarity": float(s)}
-                               for s, j in zip(sim[0], idx[0])]
+      summary.update(query=query, neighbours=_neighbours(predictor, query, bank, kept_files,
+                                                         k, embedding))
       paths.write_json(os.path.join(out, "neighbours.json"),
                        {"query": query, "neighbours": summary["neighbours"]})
   paths.write_json(os.path.join(out, "summary.json"), summary)

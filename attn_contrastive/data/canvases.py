@@ -1,4 +1,5 @@
-"""Where the label task puts an image for the teacher: its own shape on a padded canvas.
+"""Where an image goes for the teacher: its own shape on a padded canvas (:class:`Placement`,
+read by the label task and by inference on a folder).
 
 The saliency teacher is fully convolutional and learnt objects at one scale
 (its training input's shorter side). Resizing every whole image to the
