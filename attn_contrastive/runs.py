@@ -78,7 +78,7 @@ class EvalState:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A finished pretrain or supervised run, ready to evaluate.
+  """A finished pretrain or supervised run, ready to evaluate (or a teacher run, to predict).
 
   ``run_dir`` is resolved (absolute, or a ``gs://`` URL); ``variables``
   (``params``, ``batch_stats``) are those of the checkpoint of ``step``.

@@ -16,6 +16,7 @@ with the same flags skips finished shards (docs/chain.md). A smaller run sets
 import ml_collections
 
 from attn_contrastive import config as config_lib
+from attn_contrastive.data import canvases
 
 
 def get_config(arg: str | None = None):
@@ -30,7 +31,7 @@ def get_config(arg: str | None = None):
   # teacher's, padded to the smallest canvas of `canvas_aspects`, longer side /
   # shorter side, that holds it) or "squashed" (resized to the teacher's input).
   c.label = ml_collections.ConfigDict(dict(map_size=64, num_shards=16, shape="own",
-                                           canvas_aspects=(1.0, 4 / 3, 5 / 3, 2.0)))
+                                           canvas_aspects=canvases.DEFAULT_ASPECTS))
   # The images a jitted call labels per process, and the threads that decode them.
   c.eval = ml_collections.ConfigDict(dict(batch_size=128, num_threads=2))
   if picked["data"] == "imagenet":

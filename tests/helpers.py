@@ -98,15 +98,16 @@ def nss(saliency: np.ndarray, fixations: np.ndarray) -> float:
   return float(z[rows, cols].mean())
 
 
-def write_run(workdir, task: str):
+def write_run(workdir, task: str, config=None):
   """A run's workdir as training leaves it (``config.json``, a checkpoint at step 3) of
-  a tiny ``task`` model (``pretrain`` or ``supervised``) with filled variables, for the
-  evaluation tasks, without training. Returns (workdir, model, variables)."""
+  a tiny ``task`` model (``pretrain`` or ``supervised``; ``config`` instead of
+  :func:`tiny_config`'s, a teacher's too) with filled variables, for the evaluation
+  tasks and inference, without training. Returns (workdir, model, variables)."""
   import os  # pylint: disable=g-import-not-at-top
   from attn_contrastive.models.build import build_model  # pylint: disable=g-import-not-at-top
   from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
-  config = tiny_config(task)
+  config = config if config is not None else tiny_config(task)
   model = build_model(config)
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
   os.makedirs(workdir)

@@ -386,7 +386,7 @@ def test_padding_is_masked_a_padded_batch_gives_each_images_own_map(tmp_path):
   written = am.AttentionMapSource(str(tmp_path))
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), ("data",))  # alone
   predict = label.make_predict(model, {}, c.label.map_size, mesh)
-  place = label.Placement(c)
+  place = label.placement(c)
   padded = 0
   for i, image in enumerate(images):
     canvas, hw = place(image)

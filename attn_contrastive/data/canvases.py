@@ -1,4 +1,5 @@
-"""Where the label task puts an image for the teacher: its own shape on a padded canvas.
+"""Where an image goes for the teacher: its own shape on a padded canvas (:class:`Placement`,
+read by the label task and by inference on a folder).
 
 The saliency teacher is fully convolutional and learnt objects at one scale
 (its training input's shorter side). Resizing every whole image to the
@@ -30,7 +31,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from attn_contrastive.config_checks import LABEL_SHAPES
 from attn_contrastive.data import augment
+
+#: The canvases' aspect ratios (longer side / shorter side): square, 4:3, 5:3 and 2:1.
+DEFAULT_ASPECTS = (1.0, 4 / 3, 5 / 3, 2.0)
+
 
 def _round_to(x: float, step: int) -> int:
   return max(step, int(round(x / step)) * step)
@@ -77,3 +83,40 @@ def on_canvas(image: np.ndarray, image_hw: tuple[int, int],
   canvas = np.zeros((*canvas_hw, 3), np.uint8)
   canvas[:image_hw[0], :image_hw[1]] = augment.whole_image(image, image_hw)
   return canvas
+
+
+class Placement:
+  """Where each image goes for the teacher: ``own`` keeps its aspect ratio on a padded
+  canvas (:func:`own_hw`, :func:`on_canvas`), ``squashed`` resizes the whole image to
+  the teacher's input ``teacher_hw``.
+
+  ``step`` is the teacher's output stride; ``aspects`` the canvases' aspect ratios.
+  The label task and inference on a folder place images with it, so a map of
+  one is the map of the other.
+  """
+
+  def __init__(self, teacher_hw: tuple[int, int], aspects: Sequence[float] = DEFAULT_ASPECTS,
+               step: int = 1, shape: str = "own"):
+    if shape not in LABEL_SHAPES:
+      raise ValueError(f"placement shape {shape!r}: choose one of {LABEL_SHAPES}")
+    self.teacher_hw = tuple(int(v) for v in teacher_hw)
+    self.aspects, self.step, self.shape = tuple(aspects), int(step), shape
+
+  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(uint8 canvas, the image's size on it)``."""
+    if self.shape == "squashed":
+      return augment.whole_image(image, self.teacher_hw), self.teacher_hw
+    image_hw, canvas_hw = own_hw(image.shape[:2], min(self.teacher_hw), self.aspects,
+                                 self.step)
+    return on_canvas(image, image_hw, canvas_hw), image_hw
+
+
+def padded_size(n: int, batch: int, num_devices: int) -> int:
+  """The batch ``n`` images are padded to: ``batch`` halved while it holds them,
+  a multiple of the devices. A few sizes per canvas, so few programs compile,
+  and at most about half of a short batch is padding."""
+  up = lambda x: -(-x // num_devices) * num_devices  # noqa: E731
+  size = up(max(batch, n))
+  while size > num_devices and up(size // 2) >= n:
+    size = up(size // 2)
+  return size

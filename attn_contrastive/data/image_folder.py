@@ -110,6 +110,23 @@ def _relative(root: epath.Path, path: epath.Path) -> str:
   return os.fspath(path)[len(os.fspath(root)):].lstrip("/")
 
 
+def images_under(folder: str) -> tuple[list[str], list[str]]:
+  """``(images, ignored)``: every file below ``folder`` (any layout, any depth) relative
+  to it, in sorted order, split into images (by extension, as :func:`list_folder`) and
+  the other files. For inference on a folder, which has no classes."""
+  root = epath.Path(folder)
+  if not root.is_dir():
+    raise FileNotFoundError(f"{folder} is not a folder: pass a folder of images")
+  extensions = image_extensions()
+  images, ignored = [], []
+  for path in _walk(root):
+    (images if path.suffix.lower() in extensions else ignored).append(_relative(root, path))
+  if not images:
+    raise FileNotFoundError(f"no image under {folder} (extensions Pillow opens: .jpg, "
+                            f".png, .webp, ...; ignored: {ignored[:5]})")
+  return images, ignored
+
+
 def list_folder(folder: str) -> Listing:
   """The images of ``folder``: one subfolder per class, or images directly in it.
 

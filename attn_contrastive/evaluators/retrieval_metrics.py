@@ -109,6 +109,26 @@ def _check(queries, bank, bank_labels, exclude_self: bool, chunk: int, query_lab
     raise ValueError(f"chunk must be positive, got {chunk}")
 
 
+@functools.partial(jax.jit, static_argnames="k")
+def _nearest(queries, bank, k: int):
+  return jax.lax.top_k(_cosine(queries, bank, _inverse_norms(bank)), k)
+
+
+def nearest(queries: Any, bank: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(similarities [Q, k'], indices [Q, k'])``: each query's ``k'`` most cosine-similar
+  bank items, best first (``k' = min(k, N)``).
+
+  One ``[Q, N]`` similarity matrix, unchunked: for a few queries against a
+  bank (a query image against a folder's embeddings).
+  """
+  _check(queries, bank, np.zeros(np.shape(bank)[:1]), False, 1)
+  if k < 1:
+    raise ValueError(f"k must be positive, got {k}")
+  sim, idx = _nearest(jnp.asarray(queries, jnp.float32), jnp.asarray(bank, jnp.float32),
+                      min(int(k), np.shape(bank)[0]))
+  return np.asarray(sim), np.asarray(idx)
+
+
 # ---------------------------------------------------------------------------------------------
 # kNN classification.
 

@@ -2,7 +2,8 @@
 
 A run's ``config.json`` is all a later stage needs to rebuild its network:
 :func:`build_model` turns the config of a ``pretrain`` run into its SimCLR
-model and that of a ``supervised`` run into its ResNet classifier, each with
+model, that of a ``supervised`` run into its ResNet classifier (and that of
+a ``teacher`` run into the saliency teacher), each with
 the attention heads and online probe the config enables, exactly as the run
 trained them, so a checkpoint's variables fit the rebuilt network.
 :func:`encoder_of` finds the ResNet encoder inside either, for evaluations
@@ -17,6 +18,7 @@ import flax.linen as nn
 from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
 from attn_contrastive.models.resnet import ResNet, resnet_from_config
 from attn_contrastive.models.simclr import SimCLR, simclr_from_config
+from attn_contrastive.models.teacher import teacher_from_config
 
 
 def probe_classes(config) -> int:
@@ -27,12 +29,13 @@ def probe_classes(config) -> int:
 
 
 def build_model(config) -> nn.Module:
-  """The network of a ``pretrain`` or ``supervised`` config.
+  """The network of a ``pretrain``, ``supervised`` or ``teacher`` config.
 
   ``pretrain``: SimCLR, with attention heads if ``config.attention`` enables
   them and the online probe if ``config.train.online_probe`` is on.
   ``supervised``: a ResNet with a classifier, wrapped with attention heads if
-  they are enabled.
+  they are enabled. ``teacher``: the saliency teacher (read by inference on a
+  folder; no evaluation task reads a teacher run).
   """
   attn = config.get("attention")
   if config.task == "pretrain":
@@ -42,8 +45,10 @@ def build_model(config) -> nn.Module:
     if attn is not None and attn.enabled:
       model = WithAttention(model, attention_heads_from_config(attn, config.model))
     return model
+  if config.task == "teacher":
+    return teacher_from_config(config.model)
   raise ValueError(f"a run of task {config.task!r} has no network to rebuild here: "
-                   "point at the workdir of a pretrain or supervised run")
+                   "point at the workdir of a pretrain, supervised or teacher run")
 
 
 def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dict[str, Any]]:

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attn_contrastive.models import forward
 from attn_contrastive.models.resnet import STAGE_NAMES, ModuleDef, ResNet
 
 
@@ -145,3 +146,35 @@ def teacher_from_config(cfg) -> SaliencyTeacher:
       decoder_width=cfg.decoder_width, output_stride=cfg.output_stride,
       dtype=jnp.dtype(cfg.dtype), bn_momentum=cfg.bn_momentum, conv=conv,
       max_pool=max_pool)
+
+
+def inside(hw: jax.Array, height: int, width: int) -> jax.Array:
+  """``[B, height, width]``: whether each pixel lies in its image's top-left ``hw``."""
+  rows = jnp.arange(height)[None, :, None] < hw[:, 0, None, None]
+  cols = jnp.arange(width)[None, None, :] < hw[:, 1, None, None]
+  return rows & cols
+
+
+def canvas_density(model: nn.Module, variables: Any, images: jax.Array,
+                   image_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(density [B, h, w], map_hw [B, 2])``: the teacher on images placed on canvases.
+
+  Each image fills the top-left ``image_hw`` of its uint8 canvas
+  (:mod:`attn_contrastive.data.canvases`). The rest is masked out twice: the
+  network's normalised input is zero there (what its convolutions pad with at
+  an image's edge), and the density is a softmax over the image's own map
+  pixels only, the top-left ``map_hw`` (its share of the canvas, in whole map
+  pixels) of the teacher's map; it is zero outside them. Traceable: the label
+  task and inference on a folder call it inside their jitted functions.
+  """
+  _, height, width, _ = images.shape
+  x = jnp.where(inside(image_hw, height, width)[..., None],
+                forward.normalize_images(images, jnp.dtype(model.dtype)), 0)
+  logits = model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
+  map_h, map_w = logits.shape[1:]
+  map_hw = (image_hw * jnp.array([map_h, map_w]) + jnp.array([height, width]) - 1
+            ) // jnp.array([height, width])
+  mask = inside(map_hw, map_h, map_w)
+  flat = jnp.where(mask, logits, -jnp.inf).reshape(len(logits), -1)
+  density = jnp.where(mask, jnp.exp(jax.nn.log_softmax(flat, -1)).reshape(mask.shape), 0.0)
+  return density, map_hw

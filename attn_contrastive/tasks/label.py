@@ -38,12 +38,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from attn_contrastive import paths
 from attn_contrastive.data import attention_maps as am
-from attn_contrastive.data import augment
 from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
-from attn_contrastive.models import forward
-from attn_contrastive.models.teacher import input_hw, teacher_from_config
+from attn_contrastive.models.teacher import (canvas_density, input_hw, inside,
+                                             teacher_from_config)
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import loop
 from attn_contrastive.train import preemption
@@ -83,43 +82,23 @@ def make_predict(model, variables, map_size: int, mesh: Mesh):
   """Jitted ``(uint8 canvases [B, H, W, 3], int32 image sizes [B, 2]) → uint8 maps
   [B, S, S]``.
 
-  Each image fills the top-left ``[h, w]`` of its canvas
-  (:mod:`attn_contrastive.data.canvases`). The rest is masked out twice: the
-  network's normalised input is zero there (what its convolutions pad with at
-  an image's edge), and the log-density is a softmax over the image's own
-  map pixels only. The image's part of the density is resized to
-  ``map_size`` square (every map covers its whole image) and scaled per
-  image so that its maximum is 255 (the scale carries no information: maps
-  are renormalised wherever they are used).
+  The teacher's density over each image's part of its canvas, the padding
+  masked out (:func:`attn_contrastive.models.teacher.canvas_density`), is
+  resized to ``map_size`` square (every map covers its whole image) and scaled
+  per image so that its maximum is 255 (the scale carries no information:
+  maps are renormalised wherever they are used).
   """
-  dtype = jnp.dtype(model.dtype)
   sharding = NamedSharding(mesh, P("data"))
 
   def predict(images, image_hw):
-    _, height, width, _ = images.shape
-    inside = _inside(image_hw, height, width)
-    x = jnp.where(inside[..., None], forward.normalize_images(images, dtype), 0)
-    logits = model.apply(variables, x, train=False)["logits"].astype(jnp.float32)
-    map_h, map_w = logits.shape[1:]
-    # The image's part of the map: its share of the canvas, in whole map pixels.
-    map_hw = (image_hw * jnp.array([map_h, map_w]) + jnp.array([height, width]) - 1
-              ) // jnp.array([height, width])
-    mask = _inside(map_hw, map_h, map_w)
-    flat = jnp.where(mask, logits, -jnp.inf).reshape(len(logits), -1)
-    density = jnp.where(mask, jnp.exp(jax.nn.log_softmax(flat, -1)).reshape(mask.shape), 0.0)
+    density, map_hw = canvas_density(model, variables, images, image_hw)
+    mask = inside(map_hw, *density.shape[1:])
     density = jnp.maximum(jax.vmap(_resize_part, (0, 0, 0, None))(
         density, mask.astype(jnp.float32), map_hw, map_size), 0.0)
     peak = jnp.max(density, axis=(1, 2), keepdims=True)
     return jnp.round(255.0 * density / jnp.maximum(peak, 1e-30)).astype(jnp.uint8)
 
   return jax.jit(predict, in_shardings=(sharding, sharding), out_shardings=sharding)
-
-
-def _inside(hw: jax.Array, height: int, width: int) -> jax.Array:
-  """``[B, height, width]``: whether each pixel lies in its image's top-left ``hw``."""
-  rows = jnp.arange(height)[None, :, None] < hw[:, 0, None, None]
-  cols = jnp.arange(width)[None, None, :] < hw[:, 1, None, None]
-  return rows & cols
 
 
 def _resize_part(density: jax.Array, mask: jax.Array, part_hw: jax.Array,
@@ -137,27 +116,15 @@ def _resize_part(density: jax.Array, mask: jax.Array, part_hw: jax.Array,
   return resize(density) / jnp.maximum(resize(mask), 1e-12)
 
 
-class Placement:
-  """Where each image goes for the teacher (``label.shape``): ``own`` keeps its
-  aspect ratio on a padded canvas (:mod:`attn_contrastive.data.canvases`),
-  ``squashed`` resizes the whole image to the teacher's input."""
-
-  def __init__(self, config):
-    self.shape = config.label.shape
-    self.teacher_hw = input_hw(config.teacher)
-    self.aspects = tuple(config.label.canvas_aspects)
-    self.step = int(config.teacher.model.get("output_stride", 1))
-
-  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """``(uint8 canvas, the image's size on it)``."""
-    if self.shape == "squashed":
-      return augment.whole_image(image, self.teacher_hw), self.teacher_hw
-    image_hw, canvas_hw = canvases.own_hw(image.shape[:2], min(self.teacher_hw),
-                                          self.aspects, self.step)
-    return canvases.on_canvas(image, image_hw, canvas_hw), image_hw
+def placement(config) -> canvases.Placement:
+  """Where each image goes for the teacher (``label.shape``, ``label.canvas_aspects``;
+  the teacher's input and output stride from ``config.teacher``)."""
+  return canvases.Placement(input_hw(config.teacher), tuple(config.label.canvas_aspects),
+                            int(config.teacher.model.get("output_stride", 1)),
+                            config.label.shape)
 
 
-def _prepared(source, i: int, place: Placement
+def _prepared(source, i: int, place: canvases.Placement
               ) -> tuple[np.ndarray, tuple[int, int], str, bool]:
   """Record ``i``'s image on its canvas, the image's size there, its key, and
   whether its image could not be decoded.
@@ -172,17 +139,6 @@ def _prepared(source, i: int, place: Placement
   return canvas, image_hw, am.key_str(record["file_name"]), bad
 
 
-def padded_size(n: int, batch: int, num_devices: int) -> int:
-  """The batch ``n`` images are padded to: ``batch`` halved while it holds them,
-  a multiple of the devices. A few sizes per canvas, so few programs compile,
-  and at most about half of a short batch is padding."""
-  up = lambda x: -(-x // num_devices) * num_devices  # noqa: E731
-  size = up(max(batch, n))
-  while size > num_devices and up(size // 2) >= n:
-    size = up(size // 2)
-  return size
-
-
 def _label_shard(prepared: list, predict, batch: int, num_devices: int
                  ) -> tuple[np.ndarray, np.ndarray]:
   """Maps and keys of a shard's prepared records (futures of :func:`_prepared`), in
@@ -195,7 +151,8 @@ def _label_shard(prepared: list, predict, batch: int, num_devices: int
   for members in by_canvas.values():
     for lo in range(0, len(members), batch):
       idx = members[lo:lo + batch]
-      idx_padded = idx + [idx[-1]] * (padded_size(len(idx), batch, num_devices) - len(idx))
+      size = canvases.padded_size(len(idx), batch, num_devices)
+      idx_padded = idx + [idx[-1]] * (size - len(idx))
       images = np.stack([done[i][0] for i in idx_padded])
       image_hw = np.array([done[i][1] for i in idx_padded], np.int32)
       batch_maps = np.asarray(jax.device_get(predict(images, image_hw)))
@@ -236,7 +193,7 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
   _write_metadata(workdir, meta)
   mesh = Mesh(np.array(jax.local_devices()), ("data",))
   predict = make_predict(model, variables, config.label.map_size, mesh)
-  place = Placement(config)
+  place = placement(config)
   num_shards = config.label.num_shards
   ranges = am.shard_ranges(len(source), num_shards)
   map_hw = (config.label.map_size, config.label.map_size)
