@@ -17,6 +17,7 @@ import flax.linen as nn
 from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
 from attn_contrastive.models.resnet import ResNet, resnet_from_config
 from attn_contrastive.models.simclr import SimCLR, simclr_from_config
+from attn_contrastive.models.teacher import SaliencyTeacher, teacher_from_config
 
 
 def probe_classes(config) -> int:
@@ -27,12 +28,12 @@ def probe_classes(config) -> int:
 
 
 def build_model(config) -> nn.Module:
-  """The network of a ``pretrain`` or ``supervised`` config.
+  """The network of a ``pretrain``, ``supervised`` or ``teacher`` config.
 
   ``pretrain``: SimCLR, with attention heads if ``config.attention`` enables
   them and the online probe if ``config.train.online_probe`` is on.
   ``supervised``: a ResNet with a classifier, wrapped with attention heads if
-  they are enabled.
+  they are enabled. ``teacher``: the saliency teacher (its export reads it so).
   """
   attn = config.get("attention")
   if config.task == "pretrain":
@@ -42,14 +43,17 @@ def build_model(config) -> nn.Module:
     if attn is not None and attn.enabled:
       model = WithAttention(model, attention_heads_from_config(attn, config.model))
     return model
+  if config.task == "teacher":
+    return teacher_from_config(config.model)
   raise ValueError(f"a run of task {config.task!r} has no network to rebuild here: "
-                   "point at the workdir of a pretrain or supervised run")
+                   "point at the workdir of a pretrain, supervised or teacher run")
 
 
 def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dict[str, Any]]:
-  """The ResNet encoder of a pretrain or supervised model, and its part of ``variables``.
+  """The ResNet encoder of a pretrain, supervised or teacher model, and its part of
+  ``variables``.
 
-  SimCLR's ``encoder``; a supervised ResNet without its classifier; the
+  SimCLR's and the teacher's ``encoder``; a supervised ResNet without its classifier; the
   network inside :class:`WithAttention`. The variables are the same arrays,
   not copies.
   """
@@ -58,6 +62,11 @@ def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dic
 
   if isinstance(model, SimCLR):
     return model.encoder, part("encoder")
+  if isinstance(model, SaliencyTeacher):
+    return ResNet(depth=model.depth, width=model.width, stem_kernel=model.stem_kernel,
+                  stem_stride=model.stem_stride, stem_pool=model.stem_pool, dtype=model.dtype,
+                  bn_momentum=model.bn_momentum, conv=model.conv,
+                  max_pool=model.max_pool), part("encoder")
   if isinstance(model, WithAttention):
     return encoder_of(model.network, part("network"))
   if isinstance(model, ResNet):
