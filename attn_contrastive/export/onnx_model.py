@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import torch
 from torch import nn
@@ -74,9 +75,11 @@ def write(exported: Exported, out: str) -> list[str]:
   dynamic = {name: {0: "batch"} for name in ["images"] + wrapper.names}
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, FILE)
-    torch.onnx.export(wrapper, (example,), local, input_names=["images"],
-                      output_names=wrapper.names, dynamic_axes=dynamic, opset_version=OPSET,
-                      dynamo=False)
+    with warnings.catch_warnings():  # shapes read while tracing: fixed by the input size
+      warnings.simplefilter("ignore", torch.jit.TracerWarning)
+      torch.onnx.export(wrapper, (example,), local, input_names=["images"],
+                        output_names=wrapper.names, dynamic_axes=dynamic, opset_version=OPSET,
+                        dynamo=False)
     with open(local, "rb") as f:
       path = os.path.join(out, FILE)
       paths.write_atomic(path, f.read())

@@ -92,7 +92,7 @@ def to_torch(params: dict[str, Any], batch_stats: dict[str, Any],
     out[f"{prefix}.weight"] = (kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T)
     if "bias" in p:
       out[f"{prefix}.bias"] = np.asarray(p["bias"], np.float32)
-  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+  return {k: np.array(v, order="C") for k, v in out.items()}  # 0-d stays 0-d
 
 
 def _tensor(state_dict: dict[str, Any], key: str, shape: tuple[int, ...], where: str
