@@ -1,8 +1,8 @@
 """Export to torchvision, timm, ONNX and a Hugging Face folder, and torchvision weights as
 ``init_checkpoint``: the copies compute what the project's networks compute."""
+import importlib.util
 import json
 import os
-import sys
 import types
 
 import jax
@@ -14,25 +14,8 @@ from tests import helpers
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
-
-pytestmark = pytest.mark.xdist_group("export")
-
-
-def _import_torchvision():
-  """torchvision, imported beside a CPU build of torch whose operators its wheel's C
-  extension cannot register: its fake-tensor registrations of those operators (unused
-  by the models) are skipped."""
-  if "torchvision" not in sys.modules:
-    try:
-      import torchvision  # pylint: disable=unused-import
-    except RuntimeError:
-      for name in [m for m in sys.modules if m.startswith("torchvision")]:
-        del sys.modules[name]
-      sys.modules["torchvision._meta_registrations"] = types.ModuleType("_meta_registrations")
-  return pytest.importorskip("torchvision")
-
-
-torchvision = _import_torchvision()
+if importlib.util.find_spec("torchvision") is None:  # imported by torch_models, below
+  pytest.skip("torchvision is not installed", allow_module_level=True)
 
 from attn_contrastive.export import formats  # pylint: disable=g-import-not-at-top
 from attn_contrastive.export import torch_models  # pylint: disable=g-import-not-at-top
@@ -42,6 +25,10 @@ from attn_contrastive.models.build import build_model  # pylint: disable=g-impor
 from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
 
+#: The tests that share the ``workdirs`` fixture run on one worker; the others anywhere.
+SHARED_RUNS = pytest.mark.xdist_group("test_export")
+torchvision = torch_models.torchvision
+#: Parity: the largest difference within this fraction of the largest output (float32).
 RTOL = 1e-4
 
 
@@ -118,6 +105,7 @@ def images(n=3, seed=0):
                                                dtype=np.uint8)
 
 
+@SHARED_RUNS
 def test_torchvision_export_of_simclr_computes_the_same(workdirs, tmp_path):
   run_dir, model, variables = workdirs["pretrain"]
   formats.export(run_dir, "torchvision", str(tmp_path))
@@ -146,6 +134,7 @@ def _onnx_outputs(folder, x):
   return dict(zip(names, session.run(None, {"images": x})))
 
 
+@SHARED_RUNS
 def test_onnx_export_of_simclr_with_heads_takes_any_batch(workdirs, tmp_path):
   run_dir, model, variables = workdirs["pretrain"]
   formats.export(run_dir, "onnx", str(tmp_path))
@@ -161,6 +150,7 @@ def test_onnx_export_of_simclr_with_heads_takes_any_batch(workdirs, tmp_path):
                    theirs[f"attention_{stage}"]) < RTOL
 
 
+@SHARED_RUNS
 def test_supervised_run_with_heads_in_torch_and_onnx(workdirs, tmp_path):
   run_dir, model, variables = workdirs["supervised"]
   formats.export(run_dir, "torchvision", str(tmp_path / "tv"))
@@ -182,6 +172,7 @@ def test_supervised_run_with_heads_in_torch_and_onnx(workdirs, tmp_path):
                theirs["attention_conv4"]) < RTOL
 
 
+@SHARED_RUNS
 def test_teacher_log_density_in_torch_and_onnx(workdirs, tmp_path):
   run_dir, model, variables = workdirs["teacher"]
   formats.export(run_dir, "torchvision", str(tmp_path / "tv"))
@@ -196,6 +187,7 @@ def test_teacher_log_density_in_torch_and_onnx(workdirs, tmp_path):
   assert close(ours, _onnx_outputs(str(tmp_path / "onnx"), x)["log_density"]) < RTOL
 
 
+@SHARED_RUNS
 def test_linear_eval_classifier_and_the_hugging_face_folder(workdirs, tmp_path):
   linear_dir, kernel, bias = workdirs["linear_eval"]
   run_dir, model, variables = workdirs["pretrain"]
@@ -263,7 +255,7 @@ class _NoCheckpoint:
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_torchvision_weights_init_export_round_trip(workdirs, tmp_path, suffix):
+def test_torchvision_weights_init_export_round_trip(tmp_path, suffix):
   """torchvision weights → init_checkpoint of a supervised run → export: the same
   tensors; the attention head keeps its own start."""
   from safetensors.torch import save_file
@@ -294,7 +286,7 @@ def test_torchvision_weights_init_export_round_trip(workdirs, tmp_path, suffix):
                                 start["params"]["attention"]["attention_conv4"]["Conv_0"]["kernel"])
 
 
-def test_torchvision_weights_of_another_layout_are_refused(workdirs, tmp_path):
+def test_torchvision_weights_of_another_layout_are_refused(tmp_path):
   from attn_contrastive.train import torchvision_init
   path = str(tmp_path / "r18.pth")
   torch.save(torch_models.resnet(18, width=8).state_dict(), path)

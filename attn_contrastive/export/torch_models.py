@@ -21,14 +21,41 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+
+def _import_torchvision() -> types.ModuleType:
+  """torchvision, also where its C extension cannot load beside this build of torch.
+
+  PyPI's torchvision wheel links its detection operators (``nms``, …) against
+  CUDA, so beside torch's CPU build the extension does not load and the
+  import fails while registering those operators' fake-tensor kernels. The
+  ResNet classes use none of them: the import is retried without those
+  registrations.
+  """
+  try:
+    import torchvision  # pylint: disable=g-import-not-at-top
+  except RuntimeError as e:
+    if "torchvision::" not in str(e):
+      raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+        "torchvision._meta_registrations")
+    import torchvision  # pylint: disable=g-import-not-at-top
+  return torchvision
+
+
+torchvision = _import_torchvision()
+BasicBlock = torchvision.models.resnet.BasicBlock
+Bottleneck = torchvision.models.resnet.Bottleneck
 
 STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3)}
