@@ -17,6 +17,7 @@ pytest.importorskip("safetensors")
 if importlib.util.find_spec("torchvision") is None:  # imported by torch_models, below
   pytest.skip("torchvision is not installed", allow_module_level=True)
 
+from attn_contrastive import config_checks  # pylint: disable=g-import-not-at-top
 from attn_contrastive.export import formats  # pylint: disable=g-import-not-at-top
 from attn_contrastive.export import torch_models  # pylint: disable=g-import-not-at-top
 from attn_contrastive.models import forward  # pylint: disable=g-import-not-at-top
@@ -296,3 +297,7 @@ def test_torchvision_weights_of_another_layout_are_refused(tmp_path):
     torchvision_init.init_variables(path, start, "supervised")
   with pytest.raises(ValueError, match="cannot start from torchvision weights"):
     torchvision_init.init_variables(path, start, "pretrain")
+  pretrain = helpers.tiny_config("pretrain")
+  pretrain.init_checkpoint = f"torchvision:{path}"
+  assert any("torchvision weights start the encoder of supervised or teacher runs only" in p
+             for p in config_checks.problems(pretrain))

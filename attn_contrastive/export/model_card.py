@@ -61,7 +61,7 @@ def evaluations(run_dir: str, folders: Iterable[str], task: str = ""
 
 
 def _scalars(results: Mapping[str, Any]) -> dict[str, float]:
-  skip = {"source_step", "wall_time_s"}
+  skip = {"source_step", "wall_time_s", "step"}
   return {k: float(v) for k, v in sorted(results.items())
           if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
 
@@ -109,12 +109,18 @@ def card(exported: Exported, found: Mapping[str, list[Mapping[str, Any]]], repo:
       lines += [f"### {title}", "", f"Dataset: `{dataset.get('name', config['data']['name'])}`"
                 f" {', '.join(dataset.get('splits', []))}", "", "| metric | value |", "|---|---|"]
       lines += [f"| {k} | {v:.4g} |" for k, v in _scalars(results).items()] + [""]
+  teacher = spec["task"] == "teacher"
+  use = ("Predicting where people look in an image, as a density over its pixels: labelling "
+         "images with spatial-attention maps for attention-guided training, as the paper "
+         "does, and studying saliency." if teacher else
+         "Research on representation learning, robustness and human attention: features for "
+         "linear probes, retrieval and transfer, attention maps to study where the network "
+         "looks.")
+  call = ('_, log_density = modules["teacher"](torch_models.normalize(uint8_images))' if teacher
+          else 'features = modules["encoder"](torch_models.normalize(uint8_images))')
   lines += [
-      "## Intended use", "",
-      "Research on representation learning, robustness and human attention: features for "
-      "linear probes, retrieval and transfer, attention maps to study where the network "
-      "looks. Not for decisions about people. A model trained on the synthetic stand-in "
-      "data knows only coloured shapes.", "",
+      "## Intended use", "", use + " Not for decisions about people. A model trained on the "
+      "synthetic stand-in data knows only coloured shapes.", "",
       "## Use", "",
       f"`model.safetensors` holds the parts {parts}, each tensor named `<part>.<name>`; "
       "`encoder.*` is a torchvision ResNet state_dict"
@@ -122,8 +128,7 @@ def card(exported: Exported, found: Mapping[str, list[Mapping[str, Any]]], repo:
          " in the project's small layout (`attn_contrastive.export.torch_models.resnet`)")
       + ". Inputs are RGB images normalised by ImageNet's mean and standard deviation.", "",
       "```python", "from attn_contrastive.export import torch_models",
-      "modules = torch_models.load(\"PATH/TO/THIS/FOLDER\")",
-      "features = modules[\"encoder\"](torch_models.normalize(uint8_images))", "```", "",
+      "modules = torch_models.load(\"PATH/TO/THIS/FOLDER\")", call, "```", "",
       "## Upload", "",
       "Nothing has been uploaded. To publish this folder on the Hugging Face Hub:", "",
       "```bash", "pip install huggingface_hub", "hf auth login",
