@@ -72,11 +72,9 @@ def collect(run_dir: str) -> Exported:
   model_cfg, task = run.config.model, run.task
   layout = resnet_layout(model_cfg)
 
-  def part(name):
-    return params.get(name, {}), stats.get(name, {})
-
-  enc_params, enc_stats = (part("encoder") if task in ("pretrain", "teacher") else
-                           part("network") if "network" in params else (params, stats))
+  key = ("encoder" if task in ("pretrain", "teacher") else
+         "network" if "network" in params else None)
+  enc_params, enc_stats = (params[key], stats.get(key, {})) if key else (params, stats)
   parts = {"encoder": torch_names.to_torch(
       enc_params, enc_stats, torch_names.encoder_pairs(enc_params))}
   spec: dict[str, Any] = {
@@ -88,6 +86,22 @@ def collect(run_dir: str) -> Exported:
       "source": {"run_dir": run.run_dir, "step": int(run.step)}}
   if "classifier" in enc_params:
     spec["num_classes"] = int(enc_params["classifier"]["kernel"].shape[-1])
+  _heads(task, params, stats, model_cfg, parts, spec)
+  if classifier is not None:
+    parts["classifier"] = classifier
+    spec["classifier"] = {"protocol": protocol, "linear_eval_dir": paths.resolve(run_dir),
+                          "num_classes": int(classifier["bias"].shape[0])}
+  spec["files"] = sorted(parts)
+  return Exported(spec=spec, parts=parts, config=run.config, run_dir=run.run_dir)
+
+
+def _heads(task: str, params: dict[str, Any], stats: dict[str, Any], model_cfg,
+           parts: dict[str, Any], spec: dict[str, Any]) -> None:
+  """Adds the projection head, attention heads and teacher's decoder a run has to
+  ``parts`` (their tensors) and ``spec`` (their sizes)."""
+  def part(name):
+    return params.get(name, {}), stats.get(name, {})
+
   if task == "pretrain":
     p, s = part("head")
     parts["projection"] = torch_names.to_torch(p, s, torch_names.same_name_pairs(p))
@@ -104,12 +118,6 @@ def collect(run_dir: str) -> Exported:
     parts["decoder"] = torch_names.to_torch(p, s, torch_names.same_name_pairs(p))
     spec["decoder"] = {"output_stride": int(model_cfg.output_stride),
                        "width": int(model_cfg.decoder_width)}
-  if classifier is not None:
-    parts["classifier"] = classifier
-    spec["classifier"] = {"protocol": protocol, "linear_eval_dir": paths.resolve(run_dir),
-                          "num_classes": int(classifier["bias"].shape[0])}
-  spec["files"] = sorted(parts)
-  return Exported(spec=spec, parts=parts, config=run.config, run_dir=run.run_dir)
 
 
 def write_torchvision(exported: Exported, out: str) -> list[str]:

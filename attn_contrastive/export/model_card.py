@@ -88,27 +88,24 @@ def _recipe(config: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def card(exported: Exported, found: Mapping[str, list[Mapping[str, Any]]], repo: str) -> str:
-  """The model card's markdown."""
-  config = exported.config.to_dict()
-  spec = exported.spec
-  parts = ", ".join(f"`{p}`" for p in spec["files"])
-  lines = ["---", "library_name: pytorch", "tags: [image-feature-extraction, resnet, "
-           "attn_contrastive]", "---", "",
-           f"# {os.path.basename(exported.run_dir.rstrip('/'))}", "",
-           f"This is {WHAT.get(spec['task'], spec['task'])}, trained with attn_contrastive, "
-           "the reference implementation of Yao et al., CVPR 2023, *Teacher-Generated "
-           "Spatial-Attention Labels Boost Robustness and Accuracy of Contrastive Models*. "
-           f"It is the checkpoint of step {spec['source']['step']} of `{spec['source']['run_dir']}`.",
-           "", "## Training", "", *_recipe(config), "", "## Evaluation", ""]
+def _evaluation_lines(found: Mapping[str, list[Mapping[str, Any]]], data_name: str
+                      ) -> list[str]:
+  """One table of scalar metrics per evaluation found, in :data:`SECTIONS`' order."""
   if not found:
-    lines += ["No evaluation of this run was found beside it.", ""]
+    return ["No evaluation of this run was found beside it.", ""]
+  lines = []
   for task, title in SECTIONS.items():
     for results in found.get(task, []):
       dataset = results.get("dataset", {}) or {}
-      lines += [f"### {title}", "", f"Dataset: `{dataset.get('name', config['data']['name'])}`"
-                f" {', '.join(dataset.get('splits', []))}", "", "| metric | value |", "|---|---|"]
+      lines += [f"### {title}", "", f"Dataset: `{dataset.get('name', data_name)}` "
+                f"{', '.join(dataset.get('splits', []))}".rstrip(), "",
+                "| metric | value |", "|---|---|"]
       lines += [f"| {k} | {v:.4g} |" for k, v in _scalars(results).items()] + [""]
+  return lines
+
+
+def _use_lines(spec: Mapping[str, Any]) -> list[str]:
+  """Intended use, and how to load the folder in PyTorch."""
   teacher = spec["task"] == "teacher"
   use = ("Predicting where people look in an image, as a density over its pixels: labelling "
          "images with spatial-attention maps for attention-guided training, as the paper "
@@ -118,23 +115,37 @@ def card(exported: Exported, found: Mapping[str, list[Mapping[str, Any]]], repo:
          "looks.")
   call = ('_, log_density = modules["teacher"](torch_models.normalize(uint8_images))' if teacher
           else 'features = modules["encoder"](torch_models.normalize(uint8_images))')
-  lines += [
-      "## Intended use", "", use + " Not for decisions about people. A model trained on the "
-      "synthetic stand-in data knows only coloured shapes.", "",
-      "## Use", "",
-      f"`model.safetensors` holds the parts {parts}, each tensor named `<part>.<name>`; "
-      "`encoder.*` is a torchvision ResNet state_dict"
-      + (f" (`torchvision.models.{spec['torchvision']}`)" if spec["torchvision"] else
-         " in the project's small layout (`attn_contrastive.export.torch_models.resnet`)")
-      + ". Inputs are RGB images normalised by ImageNet's mean and standard deviation.", "",
-      "```python", "from attn_contrastive.export import torch_models",
-      "modules = torch_models.load(\"PATH/TO/THIS/FOLDER\")", call, "```", "",
-      "## Upload", "",
-      "Nothing has been uploaded. To publish this folder on the Hugging Face Hub:", "",
-      "```bash", "pip install huggingface_hub", "hf auth login",
+  layout = (f" (`torchvision.models.{spec['torchvision']}`)" if spec["torchvision"] else
+            " in the project's small layout (`attn_contrastive.export.torch_models.resnet`)")
+  parts = ", ".join(f"`{p}`" for p in spec["files"])
+  return ["## Intended use", "", use + " Not for decisions about people. A model trained on "
+          "the synthetic stand-in data knows only coloured shapes.", "", "## Use", "",
+          f"`model.safetensors` holds the parts {parts}, each tensor named `<part>.<name>`; "
+          f"`encoder.*` is a torchvision ResNet state_dict{layout}. Inputs are RGB images "
+          "normalised by ImageNet's mean and standard deviation.", "",
+          "```python", "from attn_contrastive.export import torch_models",
+          'modules = torch_models.load("PATH/TO/THIS/FOLDER")', call, "```", ""]
+
+
+def card(exported: Exported, found: Mapping[str, list[Mapping[str, Any]]], repo: str) -> str:
+  """The model card's markdown."""
+  config = exported.config.to_dict()
+  spec = exported.spec
+  return "\n".join([
+      "---", "library_name: pytorch",
+      "tags: [image-feature-extraction, resnet, attn_contrastive]", "---", "",
+      f"# {os.path.basename(exported.run_dir.rstrip('/'))}", "",
+      f"This is {WHAT.get(spec['task'], spec['task'])}, trained with attn_contrastive, "
+      "the reference implementation of Yao et al., CVPR 2023, *Teacher-Generated "
+      "Spatial-Attention Labels Boost Robustness and Accuracy of Contrastive Models*. "
+      f"It is the checkpoint of step {spec['source']['step']} of "
+      f"`{spec['source']['run_dir']}`.", "",
+      "## Training", "", *_recipe(config), "", "## Evaluation", "",
+      *_evaluation_lines(found, config["data"]["name"]), *_use_lines(spec),
+      "## Upload", "", "Nothing has been uploaded. To publish this folder on the Hugging "
+      "Face Hub:", "", "```bash", "pip install huggingface_hub", "hf auth login",
       f"hf upload {repo} PATH/TO/THIS/FOLDER .", "```", "",
-      "## Citation", "", "```bibtex", CITATION, "```", ""]
-  return "\n".join(lines)
+      "## Citation", "", "```bibtex", CITATION, "```", ""])
 
 
 def write_folder(exported: Exported, out: str, results: list[str] | None,
