@@ -4,7 +4,8 @@ A run's ``config.json`` is all a later stage needs to rebuild its network:
 :func:`build_model` turns the config of a ``pretrain`` run into its SimCLR
 model and that of a ``supervised`` run into its ResNet classifier, each with
 the attention heads and online probe the config enables, exactly as the run
-trained them, so a checkpoint's variables fit the rebuilt network.
+trained them, so a checkpoint's variables fit the rebuilt network; a
+``teacher`` run's into its saliency teacher (for its export).
 :func:`encoder_of` finds the ResNet encoder inside either, for evaluations
 that read the pooled feature beneath every head.
 """
@@ -17,7 +18,7 @@ import flax.linen as nn
 from attn_contrastive.models.attention import WithAttention, attention_heads_from_config
 from attn_contrastive.models.resnet import ResNet, resnet_from_config
 from attn_contrastive.models.simclr import SimCLR, simclr_from_config
-from attn_contrastive.models.teacher import SaliencyTeacher, teacher_from_config
+from attn_contrastive.models.teacher import teacher_from_config
 
 
 def probe_classes(config) -> int:
@@ -50,10 +51,9 @@ def build_model(config) -> nn.Module:
 
 
 def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dict[str, Any]]:
-  """The ResNet encoder of a pretrain, supervised or teacher model, and its part of
-  ``variables``.
+  """The ResNet encoder of a pretrain or supervised model, and its part of ``variables``.
 
-  SimCLR's and the teacher's ``encoder``; a supervised ResNet without its classifier; the
+  SimCLR's ``encoder``; a supervised ResNet without its classifier; the
   network inside :class:`WithAttention`. The variables are the same arrays,
   not copies.
   """
@@ -62,11 +62,6 @@ def encoder_of(model: nn.Module, variables: dict[str, Any]) -> tuple[ResNet, dic
 
   if isinstance(model, SimCLR):
     return model.encoder, part("encoder")
-  if isinstance(model, SaliencyTeacher):
-    return ResNet(depth=model.depth, width=model.width, stem_kernel=model.stem_kernel,
-                  stem_stride=model.stem_stride, stem_pool=model.stem_pool, dtype=model.dtype,
-                  bn_momentum=model.bn_momentum, conv=model.conv,
-                  max_pool=model.max_pool), part("encoder")
   if isinstance(model, WithAttention):
     return encoder_of(model.network, part("network"))
   if isinstance(model, ResNet):
