@@ -287,6 +287,25 @@ def test_torchvision_weights_init_export_round_trip(tmp_path, suffix):
                                 start["params"]["attention"]["attention_conv4"]["Conv_0"]["kernel"])
 
 
+def test_torchvision_weights_start_the_teachers_encoder_only(tmp_path):
+  from attn_contrastive.export import torch_names
+  from attn_contrastive.train import torchvision_init
+  from safetensors.torch import save_file
+  theirs = {k: torch.rand(v.shape) if v.is_floating_point() else v for k, v in
+            torch_models.resnet(**helpers.TINY_RESNET).state_dict().items()}
+  path = str(tmp_path / "encoder.safetensors")
+  save_file(theirs, path)
+  start = helpers.filled_variables(build_model(helpers.tiny_teacher_config()),
+                                   (1, helpers.SIZE, helpers.SIZE, 3))
+  new = torchvision_init.init_variables(path, start, "teacher")
+  enc = torch_names.to_torch(new["params"]["encoder"], new["batch_stats"]["encoder"],
+                             torch_names.encoder_pairs(new["params"]["encoder"]))
+  assert sorted(enc) == sorted(theirs)
+  for key, value in theirs.items():
+    np.testing.assert_array_equal(enc[key], value.numpy(), err_msg=key)
+  assert new["params"]["head"] is start["params"]["head"]  # the decoder starts fresh
+
+
 def test_torchvision_weights_of_another_layout_are_refused(tmp_path):
   from attn_contrastive.train import torchvision_init
   path = str(tmp_path / "r18.pth")
