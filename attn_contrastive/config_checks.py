@@ -111,6 +111,11 @@ EVALUATIONS = tuple(EVALUATES)
 LABELLED_EVALUATIONS = ("linear_eval", "robustness", "retrieval")
 
 #: (dotted key, test, what it must be); a key the config lacks is not checked.
+#: ``init_checkpoint=torchvision:PATH``: a torchvision ResNet state_dict (``.pth`` or
+#: safetensors) as the encoder's start, for these tasks (``train/torchvision_init.py``).
+TORCHVISION_INIT = "torchvision:"
+TORCHVISION_INIT_TASKS = ("supervised", "teacher")
+
 CHECKS: tuple[Check, ...] = (
     ("input.global_batch_size", _positive, "a positive number of examples"),
     ("input.num_threads", _positive, "at least 1"),
@@ -227,6 +232,11 @@ def _consistency(config, prefix: str) -> Iterable[str]:
       and attn.get("labels") != "teacher"):
     yield (f"{prefix}attention.labels={attn.labels!r}: supervised rows learn from teacher "
            f"maps only; set {prefix}attention.labels='teacher' and attention.maps_dir")
+  init = str(config.get("init_checkpoint", "") or "")
+  if init.startswith(TORCHVISION_INIT) and config.get("task") not in TORCHVISION_INIT_TASKS:
+    yield (f"{prefix}init_checkpoint={init!r}: torchvision weights start the encoder of "
+           f"{' or '.join(TORCHVISION_INIT_TASKS)} runs only; leave it empty to train "
+           "from scratch")
   if config.get("task") == "study":
     yield from study_problems(config, prefix)
   if config.get("task") == "robustness":

@@ -35,7 +35,7 @@ def build_model(config) -> nn.Module:
   them and the online probe if ``config.train.online_probe`` is on.
   ``supervised``: a ResNet with a classifier, wrapped with attention heads if
   they are enabled. ``teacher``: the saliency teacher (read by inference on a
-  folder; no evaluation task reads a teacher run).
+  folder and by export; no evaluation task reads a teacher run).
   """
   attn = config.get("attention")
   if config.task == "pretrain":

@@ -23,6 +23,7 @@ from clu import metric_writers, periodic_actions
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import paths
+from attn_contrastive.config_checks import TORCHVISION_INIT
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -30,6 +31,7 @@ from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import optim
 from attn_contrastive.train import preemption
 from attn_contrastive.train import step as step_lib
+from attn_contrastive.train import torchvision_init
 from attn_contrastive.train.state import TrainState, count_params, create_train_state
 
 
@@ -94,9 +96,18 @@ def _check_finite(metrics: dict[str, float], step: int, ckpt: ckpt_lib.Checkpoin
 
 
 def _restore(config, state, ckpt) -> TrainState:
-  """Resume order: workdir checkpoint, then init_checkpoint, then scratch."""
+  """Resume order: workdir checkpoint, then init_checkpoint (a run's workdir, or
+  ``torchvision:PATH``: torchvision weights for the encoder), then scratch."""
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state)
+  elif config.init_checkpoint.startswith(TORCHVISION_INIT):
+    current = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = torchvision_init.init_variables(
+        config.init_checkpoint[len(TORCHVISION_INIT):], jax.device_get(current), config.task)
+    state = state.replace(**jax.tree.map(
+        lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding),
+        variables, current))
+    logging.info("Initialised the encoder from %s", config.init_checkpoint)
   elif config.init_checkpoint:
     variables = ckpt_lib.load_variables(
         config.init_checkpoint, target={"params": state.params, "batch_stats": state.batch_stats})
