@@ -257,6 +257,13 @@ def _before(sim_a, item_a, sim_b, item_b) -> jax.Array:
   return (sim_a > sim_b) | ((sim_a == sim_b) & (item_a < item_b))
 
 
+def _rows_at(x: jax.Array, at: jax.Array) -> jax.Array:
+  """``x[c, at[c, j]]``, gathered from ``x`` flattened (``take_along_axis`` would fold a
+  ``[C, n, 2]`` index constant at compile time)."""
+  rows = (jnp.arange(x.shape[0], dtype=jnp.int32) * x.shape[1])[:, None]
+  return jnp.take(x.reshape(-1), rows + at, mode="clip")
+
+
 def _count_before(pos_sim, pos_item, sim, item) -> jax.Array:
   """``[C, n]``: how many of the sorted positives ``[C, M]`` are ranked before each item.
 
@@ -270,8 +277,7 @@ def _count_before(pos_sim, pos_item, sim, item) -> jax.Array:
   for _ in range(max(size, 1).bit_length()):
     mid = (lo + hi) // 2
     at = jnp.minimum(mid, size - 1)
-    ahead = _before(jnp.take_along_axis(pos_sim, at, axis=1),
-                    jnp.take_along_axis(pos_item, at, axis=1), sim, item) & (mid < hi)
+    ahead = _before(_rows_at(pos_sim, at), _rows_at(pos_item, at), sim, item) & (mid < hi)
     lo, hi = jnp.where(ahead, mid + 1, lo), jnp.where(ahead, hi, mid)
   return lo
 
@@ -297,15 +303,14 @@ def _shard_ranks(queries, query_labels, index, gallery, gallery_inv, gallery_lab
   relevant = (query_labels[:, None] == gallery_labels[None, :]) & ~absent
   # top_k keeps the lower index first among ties, so each shard's list is in ranking order.
   pos_sim, at = jax.lax.top_k(jnp.where(relevant, sim, -jnp.inf), min(cap, n))
-  real = jnp.take_along_axis(relevant, at, axis=1)
+  real = pos_sim > -jnp.inf  # the relevant items are never at -inf
   pos_sim = jnp.where(real, pos_sim, -jnp.inf)
-  pos_item = jnp.where(real, jnp.take_along_axis(jnp.broadcast_to(item, sim.shape), at, axis=1),
-                       _NO_ITEM)
+  pos_item = jnp.where(real, item[0, 0] + at, _NO_ITEM)
   if axis is not None:
     pos_sim = jax.lax.all_gather(pos_sim, axis, axis=1, tiled=True)
     pos_item = jax.lax.all_gather(pos_item, axis, axis=1, tiled=True)
   neg_sim, pos_item = jax.lax.sort((-pos_sim, pos_item), dimension=1, num_keys=2)
-  slot = _count_before(-neg_sim, pos_item, sim, jnp.broadcast_to(item, sim.shape))
+  slot = _count_before(-neg_sim, pos_item, sim, item)
   counts = jax.vmap(lambda s, w: jnp.zeros(pos_item.shape[1] + 1, jnp.int32).at[s].add(w))(
       slot, (~relevant).astype(jnp.int32))
   if axis is not None:
@@ -384,18 +389,23 @@ def _retrieval_sums(queries, query_labels, gallery, gallery_labels, *, layout, k
   return layout.constrain(sums, None, None), layout.constrain(counts, None, None)
 
 
-def _largest_class(labels: jax.Array, layout: _Layout) -> int:
-  """The most items any one label has on one shard of the gallery (the positives' cap)."""
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _largest_class_on_device(labels: jax.Array, *, layout: _Layout) -> jax.Array:
+  """:func:`_largest_class` on device: runs of equal labels after a sort, per shard."""
   def largest(x):
     x = jnp.sort(x)
     i = jnp.arange(x.shape[0])
-    start = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.ones(1, bool), x[1:] != x[:-1]]),
-                                     i, 0))
-    most = jnp.max(i - start + 1)
+    new = jnp.concatenate([jnp.ones(1, bool), x[1:] != x[:-1]])
+    most = jnp.max(i - jax.lax.cummax(jnp.where(new, i, 0)) + 1)
     return most if layout.axis is None else jax.lax.pmax(most, layout.axis)
-  if layout.axis is not None:
-    largest = jax.shard_map(largest, mesh=layout.mesh, in_specs=P(layout.axis), out_specs=P())
-  return int(jax.device_get(jax.jit(largest)(labels)))
+  if layout.axis is None:
+    return largest(labels)
+  return jax.shard_map(largest, mesh=layout.mesh, in_specs=P(layout.axis), out_specs=P())(labels)
+
+
+def _largest_class(labels: jax.Array, layout: _Layout) -> int:
+  """The most items any one label has on one shard of the gallery (the positives' cap)."""
+  return int(jax.device_get(_largest_class_on_device(labels, layout=layout)))
 
 
 def retrieval_metrics(queries: jax.Array, query_labels: jax.Array, gallery: jax.Array,
