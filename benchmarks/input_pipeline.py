@@ -8,7 +8,7 @@ with the records of tfds's ``imagenet2012`` (``image``, ``label``,
 own writers (64×64 uint8 maps, ``--maps_per_shard`` maps a shard). Then it
 times the pipeline a pretraining
 run uses, end to end: ``sources.open_split`` (tfds data source: record read,
-``tf.Example`` parse, OpenCV JPEG decode), the join to the maps
+``tf.Example`` parse, JPEG decode), the join to the maps
 (``attention_maps.with_attention_maps``), the "Contrastive attn. teacher"
 row's transform (two SimCLR views at 224 px with their 28×28 maps) and
 ``pipeline.train_iterator`` (grain: shuffle, ``random_map``, batch, threads,
@@ -22,7 +22,10 @@ are timed alone first, in this process's main thread pinned to one core with
 OpenCV on one thread, by CPU time and wall clock: decode only (a data-source
 read), the views only (on images decoded beforehand), the join (decode + map
 read + key check), and the join + views (what one pipeline record costs,
-without grain). Last, the share of images for which a half-scale JPEG decode
+without grain); and the JPEG decode alone on the stored bytes, by Pillow
+(``jpeg_pillow``) and by the decoder the pipeline uses (``jpeg_turbo``:
+libjpeg-turbo directly for sequential JPEGs, ``data/images.py``), side by
+side. Last, the share of images for which a half-scale JPEG decode
 would give the same views (both crops shrink by more than 2×).
 
 Usage::
@@ -47,6 +50,7 @@ from absl import flags as absl_flags
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import augment, pipeline
+from attn_contrastive.data import images as images_lib
 
 import imagenet_like  # beside this script
 from machine import cpu_info  # beside this script
@@ -127,6 +131,13 @@ def _cpu_seconds_of(fn, items) -> tuple[float, float]:
   return time.perf_counter() - t0, time.thread_time() - c0
 
 
+def _encoded(source, i: int) -> bytes:
+  """Record ``i``'s image as stored (the JPEG's bytes), from beneath the decoding."""
+  while not isinstance(source[i].get("image"), (bytes, np.bytes_)):
+    source = source.source
+  return bytes(source[i]["image"])
+
+
 def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int = 0
                 ) -> dict[str, dict[str, float]]:
   """Images/s of each piece on one core (see the module docstring).
@@ -139,6 +150,8 @@ def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int 
   idx = [int(i) for i in np.random.default_rng(seed).permutation(len(images))[:num]]
   rng = np.random.default_rng(seed)
   pieces = {
+      "jpeg_pillow": lambda i: images_lib.decode_with_pillow(encoded[i]),
+      "jpeg_turbo": lambda i: images_lib.decode(encoded[i]),
       "decode": lambda i: images[i],
       "views": lambda i: transform(decoded[i], rng),
       "decode_join": lambda i: joined[i],
@@ -147,6 +160,7 @@ def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int 
   times = {name: [] for name in pieces}
   with _OneCore():
     decoded = {i: joined[i] for i in idx}
+    encoded = {i: _encoded(images, i) for i in idx}
     for fn in pieces.values():
       fn(idx[0])  # warm-up
     for chunk in np.array_split(np.array(idx), max(1, min(rounds, len(idx)))):
