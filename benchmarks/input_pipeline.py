@@ -22,7 +22,8 @@ are timed alone first, in this process's main thread pinned to one core with
 OpenCV on one thread, by CPU time and wall clock: decode only (a data-source
 read), the views only (on images decoded beforehand), the join (decode + map
 read + key check), and the join + views (what one pipeline record costs,
-without grain); and the JPEG decode alone on the stored bytes, by Pillow
+without grain); the views' crop, flip and resize alone (``views_geometry``,
+uint8: the host's share if the colour ops ran on the accelerator); and the JPEG decode alone on the stored bytes, by Pillow
 (``jpeg_pillow``) and by the decoder the pipeline uses (``jpeg_turbo``:
 libjpeg-turbo directly for sequential JPEGs, ``data/images.py``), side by
 side. Last, the share of images for which a half-scale JPEG decode
@@ -138,6 +139,17 @@ def _encoded(source, i: int) -> bytes:
   return bytes(source[i]["image"])
 
 
+def geometry_of_views(example, rng, image_size: int = 224, map_size: int = 28) -> None:
+  """The two views' crop, flip and resize alone, image in uint8 and map: what stays on
+  the host when the colour ops (jitter, grey, blur) run elsewhere."""
+  image = example["image"]
+  for _ in range(2):
+    box = augment.sample_crop_box(rng, image.shape[0], image.shape[1], (0.08, 1.0))
+    flip = bool(rng.random() < 0.5)
+    augment.crop_resize(image, box, image_size, flip=flip)
+    augment.crop_resize(example["attention_map"].astype(np.float32), box, map_size, flip=flip)
+
+
 def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int = 0
                 ) -> dict[str, dict[str, float]]:
   """Images/s of each piece on one core (see the module docstring).
@@ -154,6 +166,7 @@ def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int 
       "jpeg_turbo": lambda i: images_lib.decode(encoded[i]),
       "decode": lambda i: images[i],
       "views": lambda i: transform(decoded[i], rng),
+      "views_geometry": lambda i: geometry_of_views(decoded[i], rng),
       "decode_join": lambda i: joined[i],
       "decode_join_views": lambda i: transform(joined[i], rng),
   }

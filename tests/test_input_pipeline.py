@@ -19,7 +19,8 @@ def test_benchmark_runs_on_a_few_images(tmp_path):
       f"--data_dir={tmp_path}"])
   assert out["num_images"] == 12 and 60 < out["mean_jpeg_kb"] < 180
   assert set(out["pieces_images_per_s"]) == {"jpeg_pillow", "jpeg_turbo", "decode", "views",
-                                              "decode_join", "decode_join_views"}
+                                              "views_geometry", "decode_join",
+                                              "decode_join_views"}
   assert all(r["cpu"] > 0 and r["wall"] > 0 for r in out["pieces_images_per_s"].values())
   assert [(r["threads"], r["workers"]) for r in out["pipeline"]] == [(1, 0), (1, 1)]
   assert all(r["views_per_s"] > 0 and r["views_per_core_s"] > 0 for r in out["pipeline"])
