@@ -303,8 +303,7 @@ def _shard_ranks(queries, query_labels, index, gallery, gallery_inv, gallery_lab
   relevant = (query_labels[:, None] == gallery_labels[None, :]) & ~absent
   # top_k keeps the lower index first among ties, so each shard's list is in ranking order.
   pos_sim, at = jax.lax.top_k(jnp.where(relevant, sim, -jnp.inf), min(cap, n))
-  real = pos_sim > -jnp.inf  # the relevant items are never at -inf
-  pos_sim = jnp.where(real, pos_sim, -jnp.inf)
+  real = pos_sim > -jnp.inf  # the relevant items are never at -inf; the rest fill up
   pos_item = jnp.where(real, item[0, 0] + at, _NO_ITEM)
   if axis is not None:
     pos_sim = jax.lax.all_gather(pos_sim, axis, axis=1, tiled=True)
