@@ -95,10 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   # at least 10% of the image), flip, colour jitter (p_jitter; brightness as
   # `jitter_impl`: "simclrv1", the SimCLR paper's additive offset, or
   # "simclrv2", a factor), grayscale (p_gray), blur (p_blur, kernel 10% of
-  # the view, zero padding).
+  # the view, zero padding). `views_on`: "host" makes whole SimCLR views in the
+  # input pipeline; "device" crops there and runs the colour ops in the step.
   c.aug = ml_collections.ConfigDict(dict(
       strength=1.0, p_jitter=0.8, p_gray=0.2, p_blur=0.5, area_min=0.08,
-      jitter_impl="simclrv1", eval_crop_fraction=0.875))
+      jitter_impl="simclrv1", eval_crop_fraction=0.875, views_on="host"))
   c.model = ml_collections.ConfigDict(dict(
       depth=18, width=16, stem_kernel=3, stem_stride=2, stem_pool=True,
       dtype="float32", conv_impl="auto", bn_momentum=0.9,

@@ -68,6 +68,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("lars", "sgd")
 #: ``aug.jitter_impl``: SimCLR v1's or v2's colour jitter (``data/augment.py``).
 JITTER_IMPLS = ("simclrv1", "simclrv2")
+#: ``aug.views_on``: where a SimCLR view's colour ops run: in the host pipeline with
+#: the crop, or in the jitted step (``data/device_colour.py``), the host cropping only.
+VIEWS_ON = ("host", "device")
 
 #: ``attention.labels``: maps of the label task (``attention.maps_dir``), or human maps
 #: that the co-train row's heads learn on directly.
@@ -147,6 +150,7 @@ CHECKS: tuple[Check, ...] = (
     ("aug.p_gray", _probability, "a probability in [0, 1]"),
     ("aug.p_blur", _probability, "a probability in [0, 1]"),
     ("aug.jitter_impl", _one_of(*JITTER_IMPLS), f"one of {_names(JITTER_IMPLS)}"),
+    ("aug.views_on", _one_of(*VIEWS_ON), f"one of {_names(VIEWS_ON)}"),
     ("attention.alpha", _non_negative, "0 or more (the weight of KLD in L_attn)"),
     ("attention.beta", _non_negative, "0 or more (the weight of NSS in L_attn)"),
     ("attention.width", _positive, "a positive channel count"),

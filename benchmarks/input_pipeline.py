@@ -8,12 +8,12 @@ with the records of tfds's ``imagenet2012`` (``image``, ``label``,
 own writers (64×64 uint8 maps, ``--maps_per_shard`` maps a shard). Then it
 times the pipeline a pretraining
 run uses, end to end: ``sources.open_split`` (tfds data source: record read,
-``tf.Example`` parse, OpenCV JPEG decode), the join to the maps
+``tf.Example`` parse, JPEG decode), the join to the maps
 (``attention_maps.with_attention_maps``), the "Contrastive attn. teacher"
 row's transform (two SimCLR views at 224 px with their 28×28 maps) and
 ``pipeline.train_iterator`` (grain: shuffle, ``random_map``, batch, threads,
 worker processes), for each ``--settings`` entry ``THREADSxWORKERS``
-(``input.num_threads`` × ``input.num_workers``).
+(``input.num_threads`` × ``input.num_workers``) and each ``--views_on`` path.
 
 Reported per setting: views/s (wall clock), the CPU cores the pipeline kept
 busy (CPU seconds of this process and its worker processes over wall
@@ -22,7 +22,12 @@ are timed alone first, in this process's main thread pinned to one core with
 OpenCV on one thread, by CPU time and wall clock: decode only (a data-source
 read), the views only (on images decoded beforehand), the join (decode + map
 read + key check), and the join + views (what one pipeline record costs,
-without grain). Last, the share of images for which a half-scale JPEG decode
+without grain); the same with ``aug.views_on = "device"`` (``views_device``,
+``decode_join_views_device``: the host crops, flips and resizes in uint8 and
+draws the colour parameters, the step applies them); and the JPEG decode alone on the stored bytes, by Pillow
+(``jpeg_pillow``) and by the decoder the pipeline uses (``jpeg_turbo``:
+libjpeg-turbo directly for sequential JPEGs, ``data/images.py``), side by
+side. Last, the share of images for which a half-scale JPEG decode
 would give the same views (both crops shrink by more than 2×).
 
 Usage::
@@ -47,6 +52,7 @@ from absl import flags as absl_flags
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import augment, pipeline
+from attn_contrastive.data import images as images_lib
 
 import imagenet_like  # beside this script
 from machine import cpu_info  # beside this script
@@ -54,10 +60,12 @@ from machine import cpu_info  # beside this script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def transform_of_the_row():
-  """The "Contrastive attn. teacher" ImageNet row's transform (224 px, 28×28 maps)."""
+def transform_of_the_row(views_on: str = "host"):
+  """The "Contrastive attn. teacher" ImageNet row's transform (224 px, 28×28 maps), its
+  views made whole on the host or left to the device's colour ops (``aug.views_on``)."""
   c = config_lib.load_config_file(
       os.path.join(ROOT, "configs", "contrastive_attn_teacher.py:imagenet"))
+  c.aug.views_on = views_on
   return pipeline.ContrastiveViews(c.data.image_size, c.aug, c.attention.map_size)
 
 
@@ -127,8 +135,15 @@ def _cpu_seconds_of(fn, items) -> tuple[float, float]:
   return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int = 0
-                ) -> dict[str, dict[str, float]]:
+def _encoded(source, i: int) -> bytes:
+  """Record ``i``'s image as stored (the JPEG's bytes), from beneath the decoding."""
+  while not isinstance(source[i].get("image"), (bytes, np.bytes_)):
+    source = source.source
+  return bytes(source[i]["image"])
+
+
+def time_pieces(images, joined, transform, device_transform, num: int, rounds: int = 5,
+                seed: int = 0) -> dict[str, dict[str, float]]:
   """Images/s of each piece on one core (see the module docstring).
 
   The images are cut into ``rounds`` chunks and every piece runs on each chunk
@@ -139,14 +154,19 @@ def time_pieces(images, joined, transform, num: int, rounds: int = 5, seed: int 
   idx = [int(i) for i in np.random.default_rng(seed).permutation(len(images))[:num]]
   rng = np.random.default_rng(seed)
   pieces = {
+      "jpeg_pillow": lambda i: images_lib.decode_with_pillow(encoded[i]),
+      "jpeg_turbo": lambda i: images_lib.decode(encoded[i]),
       "decode": lambda i: images[i],
       "views": lambda i: transform(decoded[i], rng),
+      "views_device": lambda i: device_transform(decoded[i], rng),
       "decode_join": lambda i: joined[i],
       "decode_join_views": lambda i: transform(joined[i], rng),
+      "decode_join_views_device": lambda i: device_transform(joined[i], rng),
   }
   times = {name: [] for name in pieces}
   with _OneCore():
     decoded = {i: joined[i] for i in idx}
+    encoded = {i: _encoded(images, i) for i in idx}
     for fn in pieces.values():
       fn(idx[0])  # warm-up
     for chunk in np.array_split(np.array(idx), max(1, min(rounds, len(idx)))):
@@ -224,35 +244,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   kb = imagenet_like.mean_jpeg_kb(data_dir)
   print(f"dataset: {len(images)} images, JPEGs of {kb:.0f} kB on average, in {data_dir} "
         f"({time.perf_counter() - t0:.1f} s to build or open)")
-  transform = transform_of_the_row()
-  pieces = time_pieces(images, joined, transform, min(args.piece_images, len(images)))
+  transform, device_transform = (transform_of_the_row(v) for v in ("host", "device"))
+  pieces = time_pieces(images, joined, transform, device_transform,
+                       min(args.piece_images, len(images)))
   print("\npieces, one core; images/s by CPU time (wall clock), two views an image:")
   for name, rate in pieces.items():
-    print(f"  {name:18s} {rate['cpu']:7.1f} ({rate['wall']:7.1f}) images/s "
+    print(f"  {name:24s} {rate['cpu']:7.1f} ({rate['wall']:7.1f}) images/s "
           f"{1e3 / rate['cpu']:6.2f} ms/image")
   rows = []
   print(f"\npipeline, batch {args.batch}, {args.batches} batches after {args.warmup}:")
-  print(f"  {'threads':>7s} {'workers':>7s} {'in flight':>9s} {'views/s':>9s} "
-        f"{'busy cores':>10s} {'views/s/core':>12s}")
-  for threads, workers in parse_settings(args.settings):
-    row = time_pipeline(joined, transform, threads=threads, workers=workers,
-                        batch=args.batch, batches=args.batches, warmup=args.warmup,
-                        prefetch=args.prefetch)
-    rows.append(row)
-    print(f"  {threads:7d} {workers:7d} {row['in_flight']:9d} {row['views_per_s']:9.1f} "
-          f"{row['busy_cores']:10.2f} {row['views_per_core_s']:12.1f}")
-  best = max(r["views_per_core_s"] for r in rows)
-  record_rate = 2 * pieces["decode_join_views"]["cpu"]
-  print(f"\nthe pieces alone give {record_rate:.0f} views per CPU second; the best "
-        f"setting keeps {best / record_rate:.0%} of that")
-  print(f"host cores to feed {args.target:,.0f} views/s at the best per-core rate "
-        f"({best:.0f}): {args.target / best:.1f}")
+  print(f"  {'views on':>8s} {'threads':>7s} {'workers':>7s} {'in flight':>9s} "
+        f"{'views/s':>9s} {'busy cores':>10s} {'views/s/core':>12s}")
+  for views_on in args.views_on.split(","):
+    for threads, workers in parse_settings(args.settings):
+      row = time_pipeline(joined, transform if views_on == "host" else device_transform,
+                          threads=threads, workers=workers, batch=args.batch,
+                          batches=args.batches, warmup=args.warmup, prefetch=args.prefetch)
+      rows.append(dict(row, views_on=views_on))
+      print(f"  {views_on:>8s} {threads:7d} {workers:7d} {row['in_flight']:9d} "
+            f"{row['views_per_s']:9.1f} {row['busy_cores']:10.2f} "
+            f"{row['views_per_core_s']:12.1f}")
+  cores = {}
+  for views_on in args.views_on.split(","):
+    best = max(r["views_per_core_s"] for r in rows if r["views_on"] == views_on)
+    suffix = "" if views_on == "host" else "_device"
+    record_rate = 2 * pieces[f"decode_join_views{suffix}"]["cpu"]
+    cores[views_on] = args.target / best
+    print(f"\nviews on the {views_on}: the pieces alone give {record_rate:.0f} views per CPU "
+          f"second; the best setting keeps {best / record_rate:.0%} of that; host cores to "
+          f"feed {args.target:,.0f} views/s at its per-core rate ({best:.0f}): "
+          f"{cores[views_on]:.1f}")
   share = reduced_decode_share(imagenet_like.SHAPES, samples=args.crop_samples)
   print("images whose two crops both shrink by more than 2x (a half-scale decode would "
         "do): " + ", ".join(f"{k} {v:.2%}" for k, v in share.items()))
   return {"cpu": info, "num_images": len(images), "mean_jpeg_kb": kb,
           "pieces_images_per_s": pieces, "pipeline": rows, "target_views_per_s": args.target,
-          "cores_for_target": args.target / best, "half_scale_decode_share": share}
+          "cores_for_target": cores, "half_scale_decode_share": share}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -265,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "every shuffled read opens a shard; small shards keep that so here")
   p.add_argument("--settings", default="1x0,2x0,4x0,2x2",
                  help="comma-separated THREADSxWORKERS (input.num_threads x num_workers)")
+  p.add_argument("--views_on", default="host,device",
+                 help="comma-separated aug.views_on paths the pipeline is timed with")
   p.add_argument("--batch", type=int, default=64, help="images per batch")
   p.add_argument("--batches", type=int, default=30, help="timed batches per setting")
   p.add_argument("--warmup", type=int, default=4, help="untimed batches first")

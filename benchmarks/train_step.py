@@ -12,7 +12,10 @@ contrastive tasks), ``step_ms``, ``devices``, the step's FLOPs and, with
 the step without and with attention heads in one process and reports the ratio.
 ``--compare_probe=R`` times the SimCLR step without and with the online
 linear probe (``train.online_probe``) alternately for R rounds in one
-process and reports the median ratio and every round's.
+process and reports the median ratio and every round's. With
+``--config.aug.views_on=device`` the batch carries each view's drawn colour
+parameters and the step applies the colour ops, so its time against the
+default's is their share of the step.
 """
 from __future__ import annotations
 
@@ -62,6 +65,18 @@ def build(config):
   raise ValueError(f"no benchmark for task {config.task!r}")
 
 
+def colour_params(config, n: int, rng: np.random.Generator) -> np.ndarray:
+  """``n`` views' colour parameters drawn as the pipeline draws them (``aug.views_on =
+  "device"``), ``[n, 13]``."""
+  from attn_contrastive.data import augment
+  tiny = np.zeros((8, 8, 3), np.uint8)
+  a = config.aug
+  return np.stack([augment.simclr_geometry(
+      rng, tiny, out_size=8, strength=a.strength, p_jitter=a.p_jitter, p_gray=a.p_gray,
+      p_blur=a.p_blur, area_range=(a.area_min, 1.0), jitter_impl=a.jitter_impl)[2]
+      for _ in range(n)])
+
+
 def make_batch(config) -> dict[str, np.ndarray]:
   """A random host batch with every key the task's loss reads."""
   b, s = config.input.global_batch_size, config.data.image_size
@@ -73,6 +88,8 @@ def make_batch(config) -> dict[str, np.ndarray]:
     # Labels ride with every batch, as the pipeline sends them (the online probe's).
     batch = {"view1": images(), "view2": images(),
              "label": rng.integers(0, max(config.data.num_classes, 1), (b,), dtype=np.int32)}
+    if config.aug.get("views_on", "host") == "device":  # the colour ops run in the step
+      batch.update(colour1=colour_params(config, b, rng), colour2=colour_params(config, b, rng))
     if m and attn.labels == "human":  # co-train: one human-attention image per example
       batch.update(human_image=images(), human_map=rng.random((b, m, m), dtype=np.float32))
     elif m:  # teacher maps ride with each view

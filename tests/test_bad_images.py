@@ -103,6 +103,36 @@ def test_decode_gives_uint8_rgb_with_the_right_values(name):
   assert np.abs(out.astype(int) - want.astype(int)).max() <= tolerance
 
 
+def test_sequential_jpegs_take_libjpeg_turbo_and_give_pillows_pixels(monkeypatch):
+  """Baseline JPEGs (colour 4:2:0 at odd sizes, grey) are decoded by libjpeg-turbo
+  directly, bit for bit as Pillow decodes them; progressive, CMYK and PNG files
+  are not, nor is anything libjpeg-turbo refuses (Pillow then decides)."""
+  texture = cv2.resize(RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8), (53, 37),
+                       interpolation=cv2.INTER_CUBIC)
+  files = {"colour": _pil_bytes(texture, "RGB", "JPEG", quality=92, subsampling=2),
+           "grey": _files()["grey.JPEG"],
+           "progressive": _pil_bytes(texture, "RGB", "JPEG", quality=92, progressive=True)}
+  used = []
+  turbo = images._decode_turbo
+  monkeypatch.setattr(images, "_decode_turbo", lambda data: used.append(data) or turbo(data))
+  for name, data in files.items():
+    pillow = Image.open(io.BytesIO(data))
+    want = np.asarray(pillow.convert("RGB"))
+    np.testing.assert_array_equal(images.decode(data, name), want, err_msg=name)
+  assert used == [files["colour"], files["grey"]]
+  for name in ("cmyk.JPEG", "grey_png.JPEG", "rgb16.JPEG"):
+    assert not images.is_sequential_jpeg(_files()[name]), name
+  # A truncated baseline JPEG reaches libjpeg-turbo, which refuses it; so does Pillow.
+  assert images.is_sequential_jpeg(_files()["truncated.JPEG"])
+  with pytest.raises(images.BadImageError, match="truncated"):
+    images.decode(_files()["truncated.JPEG"], "truncated.JPEG")
+  # Whatever libjpeg-turbo refuses goes to Pillow, which decodes it if it can.
+  monkeypatch.setattr(images, "_decode_turbo", lambda data: (_ for _ in ()).throw(
+      ValueError("refused")))
+  np.testing.assert_array_equal(images.decode(files["colour"]),
+                                np.asarray(Image.open(io.BytesIO(files["colour"]))))
+
+
 def test_sixteen_bit_is_scaled_not_clipped():
   # Pillow's own convert() clips 16-bit grey at 255: nearly every pixel white.
   data = _files()["grey16.JPEG"]

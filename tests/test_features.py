@@ -52,6 +52,13 @@ def test_cached_shards_are_reused_and_checked(tmp_path):
                            cache_dir=cache, shard_size=12)
   np.testing.assert_array_equal(f2[:24], f[:24])
   np.testing.assert_array_equal(f2[24:], 5.0 * f[24:])
+  # One block of rows (a process's part of a gallery): read from the shards it overlaps.
+  for rows in (slice(10, 27), slice(30, 32)):
+    part, lab = features.extract(_embed, {"w": jnp.float32(5.0)}, src, lambda ex: ex,
+                                 _eval_cfg(8), cache_dir=cache, shard_size=12, rows=rows)
+    np.testing.assert_array_equal(part, f2[rows])
+    np.testing.assert_array_equal(lab, np.arange(30)[rows] % 7)
+    assert part.shape[1:] == f.shape[1:]
   with pytest.raises(ValueError, match="delete the folder"):
     features.extract(_embed, state, _split(30), lambda ex: ex, _eval_cfg(8), cache_dir=cache,
                      shard_size=10)

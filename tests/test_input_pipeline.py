@@ -14,16 +14,20 @@ import input_pipeline  # noqa: E402
 
 def test_benchmark_runs_on_a_few_images(tmp_path):
   out = input_pipeline.main([
-      "--num_images=12", "--batch=4", "--batches=2", "--warmup=1", "--settings=1x0,1x1",
+      "--num_images=12", "--batch=4", "--batches=2", "--warmup=1", "--settings=1x0",
       "--piece_images=6", "--crop_samples=100", "--maps_per_shard=5",
       f"--data_dir={tmp_path}"])
   assert out["num_images"] == 12 and 60 < out["mean_jpeg_kb"] < 180
-  assert set(out["pieces_images_per_s"]) == {"decode", "views", "decode_join",
-                                              "decode_join_views"}
+  assert set(out["pieces_images_per_s"]) == {"jpeg_pillow", "jpeg_turbo", "decode", "views",
+                                              "views_device", "decode_join",
+                                              "decode_join_views",
+                                              "decode_join_views_device"}
   assert all(r["cpu"] > 0 and r["wall"] > 0 for r in out["pieces_images_per_s"].values())
-  assert [(r["threads"], r["workers"]) for r in out["pipeline"]] == [(1, 0), (1, 1)]
+  assert [(r["views_on"], r["threads"], r["workers"]) for r in out["pipeline"]] == [
+      ("host", 1, 0), ("device", 1, 0)]
   assert all(r["views_per_s"] > 0 and r["views_per_core_s"] > 0 for r in out["pipeline"])
-  assert out["cores_for_target"] > 0 and out["cpu"]["model"]
+  assert 0 < out["cores_for_target"]["device"] and out["cpu"]["model"]
+  assert 0 < out["cores_for_target"]["host"]
 
 
 def test_dataset_records_and_maps_line_up(tmp_path):

@@ -143,8 +143,9 @@ def test_ties_are_broken_by_gallery_index_sharded_or_not():
   queries = distinct[rng.integers(0, 6, NUM_QUERIES)]
   query_labels = rng.integers(0, 5, NUM_QUERIES).astype(np.int32)
   want = _retrieval_reference(queries, query_labels, gallery, gallery_labels, KS, False)
-  _assert_metrics_close(rm.retrieval_metrics(queries, query_labels, gallery, gallery_labels,
-                                             ks=KS, chunk=CHUNK), want)
+  for g, labels in [(gallery, gallery_labels), _sharded(gallery, gallery_labels)]:
+    _assert_metrics_close(rm.retrieval_metrics(queries, query_labels, g, labels, ks=KS,
+                                               chunk=CHUNK), want)
   want = _knn_reference(queries, gallery, gallery_labels, K, 0.07, False)
   for g, labels in [(gallery, gallery_labels), _sharded(gallery, gallery_labels)]:
     got = rm.knn_classify(queries, g, labels, num_classes=NUM_CLASSES, k=K, chunk=CHUNK)
@@ -189,6 +190,32 @@ def test_a_bank_sharded_over_8_devices_gives_the_unsharded_results(case):
   _assert_metrics_close(metrics[1], metrics[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["separate", "leave_one_out"])
+def test_a_padded_sharded_gallery_ranks_only_its_items(case):
+  """60 items padded to 64 rows over 8 devices (built as each process builds its block):
+  the padding is in no ranking, so the numbers are the 60-item brute force's."""
+  data = _data()
+  n = 60
+  queries, query_labels, exclude_self = _cases(data)[case]
+  if exclude_self:
+    queries, query_labels = queries[:n], query_labels[:n]
+  mesh = mesh_lib.make_mesh(8)
+  assert mesh_lib.process_rows(NUM_ITEMS, mesh) == slice(0, NUM_ITEMS)  # one process: all
+  gallery = mesh_lib.rows_from_processes(data[2][:n], NUM_ITEMS, mesh)
+  gallery_labels = mesh_lib.rows_from_processes(data[3][:n], NUM_ITEMS, mesh)
+  assert rm._layout(gallery).shards == 8
+  got = rm.retrieval_metrics(queries, query_labels, gallery, gallery_labels, ks=KS,
+                             exclude_self=exclude_self, chunk=CHUNK, num_items=n)
+  _assert_metrics_close(got, _retrieval_reference(queries, query_labels, data[2][:n],
+                                                  data[3][:n], KS, exclude_self))
+  got = rm.knn_classify(queries, gallery, gallery_labels, num_classes=NUM_CLASSES, k=K,
+                        exclude_self=exclude_self, chunk=CHUNK, num_items=n)
+  np.testing.assert_array_equal(np.asarray(got), _knn_reference(
+      queries, data[2][:n], data[3][:n], K, 0.07, exclude_self))
+  with pytest.raises(ValueError, match="pad them"):
+    mesh_lib.process_rows(n, mesh)
+
+
 def test_l2_normalize_and_shape_checks():
   x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
   np.testing.assert_allclose(np.asarray(rm.l2_normalize(x)), [[0.6, 0.8], [0.0, 0.0]],
@@ -199,3 +226,5 @@ def test_l2_normalize_and_shape_checks():
                     exclude_self=True)
   with pytest.raises(ValueError, match="labels"):
     rm.retrieval_metrics(queries, query_labels[:5], gallery, gallery_labels)
+  with pytest.raises(ValueError, match="num_items"):
+    rm.retrieval_metrics(queries, query_labels, gallery, gallery_labels, num_items=65)

@@ -723,6 +723,58 @@ def simclr_view(
   return view, map_view
 
 
+#: The columns of :func:`simclr_geometry`'s colour parameters, one row per view.
+COLOUR_PARAMS = ("jitter", "order0", "order1", "order2", "order3", "brightness", "contrast",
+                 "saturation", "hue", "brightness_delta", "gray", "blur", "sigma")
+
+
+def simclr_geometry(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    attn_map: np.ndarray | None = None,
+    *,
+    out_size: int | Sequence[int],
+    strength: float = 1.0,
+    p_jitter: float = 0.8,
+    p_gray: float = 0.2,
+    p_blur: float = 0.5,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    map_size: int | Sequence[int] | None = None,
+    jitter_impl: str = "simclrv1",
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+  """:func:`simclr_view` with its colour ops left to the accelerator.
+
+  The same draws in the same order as :func:`simclr_view` (so one rng state
+  gives the same view either way); the crop and flip are made here, in
+  uint8, and the colour ops' draws are returned as a float32 row of
+  :data:`COLOUR_PARAMS` for ``data/device_colour.py`` to apply in the
+  jitted step.
+
+  Returns:
+    (image uint8 HxWx3, map as :func:`simclr_view`'s or None, colour params [13]).
+  """
+  image = _check_image(image)
+  box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
+  flip = bool(rng.random() < 0.5)
+  do_jitter = bool(rng.random() < p_jitter)
+  s = 0.8 * strength
+  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5), jitter_impl)
+  do_gray = bool(rng.random() < p_gray)
+  do_blur = bool(rng.random() < p_blur)
+  sigma = float(rng.uniform(0.1, 2.0))
+  out_hw = _pair(out_size)
+  view = crop_resize(image, box, out_hw, flip=flip)
+  if view.dtype != np.uint8:
+    raise ValueError(f"views on the device need uint8 images, got {view.dtype}")
+  if view.ndim == 2:
+    view = cv2.cvtColor(view, cv2.COLOR_GRAY2RGB)
+  map_view = _map_view(attn_map, box, out_hw if map_size is None else _pair(map_size), flip)
+  params = np.array([do_jitter, *jitter.order, jitter.brightness, jitter.contrast,
+                     jitter.saturation, jitter.hue, jitter.brightness_delta, do_gray, do_blur,
+                     sigma], np.float32)
+  return view, map_view, params
+
+
 # ---------------------------------------------------------------------------
 # Saliency data: whole images, stored maps, fixations.
 # ---------------------------------------------------------------------------

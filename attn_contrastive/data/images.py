@@ -17,6 +17,13 @@ reader unchanged. tfds's own NumPy decoder would hand such files on wrongly
   decode); 16-bit samples keep their high byte (``>> 8``: 65535 -> 255, a
   linear rescaling, where Pillow's ``convert`` of ``I;16`` clips every value
   above 255 to white).
+* an 8-bit baseline (or extended sequential) JPEG of one or three
+  components, the bulk of ImageNet, is decoded by libjpeg-turbo directly
+  (``simplejpeg``: the same library, integer IDCT and fancy upsampling as
+  Pillow, so the pixels are Pillow's, without Pillow's per-image overhead);
+  everything else (progressive, CMYK, 12-bit, PNG, ...) and any JPEG that
+  libjpeg-turbo reports a problem with goes through Pillow, which decides as
+  it always has.
 * a file that cannot be decoded (corrupt, truncated, not an image, an
   unsupported mode such as floating point) raises :class:`BadImageError`
   naming the record's ``file_name``. The whole image is decoded, so a
@@ -50,6 +57,11 @@ from typing import Any
 import numpy as np
 from absl import logging
 from PIL import Image as PILImage
+
+try:
+  import simplejpeg
+except ImportError:  # every image then goes through Pillow
+  simplejpeg = None
 
 #: The default of ``data.max_bad_images``: undecodable records a split may skip.
 DEFAULT_MAX_BAD_IMAGES = 100
@@ -118,13 +130,60 @@ def to_rgb(img: PILImage.Image, name: str = "image") -> np.ndarray:
   raise BadImageError(name, f"unsupported image mode {mode!r}")
 
 
+#: Start-of-frame markers: baseline and extended sequential (Huffman) JPEG.
+_SEQUENTIAL_SOF = (0xC0, 0xC1)
+#: Every other start-of-frame marker (progressive, lossless, arithmetic coding).
+_OTHER_SOF = (0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
+def is_sequential_jpeg(data: bytes) -> bool:
+  """Whether ``data`` is a sequential 8-bit JPEG of 1 or 3 components (grey or
+  colour): the files libjpeg-turbo decodes to what Pillow gives, read from the
+  markers before the first scan."""
+  if data[:2] != b"\xff\xd8":
+    return False
+  pos = 2
+  while pos + 4 <= len(data):
+    if data[pos] != 0xFF:
+      return False
+    marker = data[pos + 1]
+    if marker == 0xFF:  # fill byte
+      pos += 1
+      continue
+    if marker in _SEQUENTIAL_SOF:
+      return pos + 10 <= len(data) and data[pos + 4] == 8 and data[pos + 9] in (1, 3)
+    if marker in _OTHER_SOF or marker == 0xDA:
+      return False
+    pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+  return False
+
+
+def _decode_turbo(data: bytes) -> np.ndarray:
+  """A sequential JPEG by libjpeg-turbo, strictly: any warning (a truncated
+  file, corrupt data) raises ``ValueError``."""
+  grey = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+  pixels = simplejpeg.decode_jpeg(data, "GRAY" if grey else "RGB", strict=True)
+  return _grey_to_rgb(pixels[..., 0]) if grey else pixels
+
+
 def decode(data: bytes, name: str = "image") -> np.ndarray:
   """An encoded image (JPEG, PNG, any format Pillow reads) as uint8 RGB.
 
   Decodes the whole file, so a truncated one is caught here rather than
   returned with its missing rows filled in. Raises :class:`BadImageError`
-  naming ``name`` for anything that cannot be decoded.
+  naming ``name`` for anything that cannot be decoded. Sequential 8-bit
+  JPEGs take libjpeg-turbo's direct path (see the module docstring).
   """
+  if simplejpeg is not None and is_sequential_jpeg(data):
+    try:
+      return _decode_turbo(data)
+    except ValueError:
+      pass  # Pillow judges the file, as for every other format
+  return decode_with_pillow(data, name)
+
+
+def decode_with_pillow(data: bytes, name: str = "image") -> np.ndarray:
+  """:func:`decode` by Pillow alone, whatever the format."""
   try:
     with PILImage.open(io.BytesIO(data)) as img:
       img.load()

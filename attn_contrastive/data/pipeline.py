@@ -6,7 +6,8 @@ pipeline. ImageNet images have different sizes, so the random-resized crop
 must see the decoded original before anything can be batched; doing the whole
 view there keeps one code path for the image and its attention map, and
 moves only uint8 crops to the device. Mean/std normalisation happens on
-device.
+device, and so, with ``aug.views_on = "device"``, do a SimCLR view's colour
+ops (drawn on the host all the same).
 
 Reproducibility: every example's random draws come from ``random_map``, which
 seeds a generator from the run seed and the example's *global* index in the
@@ -44,6 +45,10 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 class ContrastiveViews:
   """Two SimCLR views of each image.
 
+  With ``aug.views_on = "device"`` the views are uint8 crops only, each with
+  its drawn colour parameters (``colour1`` / ``colour2``, float32
+  ``augment.COLOUR_PARAMS``) for the step to apply (``data/device_colour.py``).
+
   With ``map_size`` set, the example's ``attention_map`` follows each view's
   crop and flip into ``map1`` / ``map2`` (float32, ``map_size`` square); the
   random draws, and so the views, are the same with or without maps. An
@@ -57,14 +62,18 @@ class ContrastiveViews:
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
     out = {}
     attn_map = example["attention_map"] if self.map_size else None
+    on_device = self.aug.get("views_on", "host") == "device"
     for i, name in enumerate(("view1", "view2"), 1):
-      view, map_view = augment.simclr_view(
-          rng, example["image"], attn_map, out_size=self.image_size,
-          strength=self.aug.strength, p_jitter=self.aug.p_jitter,
-          p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
-          area_range=(self.aug.area_min, 1.0), map_size=self.map_size,
-          jitter_impl=self.aug.jitter_impl)
-      out[name] = to_uint8(view)
+      args = dict(out_size=self.image_size, strength=self.aug.strength,
+                  p_jitter=self.aug.p_jitter, p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
+                  area_range=(self.aug.area_min, 1.0), map_size=self.map_size,
+                  jitter_impl=self.aug.jitter_impl)
+      if on_device:
+        out[name], map_view, out[f"colour{i}"] = augment.simclr_geometry(
+            rng, example["image"], attn_map, **args)
+      else:
+        view, map_view = augment.simclr_view(rng, example["image"], attn_map, **args)
+        out[name] = to_uint8(view)
       if map_view is not None:
         out[f"map{i}"] = map_view
     if "label" in example:

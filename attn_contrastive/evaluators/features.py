@@ -13,7 +13,9 @@ restarted with the same arguments continues where it stopped, and removes
 the temporary file a kill during a write left (tested with SIGKILLs at random
 moments, ``tests/test_kills.py``). Memory: the
 returned arrays hold the whole split on every host (ImageNet's train split
-at D = 2048 in float32 is 10.5 GB).
+at D = 2048 in float32 is 10.5 GB), unless ``rows`` asks for one block of
+them (a retrieval gallery, each process keeping its own rows): with a cache,
+a host then holds one cache shard whole at a time and its block.
 """
 from __future__ import annotations
 
@@ -77,12 +79,15 @@ def _extract_range(embed_step, state, source, transform, start: int, stop: int,
 
 def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Example],
             eval_cfg, *, mesh=None, cache_dir: str | None = None,
-            shard_size: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+            shard_size: int = 50_000, rows: slice | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
   """``(features [n, D] float32, labels [n] int64)`` of the split's first n examples.
 
   ``n`` is ``eval_cfg.max_examples`` or the whole split; ``transform(record)``
   makes the example (``image``, and ``label`` if the split has one: -1
-  otherwise). ``eval_cfg.batch_size`` is the global batch.
+  otherwise). ``eval_cfg.batch_size`` is the global batch. With ``rows``
+  (a ``slice`` of ``[0, n)``, without step) only those examples' rows are
+  returned; every process still computes every shard it does not find cached.
   """
   mesh = mesh or mesh_lib.make_mesh()
   global_batch = int(eval_cfg.batch_size)
@@ -95,10 +100,13 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
     for start in range(0, total, shard_size if cache_dir else total):
       preemption.check()
       stop = min(start + (shard_size if cache_dir else total), total)
+      keep = _overlap(rows, start, stop)
       path = cache_dir and os.path.join(cache_dir, f"{start // shard_size:05d}.npz")
       if path and jax.process_index() == 0:
         paths.remove_temporaries(path)  # a half-written file of a killed run
       if path and paths.exists(path):
+        if keep.start == keep.stop and (parts_f or stop < total):
+          continue  # cached, and none of its rows is asked for here (the last gives D)
         cached = paths.load_npz(path)
         f, lab = cached["features"], cached["labels"]
         if len(f) != stop - start:
@@ -109,9 +117,17 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
                                 global_batch, pool, mesh)
         if path and jax.process_index() == 0:
           paths.save_npz_atomic(path, features=f, labels=lab)
-      parts_f.append(f)
-      parts_l.append(lab)
+      parts_f.append(f if rows is None else f[keep].copy())
+      parts_l.append(lab if rows is None else lab[keep].copy())
   return np.concatenate(parts_f), np.concatenate(parts_l)
+
+
+def _overlap(rows: slice | None, start: int, stop: int) -> slice:
+  """The part of ``rows`` inside ``[start, stop)``, relative to ``start``."""
+  if rows is None:
+    return slice(0, stop - start)
+  lo = min(max(rows.start - start, 0), stop - start)
+  return slice(lo, max(min(rows.stop - start, stop - start), lo))
 
 
 def check_cache_source(cache_root: str, source: dict[str, Any]) -> None:

@@ -12,8 +12,10 @@ Each walks the queries in chunks of ``chunk`` inside one ``jax.jit`` (a
 time, whatever the number of queries. The bank (gallery) may be a global
 array whose leading axis is sharded over a mesh (``train/mesh.py``'s
 ``data`` axis): its layout is read from its ``NamedSharding`` and kept, so
-each device scores the chunk against its own rows only. The queries are
-replicated; the results come back replicated, readable on every process.
+each device scores the chunk against its own rows only, and across
+processes each holds its own rows only (``mesh.rows_from_processes``). The
+queries are replicated; the results come back replicated, readable on every
+process.
 """
 from __future__ import annotations
 
@@ -92,8 +94,9 @@ def _in_chunks(x: jax.Array, chunk: int) -> jax.Array:
   return x.reshape(-1, chunk, *x.shape[1:])
 
 
-def _check(queries, bank, bank_labels, exclude_self: bool, chunk: int, query_labels=None):
-  """Refuses shapes the kernels cannot pair up."""
+def _check(queries, bank, bank_labels, exclude_self: bool, chunk: int, query_labels=None,
+           num_items: int | None = None) -> int:
+  """Refuses shapes the kernels cannot pair up; returns the bank's real item count."""
   if np.ndim(queries) != 2 or np.ndim(bank) != 2 or np.shape(queries)[1] != np.shape(bank)[1]:
     raise ValueError(f"queries and bank must be [Q, D] and [N, D], got {np.shape(queries)} "
                      f"and {np.shape(bank)}")
@@ -102,11 +105,16 @@ def _check(queries, bank, bank_labels, exclude_self: bool, chunk: int, query_lab
   if query_labels is not None and np.shape(query_labels) != np.shape(queries)[:1]:
     raise ValueError(f"query labels must be [{np.shape(queries)[0]}], got "
                      f"{np.shape(query_labels)}")
-  if exclude_self and np.shape(queries)[0] != np.shape(bank)[0]:
+  n = np.shape(bank)[0] if num_items is None else int(num_items)
+  if not 0 < n <= np.shape(bank)[0]:
+    raise ValueError(f"num_items must be in [1, {np.shape(bank)[0]}] (the rows that are not "
+                     f"padding), got {num_items}")
+  if exclude_self and np.shape(queries)[0] != n:
     raise ValueError("exclude_self needs the queries to be the bank (row i is bank item i), "
-                     f"got {np.shape(queries)[0]} queries and {np.shape(bank)[0]} items")
+                     f"got {np.shape(queries)[0]} queries and {n} items")
   if chunk < 1:
     raise ValueError(f"chunk must be positive, got {chunk}")
+  return n
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -133,24 +141,38 @@ def nearest(queries: Any, bank: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
 # kNN classification.
 
 
+def _absent(sim, index, item, *, exclude_self: bool, num_items: int):
+  """``[C, n]``: the query itself (leave-one-out) and padding rows, absent from a ranking."""
+  absent = item[None, :] >= num_items
+  if exclude_self:
+    absent = absent | (item[None, :] == index[:, None])
+  return jnp.broadcast_to(absent, sim.shape)
+
+
+def _items(n: int, axis: Any) -> jax.Array:
+  """The gallery indices ``[n]`` of this shard's rows."""
+  offset = 0 if axis is None else jax.lax.axis_index(axis) * n
+  return offset + jnp.arange(n, dtype=jnp.int32)
+
+
 def _shard_neighbours(queries, index, bank, bank_inv, labels, *, k: int, exclude_self: bool,
-                      axis: Any) -> tuple[jax.Array, jax.Array]:
+                      num_items: int, axis: Any) -> tuple[jax.Array, jax.Array]:
   """The ``k`` nearest of one shard's items to each query: similarities and labels, ``[C, k]``.
 
   Runs on each device's own rows of the bank (under ``shard_map`` when the
   bank is split, ``axis`` naming the mesh axis; on the whole bank otherwise).
   """
   sim = _cosine(queries, bank, bank_inv)
-  if exclude_self:
-    offset = 0 if axis is None else jax.lax.axis_index(axis) * bank.shape[0]
-    item = offset + jnp.arange(bank.shape[0])
-    sim = jnp.where(item[None, :] == index[:, None], -jnp.inf, sim)
+  absent = _absent(sim, index, _items(bank.shape[0], axis), exclude_self=exclude_self,
+                   num_items=num_items)
+  sim = jnp.where(absent, -jnp.inf, sim)
   top_sim, top_item = jax.lax.top_k(sim, min(k, bank.shape[0]))
   return top_sim, labels[top_item]
 
 
 def _knn_chunk(queries, index, bank, bank_inv, labels, temperature, *, layout: _Layout,
-               k: int, num_classes: int, num_top: int, exclude_self: bool) -> jax.Array:
+               k: int, num_classes: int, num_top: int, exclude_self: bool,
+               num_items: int) -> jax.Array:
   """Classes ``[C, num_top]`` ranked by the weighted vote of each query's ``k`` neighbours.
 
   A split bank's first ``top_k`` runs on each device's own rows
@@ -159,7 +181,7 @@ def _knn_chunk(queries, index, bank, bank_inv, labels, temperature, *, layout: _
   meet for the second, which picks the global ``k``.
   """
   neighbours = functools.partial(_shard_neighbours, k=k, exclude_self=exclude_self,
-                                 axis=layout.axis)
+                                 num_items=num_items, axis=layout.axis)
   if layout.axis is not None:
     split, whole = P(layout.axis), P()
     neighbours = jax.shard_map(neighbours, mesh=layout.mesh,
@@ -177,15 +199,15 @@ def _knn_chunk(queries, index, bank, bank_inv, labels, temperature, *, layout: _
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "k", "num_classes", "num_top",
-                                             "exclude_self", "chunk"))
+                                             "exclude_self", "num_items", "chunk"))
 def _knn(queries, bank, bank_labels, temperature, *, layout, k, num_classes, num_top,
-         exclude_self, chunk):
+         exclude_self, num_items, chunk):
   """:func:`knn_classify` on device: ``lax.map`` of :func:`_knn_chunk` over query chunks."""
   num_queries = queries.shape[0]
   queries = layout.constrain(queries, None, None)
   bank_inv = _inverse_norms(bank)
   body = functools.partial(_knn_chunk, layout=layout, k=k, num_classes=num_classes,
-                           num_top=num_top, exclude_self=exclude_self)
+                           num_top=num_top, exclude_self=exclude_self, num_items=num_items)
   ranked = jax.lax.map(
       lambda xs: body(xs[0], xs[1], bank, bank_inv, bank_labels, temperature),
       (_in_chunks(queries, chunk), _in_chunks(jnp.arange(num_queries), chunk)))
@@ -194,7 +216,8 @@ def _knn(queries, bank, bank_labels, temperature, *, layout, k, num_classes, num
 
 def knn_classify(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array, *,
                  num_classes: int, k: int = 200, temperature: float = 0.07, num_top: int = 5,
-                 exclude_self: bool = False, chunk: int = 256) -> jax.Array:
+                 exclude_self: bool = False, chunk: int = 256,
+                 num_items: int | None = None) -> jax.Array:
   """Weighted kNN classification (InstDisc, DINO): classes ranked per query, ``[Q, num_top]``.
 
   Each query's ``k`` most cosine-similar bank items vote for their labels
@@ -219,14 +242,17 @@ def knn_classify(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array, *,
     k: neighbours per query (capped at ``N``).
     temperature: of the vote weights.
     num_top: how many ranked classes to return.
-    exclude_self: leave-one-out (needs ``Q == N``).
+    exclude_self: leave-one-out (needs ``Q == num_items``).
     chunk: queries scored at a time.
+    num_items: the bank's rows that are items (default all); the rows after them are
+      padding (a bank padded to whole rows per device) and never neighbours.
 
   Returns:
     int32 ``[Q, min(num_top, num_classes)]``, replicated.
   """
-  _check(queries, bank, bank_labels, exclude_self, chunk)
+  n = _check(queries, bank, bank_labels, exclude_self, chunk, num_items=num_items)
   return _knn(queries, bank, bank_labels, jnp.float32(temperature), layout=_layout(bank),
+              num_items=n,
               k=int(k), num_classes=int(num_classes), num_top=min(int(num_top), int(num_classes)),
               exclude_self=bool(exclude_self), chunk=int(chunk))
 
@@ -242,57 +268,139 @@ def topk_accuracy(ranked: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[
 # Retrieval.
 
 
-def _retrieval_chunk(queries, query_labels, index, valid, gallery, gallery_inv, gallery_labels,
-                     *, layout: _Layout, ks: tuple[int, ...], exclude_self: bool
-                     ) -> tuple[jax.Array, jax.Array]:
-  """Sums over a chunk's queries: ``([AP, P@k..., R-precision, curve...], [used, skipped])``.
+#: The index of a padding slot among a query's positives: after every gallery item.
+_NO_ITEM = np.iinfo(np.int32).max
 
-  The similarities come out split by gallery columns; they are re-split by
-  query rows, so each device sorts whole rows, and every metric follows from
-  the cumulative count of relevant items down the ranking.
+
+def _before(sim_a, item_a, sim_b, item_b) -> jax.Array:
+  """Whether ``a`` is ranked before ``b``: higher similarity, ties in gallery order."""
+  return (sim_a > sim_b) | ((sim_a == sim_b) & (item_a < item_b))
+
+
+def _rows_at(x: jax.Array, at: jax.Array) -> jax.Array:
+  """``x[c, at[c, j]]``, gathered from ``x`` flattened (``take_along_axis`` would fold a
+  ``[C, n, 2]`` index constant at compile time)."""
+  rows = (jnp.arange(x.shape[0], dtype=jnp.int32) * x.shape[1])[:, None]
+  return jnp.take(x.reshape(-1), rows + at, mode="clip")
+
+
+def _count_before(pos_sim, pos_item, sim, item) -> jax.Array:
+  """``[C, n]``: how many of the sorted positives ``[C, M]`` are ranked before each item.
+
+  A binary search per item (``log2(M + 1)`` steps over ``[C, n]``), which
+  stands in for sorting the gallery: "positive ``m`` is before item ``i``"
+  is true for a prefix of the positives.
+  """
+  size = pos_sim.shape[1]
+  lo = jnp.zeros(sim.shape, jnp.int32)
+  hi = jnp.full(sim.shape, size, jnp.int32)
+  for _ in range(max(size, 1).bit_length()):
+    mid = (lo + hi) // 2
+    at = jnp.minimum(mid, size - 1)
+    ahead = _before(_rows_at(pos_sim, at), _rows_at(pos_item, at), sim, item) & (mid < hi)
+    lo, hi = jnp.where(ahead, mid + 1, lo), jnp.where(ahead, hi, mid)
+  return lo
+
+
+def _shard_ranks(queries, query_labels, index, gallery, gallery_inv, gallery_labels, *,
+                 cap: int, exclude_self: bool, num_items: int, axis: Any
+                 ) -> tuple[jax.Array, jax.Array]:
+  """The positives of each query, in ranking order, and the negatives ranked before each.
+
+  Runs on each device's own gallery rows (under ``shard_map`` when the gallery
+  is split, ``axis`` naming the mesh axis). Each shard's ``cap`` best
+  positives are gathered from every shard and sorted (``[C, M]``, ``M =
+  shards × cap``, padding last); each local negative falls between two of
+  them, and its slot is counted. Returns the sorted positives' gallery
+  indices (``_NO_ITEM`` for padding) and ``[C, M + 1]`` counts of negatives
+  per slot, summed over the shards.
   """
   n = gallery.shape[0]
   sim = _cosine(queries, gallery, gallery_inv)
-  relevant = query_labels[:, None] == gallery_labels[None, :]
-  if exclude_self:
-    is_self = index[:, None] == jnp.arange(n)[None, :]
-    sim = jnp.where(is_self, -jnp.inf, sim)  # ranked last and never relevant: as if absent
-    relevant = relevant & ~is_self
-  # Computed where the gallery's columns live, then re-split by rows (an all-to-all).
-  sim = layout.constrain(layout.constrain(sim, None, layout.axis), layout.axis, None)
-  relevant = layout.constrain(relevant.astype(jnp.int32), layout.axis, None)
-  # Descending similarity; the stable sort keeps gallery order among ties.
-  _, relevant = jax.lax.sort((-sim, relevant), dimension=1, is_stable=True, num_keys=1)
-  hits = jnp.cumsum(relevant, axis=1)  # relevant items among the first n + 1
-  num_relevant = hits[:, -1]
-  precision = hits / jnp.arange(1, n + 1, dtype=jnp.float32)
+  item = _items(n, axis)[None, :]
+  absent = _absent(sim, index, item[0], exclude_self=exclude_self, num_items=num_items)
+  sim = jnp.where(absent, -jnp.inf, sim)  # ranked last and never relevant: as if not there
+  relevant = (query_labels[:, None] == gallery_labels[None, :]) & ~absent
+  # top_k keeps the lower index first among ties, so each shard's list is in ranking order.
+  pos_sim, at = jax.lax.top_k(jnp.where(relevant, sim, -jnp.inf), min(cap, n))
+  real = pos_sim > -jnp.inf  # the relevant items are never at -inf; the rest fill up
+  pos_item = jnp.where(real, item[0, 0] + at, _NO_ITEM)
+  if axis is not None:
+    pos_sim = jax.lax.all_gather(pos_sim, axis, axis=1, tiled=True)
+    pos_item = jax.lax.all_gather(pos_item, axis, axis=1, tiled=True)
+  neg_sim, pos_item = jax.lax.sort((-pos_sim, pos_item), dimension=1, num_keys=2)
+  slot = _count_before(-neg_sim, pos_item, sim, item)
+  counts = jax.vmap(lambda s, w: jnp.zeros(pos_item.shape[1] + 1, jnp.int32).at[s].add(w))(
+      slot, (~relevant).astype(jnp.int32))
+  if axis is not None:
+    counts = jax.lax.psum(counts, axis)
+  return pos_item, counts
+
+
+def _metrics_of_ranks(pos_item, counts, n: int, ks: tuple[int, ...]):
+  """Per query ``[AP, P@k..., R-precision, curve...]`` and R, from the positives' ranks.
+
+  Positive ``m`` (0-based, in ranking order) is at rank ``m + 1 +`` the
+  negatives before it, so its precision is ``(m + 1) / rank``; every
+  metric of the full ranking follows from these ``R`` numbers.
+  """
+  real = pos_item != _NO_ITEM
+  num_relevant = jnp.sum(real, axis=1)
+  m = jnp.arange(pos_item.shape[1], dtype=jnp.int32)
+  rank = m + 1 + jnp.cumsum(counts, axis=1)[:, :-1]
+  precision = jnp.where(real, (m + 1) / rank.astype(jnp.float32), 0.0)
   r = jnp.maximum(num_relevant, 1)
-  average_precision = jnp.sum(jnp.where(relevant > 0, precision, 0.0), axis=1) / r
-  precision_at = [hits[:, min(k, n) - 1] / k for k in ks]
-  r_precision = jnp.take_along_axis(hits, r[:, None] - 1, axis=1)[:, 0] / r
-  # Interpolated precision at recall t/10: the best precision from the first rank where
-  # hits / R >= t / 10 (compared as integers) to the end.
+  average_precision = jnp.sum(precision, axis=1) / r
+  within = lambda depth: jnp.sum(real & (rank <= depth), axis=1)  # noqa: E731
+  precision_at = [within(min(k, n)) / k for k in ks]
+  r_precision = within(r[:, None]) / r
+  # Interpolated precision at recall t/10: the best precision from the first positive
+  # whose count reaches t/10 of R (10 (m + 1) >= t R, as integers) to the last.
   best_from = jax.lax.cummax(precision, axis=1, reverse=True)
   tenths = jnp.arange(_CURVE_POINTS)
-  first = jax.vmap(lambda h, rr: jnp.searchsorted(10 * h, tenths * rr))(hits, num_relevant)
-  curve = jnp.take_along_axis(best_from, jnp.minimum(first, n - 1), axis=1)
+  first = jnp.maximum(-(-(tenths[None, :] * num_relevant[:, None]) // 10) - 1, 0)
+  curve = jnp.take_along_axis(best_from, jnp.minimum(first, pos_item.shape[1] - 1), axis=1)
   per_query = jnp.concatenate(
       [jnp.stack([average_precision, *precision_at, r_precision], axis=1), curve], axis=1)
+  return per_query, num_relevant
+
+
+def _retrieval_chunk(queries, query_labels, index, valid, gallery, gallery_inv, gallery_labels,
+                     *, layout: _Layout, ks: tuple[int, ...], cap: int, exclude_self: bool,
+                     num_items: int) -> tuple[jax.Array, jax.Array]:
+  """Sums over a chunk's queries: ``([AP, P@k..., R-precision, curve...], [used, skipped])``.
+
+  No ranking is sorted: each positive's rank is the count of items ranked
+  before it (:func:`_shard_ranks`), ``O(N log M)`` per query for ``M``
+  positives instead of ``O(N log N)``, and only ``[C, M + 1]`` counts cross
+  the devices.
+  """
+  ranks = functools.partial(_shard_ranks, cap=cap, exclude_self=exclude_self,
+                            num_items=num_items, axis=layout.axis)
+  if layout.axis is not None:
+    split, whole = P(layout.axis), P()
+    # The gathered positives are sorted alike on every device, the counts summed.
+    ranks = jax.shard_map(ranks, mesh=layout.mesh, in_specs=(whole,) * 3 + (split,) * 3,
+                          out_specs=(whole, whole), check_vma=False)
+  pos_item, counts = ranks(queries, query_labels, index, gallery, gallery_inv, gallery_labels)
+  per_query, num_relevant = _metrics_of_ranks(pos_item, counts, num_items, ks)
   used = valid & (num_relevant > 0)
-  counts = jnp.stack([jnp.sum(used), jnp.sum(valid & (num_relevant == 0))])
-  return jnp.sum(jnp.where(used[:, None], per_query, 0.0), axis=0), counts
+  sums = jnp.sum(jnp.where(used[:, None], per_query, 0.0), axis=0)
+  return sums, jnp.stack([jnp.sum(used), jnp.sum(valid & (num_relevant == 0))])
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "ks", "exclude_self", "chunk"))
-def _retrieval_sums(queries, query_labels, gallery, gallery_labels, *, layout, ks,
-                    exclude_self, chunk):
+@functools.partial(jax.jit, static_argnames=("layout", "ks", "cap", "exclude_self",
+                                             "num_items", "chunk"))
+def _retrieval_sums(queries, query_labels, gallery, gallery_labels, *, layout, ks, cap,
+                    exclude_self, num_items, chunk):
   """Per-chunk sums of :func:`_retrieval_chunk`, ``lax.map``-ed over query chunks."""
   num_queries = queries.shape[0]
   queries = layout.constrain(queries, None, None)
   query_labels = layout.constrain(query_labels, None)
   gallery_inv = _inverse_norms(gallery)
-  index = jnp.arange(num_queries)
-  body = functools.partial(_retrieval_chunk, layout=layout, ks=ks, exclude_self=exclude_self)
+  index = jnp.arange(num_queries, dtype=jnp.int32)
+  body = functools.partial(_retrieval_chunk, layout=layout, ks=ks, cap=cap,
+                           exclude_self=exclude_self, num_items=num_items)
   sums, counts = jax.lax.map(
       lambda xs: body(*xs, gallery, gallery_inv, gallery_labels),
       (_in_chunks(queries, chunk), _in_chunks(query_labels, chunk), _in_chunks(index, chunk),
@@ -300,9 +408,29 @@ def _retrieval_sums(queries, query_labels, gallery, gallery_labels, *, layout, k
   return layout.constrain(sums, None, None), layout.constrain(counts, None, None)
 
 
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _largest_class_on_device(labels: jax.Array, *, layout: _Layout) -> jax.Array:
+  """:func:`_largest_class` on device: runs of equal labels after a sort, per shard."""
+  def largest(x):
+    x = jnp.sort(x)
+    i = jnp.arange(x.shape[0])
+    new = jnp.concatenate([jnp.ones(1, bool), x[1:] != x[:-1]])
+    most = jnp.max(i - jax.lax.cummax(jnp.where(new, i, 0)) + 1)
+    return most if layout.axis is None else jax.lax.pmax(most, layout.axis)
+  if layout.axis is None:
+    return largest(labels)
+  return jax.shard_map(largest, mesh=layout.mesh, in_specs=P(layout.axis), out_specs=P())(labels)
+
+
+def _largest_class(labels: jax.Array, layout: _Layout) -> int:
+  """The most items any one label has on one shard of the gallery (the positives' cap)."""
+  return int(jax.device_get(_largest_class_on_device(labels, layout=layout)))
+
+
 def retrieval_metrics(queries: jax.Array, query_labels: jax.Array, gallery: jax.Array,
                       gallery_labels: jax.Array, *, ks: Sequence[int] = (1, 10, 100),
-                      exclude_self: bool = False, chunk: int = 256) -> dict[str, Any]:
+                      exclude_self: bool = False, chunk: int = 256,
+                      num_items: int | None = None) -> dict[str, Any]:
   """Exact retrieval metrics of queries against a gallery; relevant means the same label.
 
   Each query ranks the whole gallery by cosine similarity (descending, ties
@@ -319,25 +447,30 @@ def retrieval_metrics(queries: jax.Array, query_labels: jax.Array, gallery: jax.
   * ``num_queries`` (scored) and ``num_skipped`` (no relevant item).
 
   ``exclude_self`` is leave-one-out for queries that are the gallery itself:
-  query ``i`` ranks every item but ``i``.
+  query ``i`` ranks every item but ``i``. With ``num_items``, the gallery's
+  rows from ``num_items`` on are padding (a gallery padded to whole rows per
+  device, :func:`attn_contrastive.train.mesh.rows_from_processes`), in no ranking.
 
-  Memory per device, for ``S`` shards of the gallery's rows and chunks of
-  ``C`` queries (rounded up to a multiple of ``S``): ``C × N/S`` similarities,
-  re-split so that each device sorts ``C/S`` whole rows of ``N``, plus the
-  gallery's own ``N/S × D`` rows and the replicated ``Q × D`` queries.
+  No ranking is sorted: a positive's rank is one plus the count of items
+  ranked before it, which gives every metric above exactly (ties included).
+  Memory per device, for ``S`` shards of the gallery's rows, chunks of ``C``
+  queries and ``M`` the most items of one label on one shard: ``C × N/S``
+  similarities and slots, ``C × S × M`` gathered positives, the gallery's
+  own ``N/S × D`` rows and the replicated ``Q × D`` queries.
 
   Returns:
     A dict of Python floats and ints, ``pr_curve`` a list of 11 floats;
     the means are NaN when no query was scored.
   """
-  _check(queries, gallery, gallery_labels, exclude_self, chunk, query_labels)
+  n = _check(queries, gallery, gallery_labels, exclude_self, chunk, query_labels, num_items)
   ks = tuple(int(k) for k in ks)
   if not ks or min(ks) < 1:
     raise ValueError(f"ks must be positive, got {ks}")
   layout = _layout(gallery)
-  chunk = -(-int(chunk) // layout.shards) * layout.shards
   sums, counts = _retrieval_sums(queries, query_labels, gallery, gallery_labels, layout=layout,
-                                 ks=ks, exclude_self=bool(exclude_self), chunk=chunk)
+                                 ks=ks, cap=_largest_class(gallery_labels, layout),
+                                 exclude_self=bool(exclude_self), num_items=n,
+                                 chunk=int(chunk))
   sums = np.asarray(sums, np.float64).sum(axis=0)
   used, skipped = (int(c) for c in np.asarray(counts, np.int64).sum(axis=0))
   means = sums / used if used else np.full_like(sums, np.nan)

@@ -60,6 +60,7 @@ def make_loss_fn(model, config):
   ``stop_gradient``, so the encoder's and heads' gradients are those of the
   run without it. ``loss`` is then the sum, ``nt_xent`` the contrastive part.
   """
+  from attn_contrastive.data import device_colour  # the colour ops of aug.views_on=device
   dtype = jnp.dtype(config.model.dtype)
   attn = config.get("attention")
   cotrain_bn = attn.get("cotrain_bn", "separate") if attn is not None else "separate"
@@ -86,6 +87,9 @@ def make_loss_fn(model, config):
   def loss_fn(params, batch_stats, batch, rng):
     del rng  # augmentation is drawn on the host
     views = jnp.concatenate([batch["view1"], batch["view2"]])
+    if "colour1" in batch:  # aug.views_on = "device": the drawn colour ops, here
+      views = device_colour.as_uint8_levels(device_colour.colour_views(
+          views, jnp.concatenate([batch["colour1"], batch["colour2"]])))
     if "human_image" in batch:
       out, logits, stats = cotrain_forward(params, batch_stats, views, batch["human_image"])
       maps = batch["human_map"]

@@ -4,7 +4,8 @@ The CVPR paper reports precision-recall retrieval on ImageNet (and on
 corrupted queries, which the robustness stage adds). Every query's
 L2-normalised embedding is compared with every gallery embedding by cosine
 similarity, exactly (chunked matrix products on device, the gallery sharded
-over the mesh); a gallery item is relevant when it has the query's class,
+over the mesh, each process extracting or reading only its own block of it,
+and no ranking sorted); a gallery item is relevant when it has the query's class,
 and when the query split is the gallery split the query itself is left out
 of its own ranking. Reported (``retrieval/...`` in ``results.json``): mAP,
 precision@k, R-precision and the 11-point interpolated precision-recall
@@ -25,13 +26,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from attn_contrastive import paths
-from attn_contrastive.evaluators import features
+from attn_contrastive.evaluators import common, features
 from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import evaluation
 from attn_contrastive.train import mesh as mesh_lib
@@ -60,14 +63,21 @@ def linear_eval_cache(config, run_dir: str, step: int, image_size: int, split_na
   return os.path.join(root, split_name) if same else None
 
 
-def _embeddings(ev: evaluation.Evaluation, embed, variables, split_name: str):
-  """Features and labels of one split (centre crops), cached under the workdir (or read
-  from a finished linear evaluation's cache of the same features)."""
-  from attn_contrastive.data import pipeline  # the data stack, only when there is data
-  config = ev.config
+def _eval_cfg(config, split_name: str):
+  """``config.eval`` with the gallery's own cap on examples when ``split_name`` is it."""
   eval_cfg = config.eval.copy_and_resolve_references()
   if split_name == config.retrieval.gallery_split:
     eval_cfg.max_examples = config.retrieval.gallery_max_examples
+  return eval_cfg
+
+
+def _embeddings(ev: evaluation.Evaluation, embed, variables, split_name: str,
+                rows: slice | None = None):
+  """Features and labels of one split (centre crops), cached under the workdir (or read
+  from a finished linear evaluation's cache of the same features); ``rows``: only those."""
+  from attn_contrastive.data import pipeline  # the data stack, only when there is data
+  config = ev.config
+  eval_cfg = _eval_cfg(config, split_name)
   cache = (linear_eval_cache(config, ev.run.run_dir, ev.run.step, ev.image_size, split_name,
                              eval_cfg.max_examples)
            or os.path.join(ev.workdir, "features",
@@ -75,21 +85,46 @@ def _embeddings(ev: evaluation.Evaluation, embed, variables, split_name: str):
   logging.info("Features of %s: %s", split_name, cache)
   return features.extract(embed, variables, ev.split(split_name),
                           pipeline.EvalView(ev.image_size, config.eval.crop_fraction), eval_cfg,
-                          mesh=ev.mesh, cache_dir=cache, shard_size=config.retrieval.shard_size)
+                          mesh=ev.mesh, cache_dir=cache, shard_size=config.retrieval.shard_size,
+                          rows=rows)
 
 
-def score_embeddings(config, query, gallery, mesh, same_split: bool,
+class Gallery(NamedTuple):
+  """A gallery on the mesh: ``[N', D]`` features and ``[N']`` labels sharded by rows, each
+  process holding its own block only, the rows from ``num_items`` on padding."""
+  features: jax.Array
+  labels: jax.Array
+  num_items: int
+
+
+def _gallery(ev: evaluation.Evaluation, embed, variables, query) -> Gallery:
+  """The gallery split's features, this process extracting or reading its block only
+  (the query split's, already here, when the gallery is the query split)."""
+  rc, mesh = ev.config.retrieval, ev.mesh
+  n = common.num_examples(ev.split(rc.gallery_split),
+                          _eval_cfg(ev.config, rc.gallery_split).max_examples)
+  padded = -(-n // mesh.size) * mesh.size
+  rows = mesh_lib.process_rows(padded, mesh)
+  rows = slice(min(rows.start, n), min(rows.stop, n))
+  x, y = ((query[0][rows], query[1][rows]) if rc.gallery_split == rc.query_split
+          else _embeddings(ev, embed, variables, rc.gallery_split, rows))
+  return Gallery(mesh_lib.rows_from_processes(x, padded, mesh),
+                 mesh_lib.rows_from_processes(y.astype(np.int32), padded, mesh), n)
+
+
+def score_embeddings(config, query, gallery: Gallery, same_split: bool,
                      num_classes: int) -> dict[str, Any]:
   """The ``retrieval/...`` (and ``knn/...``) metrics of query vs gallery embeddings."""
-  (qx, qy), (gx, gy) = query, gallery
+  qx, qy = query
   rc = config.retrieval
-  gallery_x = mesh_lib.rows_on_mesh(gx, mesh)
-  out = rm.retrieval_metrics(qx, qy, gallery_x, gy, ks=tuple(rc.ks), exclude_self=same_split,
-                             chunk=rc.chunk)
+  out = rm.retrieval_metrics(qx, qy, gallery.features, gallery.labels, ks=tuple(rc.ks),
+                             exclude_self=same_split, chunk=rc.chunk,
+                             num_items=gallery.num_items)
   metrics = {f"retrieval/{k}": v for k, v in out.items()}
   if not same_split:
-    ranked = rm.knn_classify(qx, gallery_x, gy, num_classes=num_classes, k=rc.knn_k,
-                             temperature=rc.knn_temperature, chunk=rc.chunk)
+    ranked = rm.knn_classify(qx, gallery.features, gallery.labels, num_classes=num_classes,
+                             k=rc.knn_k, temperature=rc.knn_temperature, chunk=rc.chunk,
+                             num_items=gallery.num_items)
     metrics.update({f"knn/{k}": v for k, v in rm.topk_accuracy(ranked, qy).items()})
   return metrics
 
@@ -107,16 +142,17 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
       "checkpoint": run.run_dir, "step": run.step, "embedding": rc.embedding,
       "image_size": ev.image_size, "crop_fraction": config.eval.crop_fraction})
   t0 = time.perf_counter()
-  emb = {s: _embeddings(ev, embed, variables, s) for s in split_names(config)}
+  query = _embeddings(ev, embed, variables, rc.query_split)
+  gallery = _gallery(ev, embed, variables, query)
   extract_s = time.perf_counter() - t0
-  n_images = sum(len(e[0]) for e in emb.values())
+  same_split = rc.query_split == rc.gallery_split
+  n_images = len(query[0]) + (0 if same_split else gallery.num_items)
   t0 = time.perf_counter()
-  num_classes = int(max(int(np.max(e[1])) for e in emb.values()) + 1)
-  metrics = score_embeddings(config, emb[rc.query_split], emb[rc.gallery_split], ev.mesh,
-                             rc.query_split == rc.gallery_split, num_classes)
+  num_classes = max(int(np.max(query[1])), int(jax.jit(jnp.max)(gallery.labels))) + 1
+  metrics = score_embeddings(config, query, gallery, same_split, num_classes)
   metrics.update({
       "retrieval/embedding": rc.embedding,
-      "retrieval/num_gallery": int(len(emb[rc.gallery_split][0])),
+      "retrieval/num_gallery": gallery.num_items,
       "retrieval/extract_images_per_s": n_images / max(extract_s, 1e-9),
       "retrieval/search_s": time.perf_counter() - t0})
   logging.info("Retrieval of %s (%s, %s vs %s): mAP %.4f, P@1 %.4f", run.run_dir,

@@ -66,6 +66,35 @@ def rows_on_mesh(x: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.device_put(np.asarray(x), data_sharding(mesh))
 
 
+def process_rows(num_rows: int, mesh: Mesh) -> slice:
+  """The rows of a ``[num_rows, ...]`` array sharded on ``data`` that this process's
+  devices hold: one contiguous block (``num_rows`` a multiple of the mesh size)."""
+  if num_rows % mesh.size:
+    raise ValueError(f"{num_rows} rows do not split over {mesh.size} devices; pad them to "
+                     f"a multiple ({-(-num_rows // mesh.size) * mesh.size})")
+  index_map = data_sharding(mesh).addressable_devices_indices_map((num_rows,))
+  starts = sorted(index[0].start or 0 for index in index_map.values())
+  per_device = num_rows // mesh.size
+  if starts != list(range(starts[0], starts[0] + per_device * len(starts), per_device)):
+    raise ValueError("this process's devices are not consecutive on the mesh; build the "
+                     "mesh from jax.devices() in order (make_mesh)")
+  return slice(starts[0], starts[0] + per_device * len(starts))
+
+
+def rows_from_processes(block: np.ndarray, num_rows: int, mesh: Mesh) -> jax.Array:
+  """A ``[num_rows, ...]`` global array sharded on ``data`` from each process's own
+  block (:func:`process_rows`), zero-padded where the block ends early: no process
+  ever holds the whole array."""
+  rows = process_rows(num_rows, mesh)
+  block = np.asarray(block)
+  pad = (rows.stop - rows.start) - len(block)
+  if pad < 0:
+    raise ValueError(f"a block of {len(block)} rows for {rows.stop - rows.start} places")
+  block = np.concatenate([block, np.zeros((pad, *block.shape[1:]), block.dtype)])
+  return jax.make_array_from_process_local_data(data_sharding(mesh), block,
+                                                (num_rows, *block.shape[1:]))
+
+
 def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
   """This host's rows of a batch-sharded global array (the inverse of :func:`to_global`)."""
   return np.asarray(multihost_utils.global_array_to_host_local_array(array, mesh, P(DATA_AXIS)))
