@@ -24,8 +24,9 @@ ROWS = ("Contrastive", "Contrastive attn. teacher", "Contrastive attn. co-train"
         "Supervised (ResNet-50)", "Supervised attn. teacher",
         "Supervised (ResNet-18)", "Supervised (ResNet-18) attn. teacher")
 TEACHER = "Teacher"
-#: The evaluation tasks, in the order of the report's stages.
-STAGES = config_checks.EVALUATIONS
+#: The evaluation tasks, in the order of the report's stages: a study's, then those run on
+#: their own (distribution shift).
+STAGES = (*config_checks.EVALUATIONS, "shift")
 RESULTS = "results.json"
 EXAMPLES = "examples.npz"
 

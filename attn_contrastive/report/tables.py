@@ -13,6 +13,7 @@ import math
 import statistics
 from typing import Any, Mapping, Sequence
 
+from attn_contrastive import config_checks
 from attn_contrastive.report import collect
 
 CENTRE_BIAS = "Centre bias"
@@ -80,6 +81,11 @@ SPECS = (
         Metric("retrieval", "knn/top1", "kNN top-1"),
         Metric("robustness", "retrieval_c/map", "mAP, corrupted queries"),
         Metric("robustness", "retrieval_c/precision@10", "P@10, corrupted queries"))),
+    Spec("shift", "Distribution shift: top-1 (%)", tuple(
+        Metric("shift", f"shift/{k}", label) for k, label in (
+            ("imagenet_v2", "ImageNet-V2"), ("imagenet_a", "ImageNet-A (200)"),
+            ("imagenet_r", "ImageNet-R (200)"), ("imagenet_sketch", "ImageNet-Sketch"),
+            ("real", "ReaL")))),
 )
 
 
@@ -229,7 +235,7 @@ def missing_stages(collection: collect.Collection) -> dict[str, list[str]]:
   gaps = {}
   for row in sorted(rows, key=collect.row_order):
     notes = []
-    for stage in collect.STAGES:
+    for stage in config_checks.EVALUATIONS:  # a study's; shift is run on its own
       have = {e.seed for e in collection.of(stage) if e.row == row}
       lacking = sorted(rows[row] - have, key=collect.seed_key)
       if not have:
