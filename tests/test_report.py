@@ -265,3 +265,28 @@ def test_cli_writes_the_report_without_jax(runs, tmp_path):
   done = subprocess.run([sys.executable, "-c", check, str(runs), str(tmp_path / "again")],
                         capture_output=True, text=True, check=True, timeout=120)
   assert done.stdout.strip() == "False"
+
+
+def test_cifar10_retrieval_gets_its_own_rows_and_precision_recall_panel(tmp_path):
+  """Retrieval on the main data and on CIFAR-10 (with CIFAR-10-C's corrupted queries):
+  each dataset its own table rows and its own panel of the precision-recall figure."""
+  from attn_contrastive.report import write_report
+  for dataset, m in ((CLASSIFICATION, 0.10), ("cifar10", 0.30)):
+    tag = dataset.split("/")[-1]
+    _evaluation(tmp_path / f"retrieval_{tag}", "retrieval", BASELINE, 0, _retrieval(m),
+                dataset=dataset)
+  _evaluation(tmp_path / "robustness_cifar10", "robustness", BASELINE, 0,
+              _robustness(0.2, float("nan")), dataset="cifar10")
+  written = write_report([str(tmp_path)], str(tmp_path / "report"))
+  tables = {name: t["rows"][BASELINE]["retrieval/map"]["mean"]
+            for name, t in written["tables"].items()
+            if name.startswith("retrieval") and "retrieval/map" in t["rows"][BASELINE]}
+  assert tables == {"retrieval:cifar10": pytest.approx(30.0),
+                    f"retrieval:{CLASSIFICATION}": pytest.approx(10.0)}
+  cifar = written["tables"]["retrieval:cifar10"]
+  assert cifar["datasets"] == {"retrieval": "cifar10", "robustness": "cifar10"}
+  assert cifar["rows"][BASELINE]["retrieval_c/map"]["mean"] == pytest.approx(5.0)
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert ("on `cifar10` (clean and corrupted queries); "
+          f"`{CLASSIFICATION}`.") in text, text
+  assert mpl_image.imread(written["figures"]["pr_curves"]).shape[1] > 2 * 6 * 80
