@@ -166,6 +166,8 @@ CHECKS: tuple[Check, ...] = (
     ("retrieval.embedding", _one_of(*EMBEDDINGS), f"one of {_names(EMBEDDINGS)}"),
     ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
+    ("finetune.after_block", lambda x: x in (-1, 0, 1, 2, 3, 4),
+     "-1 (every block trained), 0 (after the stem) … 4 (the classifier alone)"),
     ("shift.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
     ("shift.datasets", lambda x: isinstance(x, (tuple, list)) and bool(x)

@@ -133,6 +133,7 @@ CONFIG_ARGS = {
     "linear_eval": ("synthetic", "imagenet"), "robustness": ("synthetic", "imagenet"),
     "retrieval": ("synthetic", "imagenet"), "alignment": ("synthetic", "salicon"),
     "study": ("demo", "full"), "shift": ("imagenet",),
+    "finetune": ("synthetic", "imagenet,1pct", "imagenet,10pct"),
 }
 LINKS = {"run_dir": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
 
