@@ -81,6 +81,9 @@ SPECS = (
         Metric("retrieval", "knn/top1", "kNN top-1"),
         Metric("robustness", "retrieval_c/map", "mAP, corrupted queries"),
         Metric("robustness", "retrieval_c/precision@10", "P@10, corrupted queries"))),
+    Spec("finetune", "Label-efficient fine-tuning: top-1 (%)", (
+        Metric("finetune", "eval/accuracy", "fine-tuned top-1"),
+        Metric("finetune", "eval/top5", "fine-tuned top-5"))),
     Spec("shift", "Distribution shift: top-1 (%)", tuple(
         Metric("shift", f"shift/{k}", label) for k, label in (
             ("imagenet_v2", "ImageNet-V2"), ("imagenet_a", "ImageNet-A (200)"),
