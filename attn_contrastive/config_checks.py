@@ -108,8 +108,13 @@ EVALUATES = {
     "robustness": ("linear_eval",),
     "retrieval": TRAINED_TASKS,
     "alignment": TRAINED_TASKS,
+    "shift": ("linear_eval",),
 }
-EVALUATIONS = tuple(EVALUATES)
+#: The evaluations a study runs for each row (``shift`` reads ImageNet's shifted test
+#: sets: run on its own after an ImageNet linear evaluation).
+EVALUATIONS = ("linear_eval", "robustness", "retrieval", "alignment")
+#: ``shift.datasets``: ImageNet's shifted test sets (``data/imagenet_shifts.SHIFTS``).
+SHIFT_DATASETS = ("imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "real")
 #: The evaluations that score against the dataset's class labels.
 LABELLED_EVALUATIONS = ("linear_eval", "robustness", "retrieval")
 
@@ -170,6 +175,12 @@ CHECKS: tuple[Check, ...] = (
     ("retrieval.embedding", _one_of(*EMBEDDINGS), f"one of {_names(EMBEDDINGS)}"),
     ("robustness.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
      f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
+    ("finetune.after_block", lambda x: x in (-1, 0, 1, 2, 3, 4),
+     "-1 (every block trained), 0 (after the stem) … 4 (the classifier alone)"),
+    ("shift.classifier", _one_of(*CLASSIFIER_PROTOCOLS),
+     f"one of {_names(CLASSIFIER_PROTOCOLS)}"),
+    ("shift.datasets", lambda x: isinstance(x, (tuple, list)) and bool(x)
+     and all(d in SHIFT_DATASETS for d in x), f"a tuple of {_names(SHIFT_DATASETS)}"),
     ("robustness.source", _one_of(*ROBUSTNESS_SOURCES), f"one of {_names(ROBUSTNESS_SOURCES)}"),
     ("robustness.released_dataset", _one_of(*RELEASED_CORRUPTED),
      f"one of {_names(RELEASED_CORRUPTED)}"),

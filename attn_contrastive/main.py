@@ -62,7 +62,15 @@ def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("error: pass --config=configs/<file>.py[:arg] and --workdir=DIR")
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  execute(_CONFIG.value, _WORKDIR.value,
+          config_flags.get_config_filename(flags.FLAGS["config"]), _DISTRIBUTED.value)
+
+
+def execute(config, workdir: str, config_file: str, distributed: bool = False) -> None:
+  """Runs ``config.task`` in ``workdir`` as the command line does, once its flags are
+  parsed: config checks, ``jax.distributed`` if asked, the workdir's log, layout
+  checks, the task (stoppable), the closing summary. Its own function so that a
+  documented command can be run in this process (the ImageNet rehearsal's test)."""
   if config.task not in tasks.TASKS:
     sys.exit(f"error: config.task={config.task!r}; known tasks: {sorted(tasks.TASKS)}")
   bad = config_checks.problems(config)
@@ -70,11 +78,11 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {len(bad)} config value(s) to fix before anything runs:\n  "
              + "\n  ".join(bad))
   import jax  # here, so that a bad flag is refused without loading JAX
-  if _DISTRIBUTED.value:
+  if distributed:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   paths.makedirs(workdir)
   # Before JAX starts its backends, whose INFO lines belong in the log file.
-  process = jax.process_index() if _DISTRIBUTED.value else 0
+  process = jax.process_index() if distributed else 0
   log_file = terminal.log_to_workdir(workdir, process)
   if paths.is_remote(workdir):
     logging.info("Log: %s, copied into %s when the run ends", log_file, workdir)
@@ -94,8 +102,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   finally:
     terminal.upload_log(workdir, process)
+    terminal.end_log(log_file)
   if jax.process_index() == 0:
-    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     minutes = (time.perf_counter() - start) / 60
     print(terminal.summary(config.task, config_file, workdir, config.data.name, minutes),
           flush=True)

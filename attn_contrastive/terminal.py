@@ -110,6 +110,15 @@ def log_to_workdir(workdir: str, process_index: int = 0) -> str:
   return path
 
 
+def end_log(path: str) -> None:
+  """Closes the log file that :func:`log_to_workdir` opened at ``path``, so that a
+  later run in the same process logs only to its own."""
+  for handler in list(logging.getLogger().handlers):
+    if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(path):
+      logging.getLogger().removeHandler(handler)
+      handler.close()
+
+
 def upload_log(workdir: str, process_index: int = 0) -> str | None:
   """Copies the local log of a remote workdir into it, whole; returns where it went.
 

@@ -132,7 +132,8 @@ CONFIG_ARGS = {
     "teacher": ("synthetic", "salicon"), "label": ("synthetic", "imagenet"),
     "linear_eval": ("synthetic", "imagenet"), "robustness": ("synthetic", "imagenet"),
     "retrieval": ("synthetic", "imagenet"), "alignment": ("synthetic", "salicon"),
-    "study": ("demo", "full"),
+    "study": ("demo", "full"), "shift": ("imagenet",),
+    "finetune": ("synthetic", "imagenet,1pct", "imagenet,10pct"),
 }
 LINKS = {"run_dir": "/runs/x", "teacher_checkpoint": "/runs/teacher"}
 

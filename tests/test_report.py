@@ -265,3 +265,51 @@ def test_cli_writes_the_report_without_jax(runs, tmp_path):
   done = subprocess.run([sys.executable, "-c", check, str(runs), str(tmp_path / "again")],
                         capture_output=True, text=True, check=True, timeout=120)
   assert done.stdout.strip() == "False"
+
+
+def test_cifar10_retrieval_gets_its_own_rows_and_precision_recall_panel(tmp_path):
+  """Retrieval on the main data and on CIFAR-10 (with CIFAR-10-C's corrupted queries):
+  each dataset its own table rows and its own panel of the precision-recall figure."""
+  from attn_contrastive.report import write_report
+  for dataset, m in ((CLASSIFICATION, 0.10), ("cifar10", 0.30)):
+    tag = dataset.split("/")[-1]
+    _evaluation(tmp_path / f"retrieval_{tag}", "retrieval", BASELINE, 0, _retrieval(m),
+                dataset=dataset)
+  _evaluation(tmp_path / "robustness_cifar10", "robustness", BASELINE, 0,
+              _robustness(0.2, float("nan")), dataset="cifar10")
+  written = write_report([str(tmp_path)], str(tmp_path / "report"))
+  tables = {name: t["rows"][BASELINE]["retrieval/map"]["mean"]
+            for name, t in written["tables"].items()
+            if name.startswith("retrieval") and "retrieval/map" in t["rows"][BASELINE]}
+  assert tables == {"retrieval:cifar10": pytest.approx(30.0),
+                    f"retrieval:{CLASSIFICATION}": pytest.approx(10.0)}
+  cifar = written["tables"]["retrieval:cifar10"]
+  assert cifar["datasets"] == {"retrieval": "cifar10", "robustness": "cifar10"}
+  assert cifar["rows"][BASELINE]["retrieval_c/map"]["mean"] == pytest.approx(5.0)
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert ("on `cifar10` (clean and corrupted queries); "
+          f"`{CLASSIFICATION}`.") in text, text
+  assert mpl_image.imread(written["figures"]["pr_curves"]).shape[1] > 2 * 6 * 80
+
+
+def test_fine_tuned_runs_are_tabled_under_the_row_they_started_from(tmp_path):
+  """configs/finetune.py's runs: each under its SimCLR run's row and seed, one table per
+  subset; a fine-tuned ResNet-50 is not taken for the supervised row."""
+  from attn_contrastive.report import write_report
+  for seed in (0, 1):
+    pretrained = _write(tmp_path / f"simclr_s{seed}", {"step": 10},
+                        dict(CONFIGS[BASELINE], seed=seed, data=dict(name=CLASSIFICATION)))
+    for subset, top1 in (("1pct", 0.40 + seed / 10), ("10pct", 0.60)):
+      _write(tmp_path / f"finetune_{subset}_s{seed}", {
+          "step": 20, "eval/accuracy": top1, "eval/top5": 0.8},
+             dict(task="supervised", seed=0, model=dict(depth=50), init_checkpoint=str(
+                 pretrained), finetune=dict(after_block=-1),
+                  data=dict(name=f"imagenet2012_subset/{subset}")))
+  written = write_report([str(tmp_path)], str(tmp_path / "report"))
+  one = written["tables"]["finetune:imagenet2012_subset/1pct"]["rows"]
+  assert list(one) == [BASELINE]
+  assert one[BASELINE]["eval/accuracy"]["mean"] == pytest.approx(45.0)
+  assert one[BASELINE]["eval/accuracy"]["n"] == 2
+  ten = written["tables"]["finetune:imagenet2012_subset/10pct"]["rows"]
+  assert ten[BASELINE]["eval/top5"]["mean"] == pytest.approx(80.0)
+  assert "Label-efficient fine-tuning" in (tmp_path / "report" / "report.md").read_text()

@@ -24,8 +24,9 @@ ROWS = ("Contrastive", "Contrastive attn. teacher", "Contrastive attn. co-train"
         "Supervised (ResNet-50)", "Supervised attn. teacher",
         "Supervised (ResNet-18)", "Supervised (ResNet-18) attn. teacher")
 TEACHER = "Teacher"
-#: The evaluation tasks, in the order of the report's stages.
-STAGES = config_checks.EVALUATIONS
+#: The evaluation tasks, in the order of the report's stages: a study's, then those run on
+#: their own (distribution shift).
+STAGES = (*config_checks.EVALUATIONS, "shift")
 RESULTS = "results.json"
 EXAMPLES = "examples.npz"
 
@@ -134,10 +135,25 @@ def _training_run(workdir: str, results: Mapping[str, Any]) -> Entry | None:
     return Entry(kind="alignment", row=TEACHER, seed=_get(config, "seed"), workdir=workdir,
                  dataset=dataset, results=as_alignment, config=config,
                  step=results.get("step"))
+  if task == "supervised" and _get(config, "finetune") is not None:
+    return _fine_tuned(workdir, results, config, dataset)
   if task in ("pretrain", "supervised"):
     return Entry(kind="train", row=row_of(config), seed=_get(config, "seed"), workdir=workdir,
                  dataset=dataset, results=results, config=config, step=results.get("step"))
   return None
+
+
+def _fine_tuned(workdir: str, results: Mapping[str, Any], config: Mapping[str, Any],
+                dataset: str) -> Entry | None:
+  """A fine-tuning run (configs/finetune.py) as an entry of the row and seed of the run it
+  started from (its ``init_checkpoint``); None when that run's config is not found."""
+  source = os.path.join(str(_get(config, "init_checkpoint", "")), "config.json")
+  if not paths.exists(source):
+    return None
+  pretrained = _read_json(source)
+  return Entry(kind="finetune", row=row_of(pretrained), seed=_get(pretrained, "seed"),
+               workdir=workdir, dataset=dataset, results=results, config=pretrained,
+               step=results.get("step"))
 
 
 def _entry(path: str) -> Entry | None:

@@ -72,28 +72,35 @@ def _curves(entries: Sequence[collect.Entry], key: str, length: int) -> dict[str
 
 
 def pr_curves(collection: collect.Collection, path: str) -> tuple[str | None, str]:
-  """Interpolated precision at recall 0, 0.1, …, 1: clean queries solid, corrupted dashed."""
-  clean_data = _main_dataset(collection.of("retrieval"))
-  corrupt_data = _main_dataset(collection.of("robustness"))
-  clean = _curves(collection.of("retrieval", clean_data), "retrieval/pr_curve", 11)
-  corrupt = _curves(collection.of("robustness", corrupt_data), "retrieval_c/pr_curve", 11)
-  if not clean and not corrupt:
+  """Interpolated precision at recall 0, 0.1, …, 1: clean queries solid, corrupted dashed;
+  one panel per dataset (ImageNet or the synthetic data beside CIFAR-10, whose
+  corrupted queries are CIFAR-10-C's)."""
+  datasets = sorted({e.dataset for kind in ("retrieval", "robustness")
+                     for e in collection.of(kind)})
+  panels = []
+  for d in datasets:
+    clean = _curves(collection.of("retrieval", d), "retrieval/pr_curve", 11)
+    corrupt = _curves(collection.of("robustness", d), "retrieval_c/pr_curve", 11)
+    if clean or corrupt:
+      panels.append((d, clean, corrupt))
+  if not panels:
     return None, "no retrieval or robustness results with an 11-point precision-recall curve"
-  fig = Figure(figsize=(6.4, 4.6))
-  ax = fig.subplots()
+  fig = Figure(figsize=(6.4 * len(panels), 4.6))
   recall = np.linspace(0.0, 1.0, 11)
-  for style, curves, what in (("-", clean, "clean"), ("--", corrupt, "corrupted queries")):
-    for row, c in curves.items():
-      ax.plot(recall, 100 * c.mean(0), style, color=_COLOURS.get(row, "black"), marker=".",
-              label=f"{row}, {what} (n={len(c)})")
-  ax.set(xlabel="recall", ylabel="interpolated precision (%)", xlim=(0, 1))
-  ax.set_title("Retrieval precision-recall, mean over seeds", fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  for ax, (dataset, clean, corrupt) in zip(np.atleast_1d(fig.subplots(1, len(panels))),
+                                           panels):
+    for style, curves, what in (("-", clean, "clean"), ("--", corrupt, "corrupted queries")):
+      for row, c in curves.items():
+        ax.plot(recall, 100 * c.mean(0), style, color=_COLOURS.get(row, "black"),
+                marker=".", label=f"{row}, {what} (n={len(c)})")
+    ax.set(xlabel="recall", ylabel="interpolated precision (%)", xlim=(0, 1))
+    ax.set_title(f"Retrieval precision-recall on {dataset}, mean over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   fig.tight_layout()
-  data = "; ".join(f"{w}: `{d}`" for w, d, c in (("clean", clean_data, clean),
-                                                ("corrupted", corrupt_data, corrupt)) if c)
-  return _save(fig, path), f"Precision-recall per row, mean over seeds ({data})."
+  data = "; ".join(f"`{d}`" + " (clean and corrupted queries)" * bool(c and k) +
+                   " (corrupted queries)" * bool(k and not c) for d, c, k in panels)
+  return _save(fig, path), f"Precision-recall per row, mean over seeds, on {data}."
 
 
 def robustness_severity(collection: collect.Collection, path: str) -> tuple[str | None, str]:

@@ -18,7 +18,8 @@ from attn_contrastive.report import tables as tables_lib
 
 CSV_COLUMNS = ("table", "row", "metric", "mean", "std", "n", "seeds", "paper")
 _STAGE_NAMES = {"linear_eval": "linear evaluation", "robustness": "robustness",
-                "retrieval": "retrieval", "alignment": "alignment", "train": "training"}
+                "retrieval": "retrieval", "alignment": "alignment", "train": "training",
+                "shift": "distribution shift", "finetune": "fine-tuning"}
 _DASH = "—"
 
 

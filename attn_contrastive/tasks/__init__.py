@@ -22,6 +22,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "robustness": ("attn_contrastive.tasks.robustness", "evaluate"),
     "retrieval": ("attn_contrastive.tasks.retrieval", "evaluate"),
     "alignment": ("attn_contrastive.tasks.alignment", "evaluate"),
+    "shift": ("attn_contrastive.tasks.shift", "evaluate"),
     "study": ("attn_contrastive.tasks.study", "run_study"),
 }
 

@@ -109,11 +109,33 @@ def _restore(config, state, ckpt) -> TrainState:
         variables, current))
     logging.info("Initialised the encoder from %s", config.init_checkpoint)
   elif config.init_checkpoint:
-    variables = ckpt_lib.load_variables(
-        config.init_checkpoint, target={"params": state.params, "batch_stats": state.batch_stats})
+    target = {"params": state.params, "batch_stats": state.batch_stats}
+    if config.task == "supervised" and _task_of(config.init_checkpoint) == "pretrain":
+      variables = _from_encoder(config.init_checkpoint, target)
+    else:
+      variables = ckpt_lib.load_variables(config.init_checkpoint, target=target)
     state = state.replace(**variables)
     logging.info("Initialised from %s", config.init_checkpoint)
   return state
+
+
+def _task_of(run_dir: str) -> str | None:
+  """The task of the run whose workdir is ``run_dir`` (None without its config.json)."""
+  path = os.path.join(run_dir, "config.json")
+  return paths.read_json(path).get("task") if paths.exists(path) else None
+
+
+def _from_encoder(run_dir: str, target: dict[str, Any]) -> dict[str, Any]:
+  """A supervised ResNet's variables from a SimCLR run's encoder, its classifier zero
+  (SimCLR's fine-tuning: ``zero_init_logits_layer``, so training starts from the
+  pretrained features alone)."""
+  trunk = {k: {"encoder": {n: x for n, x in v.items() if n != "classifier"}}
+           for k, v in target.items()}
+  loaded = ckpt_lib.load_variables(run_dir, target=trunk)
+  variables = {k: {**target[k], **loaded[k].get("encoder", {})} for k in target}
+  variables["params"]["classifier"] = jax.tree.map(lambda x: x * 0,
+                                                   target["params"]["classifier"])
+  return variables
 
 
 def write_config(workdir: str, config) -> None:
@@ -191,6 +213,8 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   steps_per_epoch, last_step = total_steps(config, len(task.train_source))
   schedule = optim.make_schedule(config.optim, batch, last_step, steps_per_epoch)
   tx = optim.make_optimizer(config.optim, schedule)
+  if config.get("finetune") is not None:
+    tx = optim.freeze_through(tx, int(config.finetune.after_block))
   skip_limit = int(config.train.get("skip_nonfinite_steps", 0))
   if skip_limit > 0:  # counted in the optimiser state, so the count survives a resume
     tx = optax.apply_if_finite(tx, max_consecutive_errors=skip_limit + 1)

@@ -61,3 +61,27 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
         optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
         optax.sgd(schedule, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov))
   raise ValueError(f"optim.name={name!r}: use one of {config_checks.OPTIMIZERS}")
+
+
+#: SimCLR's ``fine_tune_after_block``: the blocks of a ResNet by the name its parameters
+#: start with (the stem 0, conv2 … conv5 1 … 4); the classifier is always trained.
+FINETUNE_BLOCKS = {"stem": 0, "conv2": 1, "conv3": 2, "conv4": 3, "conv5": 4}
+
+
+def frozen_labels(params, after_block: int):
+  """``"frozen"`` for each parameter of a block up to ``after_block`` (-1: none),
+  ``"trained"`` for the others."""
+  def label(path, _):
+    block = FINETUNE_BLOCKS.get(str(getattr(path[0], "key", path[0])).split("_")[0])
+    return "frozen" if block is not None and block <= after_block else "trained"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def freeze_through(tx: optax.GradientTransformation, after_block: int
+                   ) -> optax.GradientTransformation:
+  """``tx`` on the blocks after ``after_block`` only (SimCLR's fine-tuning: -1 trains
+  every block, 4 the classifier alone); the frozen blocks get no update."""
+  if after_block < 0:
+    return tx
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, after_block))

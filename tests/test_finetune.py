@@ -1,0 +1,117 @@
+"""Label-efficient fine-tuning (configs/finetune.py): SimCLR's protocol, a tiny run from a
+SimCLR run's encoder, and the ImageNet subsets read through tfds mocked (no download)."""
+import contextlib
+import os
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+from attn_contrastive import config as config_lib
+from attn_contrastive import config_checks
+from attn_contrastive.train import optim
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config(arg=""):
+  return config_lib.load_config_file(os.path.join(CONFIGS, "finetune.py") + arg)
+
+
+def test_simclr_fine_tuning_recipe_on_the_imagenet_subsets():
+  for subset, epochs in (("1pct", 60), ("10pct", 30)):
+    c = _config(f":imagenet,{subset}")
+    assert (c.task, c.data.name, c.data.eval_split) == (
+        "supervised", f"imagenet2012_subset/{subset}", "validation")
+    assert (c.optim.name, c.optim.nesterov, c.optim.momentum) == ("sgd", True, 0.9)
+    assert c.optim.base_lr * c.input.global_batch_size / 256 == 0.8  # 0.05 × B/256
+    assert (c.optim.weight_decay, c.optim.warmup_epochs, c.train.num_epochs) == (0, 0, epochs)
+    assert (c.model.depth, c.finetune.after_block, c.aug.strength) == (50, -1, 0.0)
+  c = _config(":imagenet,1pct")
+  c.finetune.after_block = 5
+  assert any("finetune.after_block" in p for p in config_checks.problems(c))
+
+
+def test_blocks_up_to_after_block_are_frozen():
+  params = {"stem_conv": {"kernel": 1.0}, "conv2_block0": {"kernel": 1.0},
+            "conv5_block1": {"bias": 1.0}, "classifier": {"kernel": 1.0}}
+  labels = optim.frozen_labels(params, 1)
+  assert {k: v[next(iter(v))] for k, v in labels.items()} == {
+      "stem_conv": "frozen", "conv2_block0": "frozen", "conv5_block1": "trained",
+      "classifier": "trained"}
+  assert set(jax.tree.leaves(optim.frozen_labels(params, -1))) == {"trained"}
+  assert set(jax.tree.leaves(optim.frozen_labels(params, 4))) == {"frozen", "trained"}
+
+
+def _tiny(after_block, run_dir):
+  from helpers import TINY_MODEL
+  c = _config()
+  c.model.update(TINY_MODEL)
+  c.data.update(dict(image_size=16, num_classes=4))
+  c.init_checkpoint = run_dir
+  c.finetune.after_block = after_block
+  c.input.update(dict(global_batch_size=16, num_threads=1, prefetch=1))
+  c.train.update(dict(num_steps=2, log_every=1, checkpoint_every=2, async_checkpoint=False))
+  return c
+
+
+def _train(c, workdir):
+  from attn_contrastive.data import pipeline
+  from attn_contrastive.models.build import build_model
+  from attn_contrastive.tasks import supervised
+  from attn_contrastive.train import loop
+  from fakes import colours
+  model = build_model(c)
+  task = loop.TaskSpec(model=model, loss_fn=supervised.make_loss_fn(model, c),
+                       train_source=colours(32, 0),
+                       train_transform=pipeline.SupervisedView(16, c.aug, None),
+                       sample_input=jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  state, _ = loop.run(c, str(workdir), task)
+  return jax.device_get(state.params)
+
+
+def test_fine_tuning_starts_from_the_encoder_under_a_zero_classifier(tmp_path):
+  """A tiny SimCLR run's encoder loads into the supervised ResNet with a zero classifier;
+  with after_block=4 two steps of fine-tuning train the classifier alone."""
+  from attn_contrastive.train import loop
+  from helpers import write_run
+  run_dir, _, variables = write_run(tmp_path / "simclr", "pretrain")
+  encoder = jax.device_get(variables["params"]["encoder"])
+  c = _tiny(4, run_dir)
+  start = loop._from_encoder(run_dir, {"params": {**encoder, "classifier": {
+      "kernel": np.ones((32, 4), np.float32), "bias": np.ones(4, np.float32)}},
+                                       "batch_stats": variables["batch_stats"]["encoder"]})
+  assert not np.any(start["params"]["classifier"]["kernel"])
+  np.testing.assert_array_equal(start["params"]["stem_conv"]["kernel"],
+                                encoder["stem_conv"]["kernel"])
+  head_only = _train(c, tmp_path / "head_only")
+  for name, leaf in encoder.items():
+    for a, b in zip(jax.tree.leaves(leaf), jax.tree.leaves(head_only[name])):
+      np.testing.assert_array_equal(a, b)
+  assert np.any(head_only["classifier"]["kernel"])
+
+
+@contextlib.contextmanager
+def _mocked(n=8):
+  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+                                for s in ("train", "validation")])
+  info = tfds.core.DatasetInfo
+  with tfds.testing.mock_data(num_examples=n), \
+       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
+       mock.patch.object(info, "splits", new_callable=mock.PropertyMock, return_value=splits), \
+       mock.patch.object(info, "file_format", new_callable=mock.PropertyMock,
+                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
+    yield
+
+
+def test_the_subsets_read_through_tfds_mocked():
+  from attn_contrastive.tasks import supervised
+  for subset in ("1pct", "10pct"):
+    c = _config(f":imagenet,{subset}")
+    with _mocked():
+      task = supervised.build_task(c)
+      example = task.train_transform(task.train_source[3], np.random.default_rng(0))
+    assert len(task.train_source) == 8
+    assert example["image"].shape == (224, 224, 3) and 0 <= example["label"] < 1000
