@@ -5,6 +5,7 @@ overrides any field, and ``config.task`` picks the stage to run.
 """
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 
@@ -15,6 +16,7 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive import paths
 from attn_contrastive import terminal
+from attn_contrastive import workdir_lock
 from attn_contrastive import tasks
 from attn_contrastive.data.images import TooManyBadImagesError
 from attn_contrastive.train import preemption
@@ -58,6 +60,17 @@ def check_layout(config, num_devices: int, num_processes: int) -> None:
              "before anything runs:\n  " + "\n  ".join(bad))
 
 
+def hold_workdir(workdir: str) -> None:
+  """Takes the workdir's lock until the process ends, or exits naming the run that
+  holds it (``workdir_lock.py``): nothing is written to a workdir in use."""
+  try:
+    lock = workdir_lock.hold_for_run(workdir)
+  except workdir_lock.WorkdirLocked as e:
+    sys.exit(f"error: {e}")
+  if lock is not None:
+    atexit.register(lock.release)
+
+
 def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -73,6 +86,7 @@ def main(argv: list[str]) -> None:
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   paths.makedirs(workdir)
+  hold_workdir(workdir)
   # Before JAX starts its backends, whose INFO lines belong in the log file.
   process = jax.process_index() if _DISTRIBUTED.value else 0
   log_file = terminal.log_to_workdir(workdir, process)
