@@ -27,7 +27,7 @@ import concurrent.futures
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -256,8 +256,10 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
     submit = lambda k: [pool.submit(_prepared, source, i, place)  # noqa: E731
                         for i in range(*ranges[todo[k]])] if k < len(todo) else []
     pending = submit(0)
-    for k, index in enumerate(todo):
+    for k, index in _rounds(todo, num_shards):
       preemption.check()
+      if index is None:
+        continue
       prepared, pending = pending, submit(k + 1)
       maps, keys = _label_shard(prepared, predict, config.eval.batch_size, mesh.size)
       _save_shard(am.shard_path(workdir, index, num_shards), maps, keys)
@@ -269,6 +271,21 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
   results = _totals(written, images, time.perf_counter() - t0)
   loop.write_results(workdir, results)
   return results
+
+
+def _rounds(todo: list[int], num_shards: int) -> Iterator[tuple[int | None, int | None]]:
+  """``(position in todo, shard)`` of this process's shards, one round at a time.
+
+  Every process passes the same number of rounds (``num_shards`` over the
+  process count, rounded up), with None where it has no shard to write in a
+  round, so that every process meets the same piece boundaries
+  (``preemption.check`` agrees on one of them with several processes).
+  """
+  rounds = -(-num_shards // jax.process_count())
+  mine = {index // jax.process_count(): k for k, index in enumerate(todo)}
+  for r in range(rounds):
+    k = mine.get(r)
+    yield k, (None if k is None else todo[k])
 
 
 def _is_whole(path: str, num_maps: int, map_hw: tuple[int, int]) -> bool:
