@@ -39,11 +39,16 @@ neighbour then counts twice in a score: at most ``max_bad_images / N`` of
 it). The label task instead writes an all-zero map for a bad image
 (:func:`record_or_blank`), so its map dataset has exactly one map per key.
 Counts and the limit are per process and split (per grain worker process
-with ``input.num_workers > 0``).
+with ``input.num_workers > 0``). A training run's log also records its bad
+records in a folder of the workdir (:attr:`BadImageLog.record_dir`), one
+file per process and worker, so that its ``results.json`` counts them over
+all of them (:func:`recorded`).
 """
 from __future__ import annotations
 
 import io
+import os
+import socket
 import threading
 from typing import Any
 
@@ -191,6 +196,9 @@ class BadImageLog:
   def __init__(self, dataset: str, limit: int = DEFAULT_MAX_BAD_IMAGES):
     self.dataset, self.limit = dataset, int(limit)
     self.bad: dict[int, tuple[str, str]] = {}
+    #: Where each new bad record is also written (:func:`recorded` reads them): the
+    #: folder follows the log into grain's worker processes.
+    self.record_dir: str | None = None
     self._lock = threading.Lock()
 
   def __getstate__(self) -> dict[str, Any]:
@@ -216,11 +224,21 @@ class BadImageLog:
         return
       self.bad[index] = (err.name, err.reason)
       count = len(self.bad)
+      if self.record_dir:
+        self._record()
     logging.warning("%s: record %d, %s, skipped: cannot decode its image (%s) "
                     "[%d bad so far, data.max_bad_images=%d]", self.dataset, index,
                     err.name, err.reason, count, self.limit)
     if count > self.limit:
       raise TooManyBadImagesError(self.message())
+
+  def _record(self) -> None:
+    """Writes this process's bad records of the split to :attr:`record_dir`."""
+    from attn_contrastive import paths  # pylint: disable=g-import-not-at-top
+    name = f"{self.dataset.replace('/', '__')}.{socket.gethostname()}.{os.getpid()}.json"
+    paths.makedirs(self.record_dir)
+    paths.write_json(os.path.join(self.record_dir, name), {
+        "split": self.dataset, "bad": {str(i): n for i, (n, _) in self.bad.items()}})
 
   def message(self) -> str:
     """What the error past the limit says: the count, the files, the key to raise."""
@@ -302,3 +320,16 @@ def join_below_skipping(source, wrap):
   if isinstance(source, SkippingSource):
     return source.joined(wrap)
   return wrap(source)
+
+
+def recorded(record_dir: str, listed: int = 20) -> dict[str, dict[str, Any]]:
+  """``{split: {"count", "files"}}`` of the bad records written to ``record_dir`` by
+  every process and worker (:attr:`BadImageLog.record_dir`): distinct records
+  counted once, the first ``listed`` file names in index order."""
+  from attn_contrastive import paths  # pylint: disable=g-import-not-at-top
+  merged: dict[str, dict[str, str]] = {}
+  for path in paths.glob(record_dir, "*.json") if paths.exists(record_dir) else []:
+    part = paths.read_json(path)
+    merged.setdefault(part["split"], {}).update(part["bad"])
+  return {split: {"count": len(bad), "files": [bad[i] for i in sorted(bad, key=int)][:listed]}
+          for split, bad in sorted(merged.items())}

@@ -42,6 +42,7 @@ from attn_contrastive.data import augment
 from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
+from attn_contrastive.evaluators import results as results_lib
 from attn_contrastive.models import forward
 from attn_contrastive.models.teacher import input_hw, teacher_from_config
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -269,6 +270,9 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
       logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
                    stop - start, rate)
   results = _totals(written, images, time.perf_counter() - t0)
+  # Undecodable images of this run, over every process (their maps are all zero).
+  results["bad_images"] = results_lib.bad_images(
+      [source.log] if getattr(source, "log", None) is not None else [])
   loop.write_results(workdir, results)
   return results
 
