@@ -18,7 +18,7 @@ from attn_contrastive import paths
 from attn_contrastive import terminal
 from attn_contrastive import workdir_lock
 from attn_contrastive import tasks
-from attn_contrastive.data.images import TooManyBadImagesError
+from attn_contrastive.data.images import DataFileError, TooManyBadImagesError
 from attn_contrastive.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> None:
   run_task = tasks.entry(config.task)
   try:
     preemption.run_stoppable(lambda: run_task(config, workdir))
-  except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
+  except (TooManyBadImagesError, DataFileError) as e:  # names the files and the fix
     sys.exit(f"error: {e}")
   finally:
     terminal.upload_log(workdir, process)

@@ -398,3 +398,33 @@ def test_a_training_split_counts_bad_records_over_processes_and_workers(tmp_path
   assert images.recorded(str(tmp_path / "bad_images")) == {
       "x/train": {"count": 2, "files": ["b.png", "d.png"]}}
   assert images.recorded(str(tmp_path / "none")) == {}
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit-flipped"])
+def test_a_damaged_array_record_file_stops_the_read_naming_it_and_the_fix(dataset, tmp_path,
+                                                                          fault):
+  import glob
+  import shutil
+  from attn_contrastive.data import sources
+  data_dir = str(tmp_path / "data")
+  shutil.copytree(dataset[0], data_dir)
+  [path] = glob.glob(os.path.join(data_dir, "**", "*validation.array_record*"),
+                     recursive=True)
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  if fault == "truncated":
+    data = data[:len(data) // 2]
+  else:  # a bit in every kilobyte of the records (not in the file's padding)
+    for k in range(200, 8000, 997):
+      data[k] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  source = sources.open_split(DATASET, "validation", data_dir)
+  with pytest.raises(images.DataFileError) as stopped:
+    for i in range(len(source)):
+      source[i]
+  message = str(stopped.value)
+  assert f"in {path}," in message and "truncated or damaged" in message
+  assert (f"python -m attn_contrastive.data.prepare --dataset={DATASET} "
+          f"--data_dir={data_dir}") in message
+  assert source.log.count <= len(BAD)  # not skipped as bad images

@@ -161,23 +161,43 @@ def record_name(record: dict[str, Any], index: int, dataset: str = "") -> str:
 # ---------------------------------------------------------------------------
 
 
+class DataFileError(RuntimeError):
+  """A dataset's stored file is truncated or damaged: the dataset must be prepared again."""
+
+
 class DecodedSource:
   """``source[i]`` with its ``image`` bytes decoded by :func:`decode`.
 
   ``source`` is a tfds data source opened with the image left encoded
   (``decoders={'image': tfds.decode.SkipDecoding()}``); an image that is
   already an array is passed on as it is. An undecodable image raises
-  :class:`BadImageError` naming the record's file name.
+  :class:`BadImageError` naming the record's file name. A record the
+  storage cannot give back whole raises :class:`DataFileError`, which no
+  record may stand in for: a chunk that fails its checksum (a flipped bit),
+  or a record with no feature at all (tfds's array_record reader returns one
+  for every record past the end of a file cut short). ``locate(index)``
+  gives the file that holds record ``index`` and what rebuilds it.
   """
 
-  def __init__(self, source, dataset: str = ""):
-    self.source, self.dataset = source, dataset
+  def __init__(self, source, dataset: str = "", locate=None):
+    self.source, self.dataset, self.locate = source, dataset, locate
 
   def __len__(self) -> int:
     return len(self.source)
 
+  def _damaged(self, index: int, reason: str) -> DataFileError:
+    where, fix = (self.locate(index) if self.locate
+                  else (f"record {index} of {self.dataset}", "prepare it again"))
+    return DataFileError(f"{where} cannot be read ({reason}): the file is truncated or "
+                         f"damaged; {fix}")
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = dict(self.source[index])
+    try:
+      record = dict(self.source[index])
+    except RuntimeError as e:  # array_record (riegeli): a chunk whose hash does not match
+      raise self._damaged(index, str(e)) from None
+    if record and all(v is None for v in record.values()):
+      raise self._damaged(index, "an empty record")
     image = record.get("image")
     if isinstance(image, (bytes, np.bytes_)):
       record["image"] = decode(bytes(image), record_name(record, index, self.dataset))
