@@ -5,6 +5,7 @@ overrides any field, and ``config.task`` picks the stage to run.
 """
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 
@@ -15,8 +16,9 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive import paths
 from attn_contrastive import terminal
+from attn_contrastive import workdir_lock
 from attn_contrastive import tasks
-from attn_contrastive.data.images import TooManyBadImagesError
+from attn_contrastive.data.images import DataFileError, TooManyBadImagesError
 from attn_contrastive.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
@@ -58,6 +60,19 @@ def check_layout(config, num_devices: int, num_processes: int) -> None:
              "before anything runs:\n  " + "\n  ".join(bad))
 
 
+def hold_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """Takes the workdir's lock until the run ends (``execute`` releases it; at the
+  process's exit at the latest), or exits naming the run that holds it
+  (``workdir_lock.py``): nothing is written to a workdir in use."""
+  try:
+    lock = workdir_lock.hold_for_run(workdir)
+  except workdir_lock.WorkdirLocked as e:
+    sys.exit(f"error: {e}")
+  if lock is not None:
+    atexit.register(lock.release)
+  return lock
+
+
 def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -81,6 +96,7 @@ def execute(config, workdir: str, config_file: str, distributed: bool = False) -
   if distributed:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   paths.makedirs(workdir)
+  lock = hold_workdir(workdir)
   # Before JAX starts its backends, whose INFO lines belong in the log file.
   process = jax.process_index() if distributed else 0
   log_file = terminal.log_to_workdir(workdir, process)
@@ -98,11 +114,13 @@ def execute(config, workdir: str, config_file: str, distributed: bool = False) -
   run_task = tasks.entry(config.task)
   try:
     preemption.run_stoppable(lambda: run_task(config, workdir))
-  except TooManyBadImagesError as e:  # the message names the files and the key: no traceback
+  except (TooManyBadImagesError, DataFileError) as e:  # names the files and the fix
     sys.exit(f"error: {e}")
   finally:
     terminal.upload_log(workdir, process)
     terminal.end_log(log_file)
+    if lock is not None:
+      lock.release()
   if jax.process_index() == 0:
     minutes = (time.perf_counter() - start) / 60
     print(terminal.summary(config.task, config_file, workdir, config.data.name, minutes),

@@ -8,7 +8,9 @@ empty file. The decoded pixels are compared with independent conversions;
 the skipping with its count, log, limit, full batches and determinism.
 """
 import io
+import json
 import logging
+import os
 import pickle
 
 import cv2
@@ -299,6 +301,11 @@ def test_label_writes_one_map_per_key_and_the_join_skips_with_its_image(dataset,
   for i, name in enumerate(names):
     assert (maps[i]["attention_map"].max() == 0) == (name in BAD)
   assert source.log.count == 3
+  # results.json counts them, by split, with their names in stored order.
+  with open(tmp_path / "results.json") as f:
+    counted = json.load(f)["bad_images"]
+  assert counted == {f"{DATASET}/validation": {
+      "count": 3, "files": [n for n in names if n in BAD]}}
   joined = am.with_attention_maps(source, str(tmp_path))
   for i, name in enumerate(names):
     record = joined[i]  # keys match: a bad record is replaced with its map
@@ -388,3 +395,66 @@ def test_raising_the_limit_does_not_block_a_resume():
   saved = json.loads(c.to_json())
   c.data.max_bad_images = 1000  # what the error past the limit asks for
   assert loop.config_changes(saved, c) == []
+
+
+def test_an_evaluation_counts_the_bad_images_of_the_splits_it_read(dataset):
+  from attn_contrastive.evaluators import results
+  from attn_contrastive.tasks import evaluation
+  source = _open(dataset)
+  ev = evaluation.Evaluation(config=None, workdir="", run=None, mesh=None,
+                             splits={"validation": source})
+  split = ev.split("validation")
+  for i in range(len(split)):
+    split[i]
+  names = _raw_names(source)
+  assert results.bad_images(ev.bad_image_logs) == {f"{DATASET}/validation": {
+      "count": 3, "files": [n for n in names if n in BAD]}}
+  assert results.bad_images([]) == {}
+
+
+def test_a_training_split_counts_bad_records_over_processes_and_workers(tmp_path,
+                                                                      monkeypatch):
+  """Each copy of the log (a grain worker's is a pickled one, in another process)
+  records what it met; the run's count merges them, a record met by two copies once."""
+  log = images.BadImageLog("x/train")
+  log.record_dir = str(tmp_path / "bad_images")
+  worker = pickle.loads(pickle.dumps(log))
+  log.add(4, images.BadImageError("d.png", "empty"))
+  pid = os.getpid()
+  monkeypatch.setattr(images.os, "getpid", lambda: pid + 1)  # the worker's process
+  worker.add(1, images.BadImageError("b.png", "garbage"))
+  worker.add(4, images.BadImageError("d.png", "empty"))
+  assert len(os.listdir(tmp_path / "bad_images")) == 2
+  assert images.recorded(str(tmp_path / "bad_images")) == {
+      "x/train": {"count": 2, "files": ["b.png", "d.png"]}}
+  assert images.recorded(str(tmp_path / "none")) == {}
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bit-flipped"])
+def test_a_damaged_array_record_file_stops_the_read_naming_it_and_the_fix(dataset, tmp_path,
+                                                                          fault):
+  import glob
+  import shutil
+  from attn_contrastive.data import sources
+  data_dir = str(tmp_path / "data")
+  shutil.copytree(dataset[0], data_dir)
+  [path] = glob.glob(os.path.join(data_dir, "**", "*validation.array_record*"),
+                     recursive=True)
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  if fault == "truncated":
+    data = data[:len(data) // 2]
+  else:  # a bit in every kilobyte of the records (not in the file's padding)
+    for k in range(200, 8000, 997):
+      data[k] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  source = sources.open_split(DATASET, "validation", data_dir)
+  with pytest.raises(images.DataFileError) as stopped:
+    for i in range(len(source)):
+      source[i]
+  message = str(stopped.value)
+  assert f"in {path}," in message and "truncated or damaged" in message
+  assert (f"python -m attn_contrastive.data.prepare --dataset={DATASET} "
+          f"--data_dir={data_dir}") in message
+  assert source.log.count <= len(BAD)  # not skipped as bad images

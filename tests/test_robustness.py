@@ -198,6 +198,12 @@ def test_released_cifar10_c_refuses_a_missing_or_misshapen_file(tmp_path):
   np.save(tmp_path / "contrast.npy", np.zeros((20, 32, 32, 3), np.float32))
   with pytest.raises(ValueError, match=r"contrast\.npy is float32"):
     cifar10_c_release.CifarCSource(str(tmp_path), "contrast", 2)
+  np.save(tmp_path / "frost.npy", np.zeros((20, 32, 32, 3), np.uint8))
+  whole = (tmp_path / "frost.npy").read_bytes()
+  (tmp_path / "frost.npy").write_bytes(whole[:len(whole) // 2])  # a download cut short
+  with pytest.raises(ValueError, match=r"(?s)frost\.npy cannot be read.*truncated or damaged"
+                                       r".*CIFAR-10-C\.tar"):
+    cifar10_c_release.CifarCSource(str(tmp_path), "frost", 1)
   np.save(tmp_path / "labels.npy", np.zeros(21, np.uint8))
   with pytest.raises(ValueError, match=r"labels\.npy has shape \(21,\)"):
     cifar10_c_release.CifarCSource(str(tmp_path), "saturate", 1)

@@ -109,3 +109,23 @@ def test_the_cifar10_study_chains_salicon_teacher_cifar_rows_and_cifar10_c(tmp_p
   c.robustness.robustness.manual_dir = ""
   assert any("CIFAR-10-C folder" in p and "source='generate'" in p
              for p in config_checks.problems(c))
+
+
+def test_a_damaged_results_json_is_refused_naming_the_file_and_the_fix(tmp_path):
+  study_lib.Study(_config(), str(tmp_path), run_stage=_Recorder()).run()
+  damaged = tmp_path / "supervised_r18" / "seed0" / "linear_eval" / "results.json"
+  damaged.write_text('{"task": "linear_ev')  # cut short after it was written
+  rerun = _Recorder()
+  with pytest.raises(ValueError, match=f"(?s){damaged} is not valid JSON.*Delete it and run "
+                                       "the same study command again"):
+    study_lib.Study(_config(), str(tmp_path), run_stage=rerun).run()
+  assert [os.path.relpath(w, tmp_path) for _, w in rerun.calls] == []
+  # The report leaves it out and says why, with the same words.
+  from attn_contrastive.report import collect
+  skipped = dict(collect.scan([str(tmp_path)]).skipped)
+  assert f"{damaged} is not valid JSON" in skipped[str(damaged)]
+  assert "Delete it and run that run's command again" in skipped[str(damaged)]
+  damaged.unlink()
+  study_lib.Study(_config(), str(tmp_path), run_stage=rerun).run()
+  assert [os.path.relpath(w, tmp_path) for _, w in rerun.calls] == [
+      "supervised_r18/seed0/linear_eval"]

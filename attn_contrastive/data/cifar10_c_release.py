@@ -36,7 +36,11 @@ def _load(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing from the CIFAR-10-C folder.\n"
                             f"{MANUAL_INSTRUCTIONS}")
-  return np.load(path, mmap_mode="r")
+  try:
+    return np.load(path, mmap_mode="r")
+  except (ValueError, OSError, EOFError) as e:  # a truncated or damaged file
+    raise ValueError(f"{path} cannot be read as a NumPy array ({e}): it is truncated or "
+                     f"damaged. Extract it again.\n{MANUAL_INSTRUCTIONS}") from None
 
 
 def load_labels(root: str) -> np.ndarray:
@@ -60,7 +64,7 @@ def load_images(root: str, corruption: str, num_rows: int) -> np.ndarray:
         f"{path} is {images.dtype} of shape {images.shape}; CIFAR-10-C's files are uint8 of "
         f"shape ({num_rows}, 32, 32, 3) (the {num_rows} rows of labels.npy: "
         f"{NUM_SEVERITIES} severities × {num_rows // NUM_SEVERITIES} images). Is it "
-        "truncated, or from another release?")
+        f"truncated, or from another release? Extract it again.\n{MANUAL_INSTRUCTIONS}")
   return images
 
 

@@ -46,11 +46,16 @@ neighbour then counts twice in a score: at most ``max_bad_images / N`` of
 it). The label task instead writes an all-zero map for a bad image
 (:func:`record_or_blank`), so its map dataset has exactly one map per key.
 Counts and the limit are per process and split (per grain worker process
-with ``input.num_workers > 0``).
+with ``input.num_workers > 0``). A training run's log also records its bad
+records in a folder of the workdir (:attr:`BadImageLog.record_dir`), one
+file per process and worker, so that its ``results.json`` counts them over
+all of them (:func:`recorded`).
 """
 from __future__ import annotations
 
 import io
+import os
+import socket
 import threading
 from typing import Any
 
@@ -215,23 +220,43 @@ def record_name(record: dict[str, Any], index: int, dataset: str = "") -> str:
 # ---------------------------------------------------------------------------
 
 
+class DataFileError(RuntimeError):
+  """A dataset's stored file is truncated or damaged: the dataset must be prepared again."""
+
+
 class DecodedSource:
   """``source[i]`` with its ``image`` bytes decoded by :func:`decode`.
 
   ``source`` is a tfds data source opened with the image left encoded
   (``decoders={'image': tfds.decode.SkipDecoding()}``); an image that is
   already an array is passed on as it is. An undecodable image raises
-  :class:`BadImageError` naming the record's file name.
+  :class:`BadImageError` naming the record's file name. A record the
+  storage cannot give back whole raises :class:`DataFileError`, which no
+  record may stand in for: a chunk that fails its checksum (a flipped bit),
+  or a record with no feature at all (tfds's array_record reader returns one
+  for every record past the end of a file cut short). ``locate(index)``
+  gives the file that holds record ``index`` and what rebuilds it.
   """
 
-  def __init__(self, source, dataset: str = ""):
-    self.source, self.dataset = source, dataset
+  def __init__(self, source, dataset: str = "", locate=None):
+    self.source, self.dataset, self.locate = source, dataset, locate
 
   def __len__(self) -> int:
     return len(self.source)
 
+  def _damaged(self, index: int, reason: str) -> DataFileError:
+    where, fix = (self.locate(index) if self.locate
+                  else (f"record {index} of {self.dataset}", "prepare it again"))
+    return DataFileError(f"{where} cannot be read ({reason}): the file is truncated or "
+                         f"damaged; {fix}")
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = dict(self.source[index])
+    try:
+      record = dict(self.source[index])
+    except RuntimeError as e:  # array_record (riegeli): a chunk whose hash does not match
+      raise self._damaged(index, str(e)) from None
+    if record and all(v is None for v in record.values()):
+      raise self._damaged(index, "an empty record")
     image = record.get("image")
     if isinstance(image, (bytes, np.bytes_)):
       record["image"] = decode(bytes(image), record_name(record, index, self.dataset))
@@ -250,6 +275,9 @@ class BadImageLog:
   def __init__(self, dataset: str, limit: int = DEFAULT_MAX_BAD_IMAGES):
     self.dataset, self.limit = dataset, int(limit)
     self.bad: dict[int, tuple[str, str]] = {}
+    #: Where each new bad record is also written (:func:`recorded` reads them): the
+    #: folder follows the log into grain's worker processes.
+    self.record_dir: str | None = None
     self._lock = threading.Lock()
 
   def __getstate__(self) -> dict[str, Any]:
@@ -275,11 +303,21 @@ class BadImageLog:
         return
       self.bad[index] = (err.name, err.reason)
       count = len(self.bad)
+      if self.record_dir:
+        self._record()
     logging.warning("%s: record %d, %s, skipped: cannot decode its image (%s) "
                     "[%d bad so far, data.max_bad_images=%d]", self.dataset, index,
                     err.name, err.reason, count, self.limit)
     if count > self.limit:
       raise TooManyBadImagesError(self.message())
+
+  def _record(self) -> None:
+    """Writes this process's bad records of the split to :attr:`record_dir`."""
+    from attn_contrastive import paths  # pylint: disable=g-import-not-at-top
+    name = f"{self.dataset.replace('/', '__')}.{socket.gethostname()}.{os.getpid()}.json"
+    paths.makedirs(self.record_dir)
+    paths.write_json(os.path.join(self.record_dir, name), {
+        "split": self.dataset, "bad": {str(i): n for i, (n, _) in self.bad.items()}})
 
   def message(self) -> str:
     """What the error past the limit says: the count, the files, the key to raise."""
@@ -361,3 +399,16 @@ def join_below_skipping(source, wrap):
   if isinstance(source, SkippingSource):
     return source.joined(wrap)
   return wrap(source)
+
+
+def recorded(record_dir: str, listed: int = 20) -> dict[str, dict[str, Any]]:
+  """``{split: {"count", "files"}}`` of the bad records written to ``record_dir`` by
+  every process and worker (:attr:`BadImageLog.record_dir`): distinct records
+  counted once, the first ``listed`` file names in index order."""
+  from attn_contrastive import paths  # pylint: disable=g-import-not-at-top
+  merged: dict[str, dict[str, str]] = {}
+  for path in paths.glob(record_dir, "*.json") if paths.exists(record_dir) else []:
+    part = paths.read_json(path)
+    merged.setdefault(part["split"], {}).update(part["bad"])
+  return {split: {"count": len(bad), "files": [bad[i] for i in sorted(bad, key=int)][:listed]}
+          for split, bad in sorted(merged.items())}

@@ -6,8 +6,10 @@ data, which is cheap and is built on first use when ``data.auto_prepare``.
 """
 from __future__ import annotations
 
+import functools
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -104,6 +106,17 @@ def open_config_split(data, split: str, name: str | None = None) -> images.Skipp
                     max_bad_images=data.get("max_bad_images"))
 
 
+def _locate(builder, dataset: str, command: str, index: int) -> tuple[str, str]:
+  """Which file of ``dataset`` (``<name>/<split>``) holds record ``index``, and what
+  rebuilds it."""
+  info = builder.info.splits[dataset.rsplit("/", 1)[1]]
+  ends = np.cumsum(info.shard_lengths)
+  shard = min(int(np.searchsorted(ends, index, side="right")), len(ends) - 1)
+  path = os.path.join(os.fspath(builder.data_path), info.filenames[shard])
+  return (f"record {index} of {dataset}, in {path},",
+          f"delete {os.fspath(builder.data_path)} and prepare the dataset again:\n  {command}")
+
+
 def open_split(name: str, split: str, data_dir: str | None = None,
                auto_prepare: bool = False, *,
                max_bad_images: int | None = None) -> images.SkippingSource:
@@ -124,7 +137,9 @@ def open_split(name: str, split: str, data_dir: str | None = None,
   encoded = "image" in features and isinstance(features["image"], tfds.features.Image)
   decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
   dataset = f"{name}/{split}"
+  locate = functools.partial(_locate, builder, dataset, prepare_command(name, data_dir))
   return images.SkippingSource(
-      images.DecodedSource(builder.as_data_source(split=split, decoders=decoders), dataset),
+      images.DecodedSource(builder.as_data_source(split=split, decoders=decoders), dataset,
+                           locate),
       images.BadImageLog(dataset, images.DEFAULT_MAX_BAD_IMAGES if max_bad_images is None
                          else max_bad_images))

@@ -14,7 +14,9 @@ done here once, in this order by :func:`run_evaluation`:
 4. ``results.json`` is written in the outline of
    :mod:`attn_contrastive.evaluators.results`: the task, the run's provenance
    (its resolved workdir, step and config), the dataset's name, splits and
-   version, the task's metrics and the wall time of all of it.
+   version, the task's metrics, the undecodable images of the splits it
+   read (their total over every process, with their names) and the wall
+   time of all of it.
 
 A task is then its ``score`` and an entry that names its splits.
 """
@@ -46,13 +48,19 @@ class Evaluation:
   run: runs.Run
   mesh: jax.sharding.Mesh
   splits: dict[str, Any] = dataclasses.field(default_factory=dict)
+  #: The bad-image logs of the splits read (counted in ``results.json``).
+  bad_image_logs: list[Any] = dataclasses.field(default_factory=list)
 
   def split(self, name: str):
     """A random-access source over split ``name`` of ``config.data``."""
     if name in self.splits:
-      return self.splits[name]
-    from attn_contrastive.data import sources  # the data stack, only when there is data
-    return sources.open_config_split(self.config.data, name)
+      source = self.splits[name]
+    else:
+      from attn_contrastive.data import sources  # the data stack, only when there is data
+      source = sources.open_config_split(self.config.data, name)
+    if getattr(source, "log", None) is not None:
+      self.bad_image_logs.append(source.log)
+    return source
 
   @property
   def image_size(self) -> int:
@@ -94,9 +102,12 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, score: Score
   mesh = mesh or mesh_lib.make_mesh()
   run = runs.open_run(run_dir or config.run_dir, mesh, reader=reader or config.task)
   logging.info("Evaluating %s (%s run, step %d)", run.run_dir, run.task, run.step)
-  metrics = score(Evaluation(config, workdir, run, mesh, dict(splits or {})))
+  evaluation = Evaluation(config, workdir, run, mesh, dict(splits or {}))
+  metrics = score(evaluation)
+  bad_images = results.bad_images(evaluation.bad_image_logs)  # over every process
   dataset = results.dataset_entry(config.data.name, split_names,
                                   data_dir=config.data.data_dir, version=dataset_version)
   return results.write(workdir, task=config.task, source_workdir=run.run_dir,
                        source_step=run.step, source_config=run.config, dataset=dataset,
-                       metrics=metrics, wall_time_s=time.perf_counter() - start)
+                       metrics=metrics, wall_time_s=time.perf_counter() - start,
+                       bad_images=bad_images)

@@ -27,7 +27,7 @@ import concurrent.futures
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
 from attn_contrastive.data import sources
+from attn_contrastive.evaluators import results as results_lib
 from attn_contrastive.models.teacher import (canvas_density, input_hw, inside,
                                              teacher_from_config)
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -213,8 +214,10 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
     submit = lambda k: [pool.submit(_prepared, source, i, place)  # noqa: E731
                         for i in range(*ranges[todo[k]])] if k < len(todo) else []
     pending = submit(0)
-    for k, index in enumerate(todo):
+    for k, index in _rounds(todo, num_shards):
       preemption.check()
+      if index is None:
+        continue
       prepared, pending = pending, submit(k + 1)
       maps, keys = _label_shard(prepared, predict, config.eval.batch_size, mesh.size)
       _save_shard(am.shard_path(workdir, index, num_shards), maps, keys)
@@ -224,8 +227,26 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
       logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
                    stop - start, rate)
   results = _totals(written, images, time.perf_counter() - t0)
+  # Undecodable images of this run, over every process (their maps are all zero).
+  results["bad_images"] = results_lib.bad_images(
+      [source.log] if getattr(source, "log", None) is not None else [])
   loop.write_results(workdir, results)
   return results
+
+
+def _rounds(todo: list[int], num_shards: int) -> Iterator[tuple[int | None, int | None]]:
+  """``(position in todo, shard)`` of this process's shards, one round at a time.
+
+  Every process passes the same number of rounds (``num_shards`` over the
+  process count, rounded up), with None where it has no shard to write in a
+  round, so that every process meets the same piece boundaries
+  (``preemption.check`` agrees on one of them with several processes).
+  """
+  rounds = -(-num_shards // jax.process_count())
+  mine = {index // jax.process_count(): k for k, index in enumerate(todo)}
+  for r in range(rounds):
+    k = mine.get(r)
+    yield k, (None if k is None else todo[k])
 
 
 def _is_whole(path: str, num_maps: int, map_hw: tuple[int, int]) -> bool:

@@ -19,6 +19,7 @@ after every seed, so a study cut short still leaves the tables of what ran.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable
@@ -32,8 +33,28 @@ from attn_contrastive.train import preemption
 
 
 def is_done(workdir: str) -> bool:
-  """A stage is done when its ``results.json`` is there (written last, atomically)."""
-  return paths.exists(os.path.join(workdir, "results.json"))
+  """A stage is done when its ``results.json`` is there (written last, atomically).
+
+  Results are written whole, so one that is not valid JSON was damaged after
+  it was written (a disk fault, an edit): it is refused, naming the file and
+  how to redo the stage, rather than taken for finished work.
+  """
+  path = os.path.join(workdir, "results.json")
+  if not paths.exists(path):
+    return False
+  read_results(path)
+  return True
+
+
+def read_results(path: str) -> Any:
+  """``results.json`` at ``path``; a damaged one raises naming the file and the fix."""
+  try:
+    return paths.read_json(path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(
+        f"{path} is not valid JSON ({e}): it was damaged after its stage wrote it. "
+        f"Delete it and run the same study command again: that stage is redone (a "
+        "training stage resumes from its last checkpoint), the others are skipped") from None
 
 
 class Study:

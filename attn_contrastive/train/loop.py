@@ -24,6 +24,7 @@ from clu import metric_writers, periodic_actions
 from attn_contrastive import config as config_lib
 from attn_contrastive import paths
 from attn_contrastive.config_checks import TORCHVISION_INIT
+from attn_contrastive.data import images
 from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
@@ -145,6 +146,18 @@ def write_config(workdir: str, config) -> None:
     paths.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
+def _bad_images_dir(workdir: str) -> str:
+  return os.path.join(workdir, "bad_images")
+
+
+def _record_bad_images(source: Any, workdir: str) -> None:
+  """Has the training split's bad records written under the workdir by every process
+  and grain worker, so that ``results.json`` counts them all (``images.recorded``)."""
+  log = getattr(source, "log", None)
+  if log is not None:
+    log.record_dir = _bad_images_dir(workdir)
+
+
 def write_results(workdir: str, results: dict[str, Any]) -> None:
   """Writes ``results.json`` (process 0 only), atomically: a study skips a stage
   whose results.json exists, so a half-written one must never be seen."""
@@ -226,6 +239,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
                                async_save=config.train.async_checkpoint)
   state = _restore(config, state, ckpt)
   first_step = int(state.step) + 1
+  _record_bad_images(task.train_source, workdir)  # before grain's workers copy the source
   data_iter = pipeline.train_iterator(
       task.train_source, task.train_transform, seed=config.seed, global_batch=batch,
       num_threads=config.input.num_threads, prefetch=config.input.prefetch,
@@ -265,7 +279,8 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
       results = task.evaluate.results
   writer.flush()
   if stop_at is None:
-    write_results(workdir, {"step": int(state.step), **last, **results})
+    write_results(workdir, {"step": int(state.step), **last, **results,
+                            "bad_images": images.recorded(_bad_images_dir(workdir))})
   return state, last
 
 

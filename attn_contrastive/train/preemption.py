@@ -15,9 +15,18 @@ Agreeing on the step:
   step.
 * Several processes (``jax.distributed``): the signal may reach only some of
   them. JAX's preemption service (started by ``jax.distributed.initialize``)
-  catches SIGTERM, tells every process, and picks the step after the largest
-  step any process has reached; :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
-  says when a process is there. SIGUSR1 is turned into SIGTERM for it.
+  catches SIGTERM, tells every process, and picks the sync point after the
+  largest one any process has reached;
+  :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
+  says when a process is there. SIGUSR1 and Ctrl-C are turned into SIGTERM
+  for it. The sync points are this process's boundaries, counted once for
+  the whole run (:func:`_reached_sync_point`): every training step, and every
+  piece boundary of the other tasks (:func:`check`: label rounds, feature
+  shards, robustness conditions, study stages), which every process passes
+  in the same order, so all of them stop at the same boundary, keep the
+  finished pieces, and exit 75 together. A task of one piece (alignment,
+  retrieval without a feature cache) finishes it; the next boundary, a
+  study's next stage, stops.
 
 A signal during an evaluation or a save is acted on at the next step
 boundary, after the evaluation or save: nothing in flight is cut.
@@ -111,10 +120,50 @@ def _on_signal(signum, frame) -> None:
 
 
 def check() -> None:
-  """Raises :class:`Interrupted` if Ctrl-C was pressed; called between the pieces
-  of a task (label shards, feature shards, robustness conditions, study stages)."""
-  if _interrupted.is_set():
+  """Stops the task at a boundary between its pieces (label rounds, feature shards,
+  robustness conditions, study stages).
+
+  One process: raises :class:`Interrupted` if Ctrl-C was pressed (a
+  preemption signal has stopped it already). Several processes: every
+  process calls it at the same boundaries; it raises :class:`Preempted` (or
+  :class:`Interrupted` after Ctrl-C) at the sync point JAX's preemption
+  service picked, the same boundary on every process.
+  """
+  if _distributed():
+    if _reached_sync_point():
+      raise (Interrupted if _interrupted.is_set() else Preempted)()
+  elif _interrupted.is_set():
     raise Interrupted()
+
+
+#: The sync points this process has passed (training steps and piece boundaries).
+_sync_points = [0]
+
+
+def _reached_sync_point() -> bool:
+  """Whether the next sync point is where every process stops (several processes).
+
+  One counter for the whole run rather than the training step: a study's
+  stages each start their steps again, and the service's sync point must
+  lie ahead of every process's count.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  _sync_points[0] += 1
+  return bool(multihost_utils.reached_preemption_sync_point(_sync_points[0]))
+
+
+def _to_preemption_service(signum, frame) -> None:
+  """Several processes: SIGUSR1 and Ctrl-C reach JAX's preemption service as SIGTERM
+  (a second Ctrl-C stops at once)."""
+  del frame
+  if signum == signal.SIGINT:
+    if _interrupted.is_set():
+      _on_second_interrupt()
+    _interrupted.set()
+  logging.warning("%s: stopping at the next shard, condition, stage or step boundary "
+                  "that every process reaches", "Ctrl-C" if signum == signal.SIGINT
+                  else signal.Signals(signum).name)
+  os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wanted(distributed: bool) -> tuple[signal.Signals, ...]:
@@ -132,14 +181,16 @@ def stop_on_signal():
   stops the task at once (a scheduler's grace period is short); Ctrl-C at
   the next piece boundary (:func:`check`), or at once when pressed again.
   A training loop replaces this with its :class:`Watcher` while it runs.
-  With several processes SIGTERM is left to JAX's preemption service (the
-  loop's).
+  With several processes SIGTERM is left to JAX's preemption service, and
+  every process stops at the same boundary (:func:`check`).
   """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   _interrupted.clear()
-  previous = {sig: signal.signal(sig, _on_signal) for sig in _wanted(_distributed())}
+  distributed = _distributed()
+  handler = _to_preemption_service if distributed else _on_signal
+  previous = {sig: signal.signal(sig, handler) for sig in _wanted(distributed)}
   try:
     yield
   finally:
@@ -233,9 +284,9 @@ class Watcher:
   def reached(self, step: int) -> bool:
     """Whether ``step`` is the step to save and stop at (call it after every step).
 
-    With several processes it is True at the same step on all of them.
+    With several processes it is True at the same step on all of them (each
+    step is a sync point: :func:`_reached_sync_point`).
     """
     if self._distributed:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      return _reached_sync_point()
     return self._signalled.is_set()

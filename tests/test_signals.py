@@ -1,0 +1,110 @@
+"""SIGTERM to one process of a two-process run, for every kind of piecewise task.
+
+Each case starts ``tests/signal_worker.py`` on two processes (``jax.distributed``
+on 127.0.0.1, one CPU device each), sends SIGTERM to process 1 alone once the
+task's first piece is written, and checks that both processes exit 75 within
+:data:`STOP_S` (JAX's preemption service tells process 0; both stop at the same
+boundary), that the finished pieces are kept, and that the same command run
+again finishes the work without redoing a kept piece and ends with what an
+uninterrupted run (the second launch's ``--straight`` run) leaves.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import multiprocess
+import signal_worker
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "signal_worker.py")
+#: The longest both processes may take to exit after the signal.
+STOP_S = 60.0
+#: Seconds per record read in the run that is signalled: a piece takes about 2 s and
+#: the pieces after the first over 10 s, longer than the preemption notice takes to
+#: reach every process; the stop comes within that time, so the slow pieces after it
+#: never run, and the rerun reads at full speed.
+READ_S = {"label": 0.5, "features": 1.0, "robustness": 0.4, "study": 0.45}
+#: Each job's pieces (globs under its workdir) and how many a finished run has.
+PIECES = {"label": ("shard-*.npz", signal_worker.SHARDS),
+          "features": ("*.npz", signal_worker.SHARDS),
+          "robustness": ("conditions/*.json", 2 * len(signal_worker.CORRUPTIONS)),
+          "study": ("**/results.json", 4)}
+
+
+def _start(job: str, workdir: str, log_dir: str, tag: str, read_s: float,
+           straight: str | None = None) -> list[subprocess.Popen]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+             "--xla_backend_optimization_level=0")
+  port, procs = multiprocess.free_port(), []
+  for p in range(2):
+    args = [sys.executable, WORKER, f"--job={job}", f"--workdir={workdir}",
+            f"--read_s={read_s}", f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+            f"--process_id={p}", *([f"--straight={straight}"] if straight else [])]
+    log = open(os.path.join(log_dir, f"{tag}.p{p}.log"), "w")
+    procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
+  return procs
+
+
+def _pieces(job: str, workdir: str) -> dict[str, tuple[int, int]]:
+  """Each finished piece's path → (inode, mtime): a piece redone would change both."""
+  found = glob.glob(os.path.join(workdir, PIECES[job][0]), recursive=True)
+  if job == "study":  # a stage's pieces: its results.json and its shards
+    found += glob.glob(os.path.join(workdir, "**", "shard-*.npz"), recursive=True)
+  return {os.path.relpath(f, workdir): (os.stat(f).st_ino, os.stat(f).st_mtime_ns)
+          for f in found}
+
+
+def _finished(job: str, workdir: str) -> int:
+  return len(glob.glob(os.path.join(workdir, PIECES[job][0]), recursive=True))
+
+
+def _content(job: str, workdir: str) -> dict[str, object]:
+  """What the job leaves, without timings."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "**", "*.npz"), recursive=True)):
+    with np.load(path) as z:
+      out[os.path.relpath(path, workdir)] = {k: z[k].tolist() for k in z.files}
+  if job == "robustness":
+    for path in sorted(glob.glob(os.path.join(workdir, "conditions", "*_*.json"))):
+      with open(path) as f:
+        out[os.path.basename(path)] = {k: v for k, v in json.load(f).items()
+                                       if k != "wall_time_s"}
+  return out
+
+
+@pytest.mark.parametrize("job", sorted(PIECES))
+def test_sigterm_to_one_process_stops_both_at_a_boundary_and_the_rerun_finishes(
+    job, tmp_path):
+  workdir, log_dir = str(tmp_path / "run"), str(tmp_path)
+  procs = _start(job, workdir, log_dir, "stopped", READ_S[job])
+  deadline = time.monotonic() + 300
+  while _finished(job, workdir) < 1:
+    assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, (
+        multiprocess.logs(log_dir, "stopped"))
+    time.sleep(0.05)
+  signalled = time.monotonic()
+  procs[1].send_signal(signal.SIGTERM)
+  codes = multiprocess.wait(procs, timeout=STOP_S + 60)
+  took = time.monotonic() - signalled
+  logs = multiprocess.logs(log_dir, "stopped")
+  assert codes == [75, 75] and took < STOP_S, (codes, took, logs)
+  assert "preempted: stopped; its finished pieces" in logs
+  kept = _pieces(job, workdir)
+  assert 1 <= _finished(job, workdir) < PIECES[job][1], logs
+
+  straight = str(tmp_path / "straight")
+  codes = multiprocess.wait(_start(job, workdir, log_dir, "rerun", 0.0, straight))
+  assert codes == [0, 0], multiprocess.logs(log_dir, "rerun")
+  after = _pieces(job, workdir)
+  assert {k: after.get(k) for k in kept} == kept, "a kept piece was redone"
+  assert _finished(job, workdir) == PIECES[job][1]
+  assert _content(job, workdir) == _content(job, straight)
