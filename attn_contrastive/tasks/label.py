@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attn_contrastive import paths
+from attn_contrastive import paths, progress
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import augment
 from attn_contrastive.data import canvases
@@ -256,6 +256,7 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
     submit = lambda k: [pool.submit(_prepared, source, i, place)  # noqa: E731
                         for i in range(*ranges[todo[k]])] if k < len(todo) else []
     pending = submit(0)
+    bar = progress.bar(len(todo), "label shards", unit="shard")  # this process's to do
     for k, index in enumerate(todo):
       preemption.check()
       prepared, pending = pending, submit(k + 1)
@@ -266,6 +267,8 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
       rate = images / max(time.perf_counter() - t0, 1e-9)
       logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
                    stop - start, rate)
+      bar.update(1)
+    bar.close()
   results = _totals(written, images, time.perf_counter() - t0)
   loop.write_results(workdir, results)
   return results
