@@ -186,7 +186,8 @@ def next_command(task: str, config_file: str, workdir: str, data_name: str,
 
 def key_numbers(task: str, results: dict[str, Any]) -> list[str]:
   """``"<key> <value>"`` of :data:`KEY_METRICS` found in flat ``results``."""
-  return [f"{k} {v:.4g}" for k in KEY_METRICS.get(task, ())
+  return [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4g}"
+          for k in KEY_METRICS.get(task, ())
           if isinstance(v := results.get(k), (int, float)) and not isinstance(v, bool)]
 
 

@@ -15,7 +15,7 @@ from attn_contrastive.tasks import study as study_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 #: Each fake stage's results: the key number its stage line shows.
-RESULTS = {"teacher": {"teacher": {"nss": 2.0625}}, "label": {"images_labelled": 160},
+RESULTS = {"teacher": {"teacher": {"nss": 2.0625}}, "label": {"images_labelled": 16000},
            "pretrain": {"step": 4, "nt_xent": 3.5}, "linear_eval": {"linear_cached": {
                "top1": 0.3125}}, "robustness": {"robustness": {"mean": 0.1875}},
            "retrieval": {"retrieval": {"map": 0.125}},
@@ -70,7 +70,7 @@ def _run_study(workdir, stream, monkeypatch) -> None:
 
 def _check_lines(text: str, log: str) -> None:
   for line in ("stage 1/7 teacher: 0 s, ", "teacher/nss 2.062", "stage 2/7 label: ",
-               "images_labelled 160", "stage 5/7 contrastive/seed0/robustness: ",
+               "images_labelled 16000", "stage 5/7 contrastive/seed0/robustness: ",
                "robustness/mean 0.1875", "stage 7/7 contrastive/seed0/alignment: ",
                "=== study finished ===", "7 stages in 0.2 min",
                "next:     python -m attn_contrastive.main --config=configs/study.py:full"):
