@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive import paths
+from attn_contrastive import progress
 from attn_contrastive import terminal
 from attn_contrastive import workdir_lock
 from attn_contrastive import tasks
@@ -100,6 +101,8 @@ def execute(config, workdir: str, config_file: str, distributed: bool = False) -
   # Before JAX starts its backends, whose INFO lines belong in the log file.
   process = jax.process_index() if distributed else 0
   log_file = terminal.log_to_workdir(workdir, process)
+  if process == 0:
+    progress.say(f"{config.task} in {workdir}; every log line in {log_file}")
   if paths.is_remote(workdir):
     logging.info("Log: %s, copied into %s when the run ends", log_file, workdir)
   logging.info("Process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(),

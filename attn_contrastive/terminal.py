@@ -1,20 +1,23 @@
-"""What a run leaves on the terminal: the project's own log lines, then a summary.
+"""What a run leaves on the terminal: bars, warnings, stage lines, then a summary.
 
-Libraries log a great deal at INFO (orbax on every checkpoint, JAX and
-TensorFlow on start-up). :func:`log_to_workdir` keeps every INFO line in
-``<workdir>/log.txt`` and lets through to the terminal only the project's
-own (with the loop's metric lines, which clu's writer emits for it) and
-warnings from anyone; a remote workdir's log is written locally and copied
-into it when the run ends (:func:`log_path`). :func:`summary` is the run's
-last word: what ran, a few key numbers of ``results.json``, where the
-outputs are, and the command of the chain's next stage (teacher → label →
-attention-guided training → alignment; linear evaluation → retrieval).
+Everyone logs a great deal at INFO (orbax on every checkpoint, JAX and
+TensorFlow on start-up, the project on every corruption, shard and
+monitor). :func:`log_to_workdir` keeps every INFO line in
+``<workdir>/log.txt`` and lets through to the terminal only warnings and
+errors; how far the run is shows in its progress bars
+(:mod:`attn_contrastive.progress`). A remote workdir's log is written
+locally and copied into it when the run ends (:func:`log_path`).
+:func:`summary` is the run's last word: what ran, its key numbers, where the
+outputs are, and the command to run next (the chain's next stage: teacher →
+label → attention-guided training → alignment → the report; linear
+evaluation → robustness → retrieval), or that there is none.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from typing import Any
 
 from absl import logging as absl_logging
 
@@ -25,9 +28,6 @@ LOG_FILE = "log.txt"
 #: Where the logs of remote workdirs are written while their runs last (:func:`log_path`).
 REMOTE_LOG_ROOT = os.path.join(tempfile.gettempdir(), "attn_contrastive_logs")
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# clu's LoggingWriter writes the loop's metric lines ("[step] loss=...") for it.
-_METRIC_WRITER = os.path.join("clu", "metric_writers", "logging_writer.py")
 
 #: The next stage of the chain: (config file beside this run's, its argument
 #: for ImageNet-scale data, the flag that takes this workdir, the suggested
@@ -48,20 +48,21 @@ NEXT_STAGE = {
 #: Linear evaluation hands on its own workdir: robustness reads its classifier.
 HANDS_ON_ITSELF = ("linear_eval",)
 
-#: The numbers of ``results.json`` (nested keys joined by "/") each task shows.
+#: The numbers of ``results.json`` (nested keys joined by "/") each task shows; a study's
+#: line for a finished stage shows the first found.
 KEY_METRICS = {
-    "pretrain": ("nt_xent", "contrastive_accuracy", "attn_loss", "online_probe/top1",
-                 "knn/top1"),
+    "pretrain": ("knn/top1", "nt_xent", "contrastive_accuracy", "attn_loss",
+                 "online_probe/top1"),
     "supervised": ("eval/accuracy", "eval/loss", "loss"),
     "teacher": ("teacher/nss", "teacher/cc", "teacher/kld", "center_bias/nss",
                 "center_bias/cc"),
-    "label": ("shards_written", "images_per_s"),
+    "label": ("images_labelled", "images_per_s", "shards_written"),
     "alignment": ("alignment/model/nss", "alignment/model/cc", "alignment/model/kld",
                   "alignment/center_bias/nss", "alignment/center_bias/cc",
                   "alignment/gradcam/nss", "alignment/gradcam/cc"),
     "linear_eval": ("linear/top1", "linear/top5", "linear_cached/top1", "linear_cached/top5",
                     "linear_cached/l2", "supervised/top1", "supervised/top5"),
-    "robustness": ("robustness/clean_top1", "robustness/mean", "robustness/noise",
+    "robustness": ("robustness/mean", "robustness/clean_top1", "robustness/noise",
                    "robustness/blur", "robustness/weather", "robustness/digital",
                    "robustness/mce", "retrieval_c/map"),
     "retrieval": ("retrieval/map", "retrieval/precision@1", "retrieval/r_precision",
@@ -69,15 +70,11 @@ KEY_METRICS = {
 }
 
 
-class _ProjectInfo(logging.Filter):
-  """Passes warnings and errors, and INFO lines only from the project itself."""
+class _WarningsAndErrors(logging.Filter):
+  """Passes warnings and errors only: INFO lines are the log file's."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING or record.name.startswith("attn_contrastive"):
-      return True
-    path = os.path.abspath(record.pathname)
-    return (path.startswith(_PACKAGE_DIR + os.sep)
-            or (path.endswith(_METRIC_WRITER) and record.funcName == "write_scalars"))
+    return record.levelno >= logging.WARNING
 
 
 def log_path(workdir: str, process_index: int = 0) -> str:
@@ -97,8 +94,8 @@ def log_path(workdir: str, process_index: int = 0) -> str:
 
 
 def log_to_workdir(workdir: str, process_index: int = 0) -> str:
-  """Every INFO line to the run's log file (:func:`log_path`); only the project's
-  to the terminal. Returns the file's path."""
+  """Every INFO line to the run's log file (:func:`log_path`); only warnings and
+  errors to the terminal. Returns the file's path."""
   path = log_path(workdir, process_index)
   if paths.is_remote(workdir):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -106,7 +103,7 @@ def log_to_workdir(workdir: str, process_index: int = 0) -> str:
   handler.setFormatter(absl_logging.PythonFormatter())
   handler.setLevel(logging.INFO)
   logging.getLogger().addHandler(handler)
-  absl_logging.get_absl_handler().addFilter(_ProjectInfo())
+  absl_logging.get_absl_handler().addFilter(_WarningsAndErrors())
   return path
 
 
@@ -153,13 +150,36 @@ def _outputs(workdir: str) -> list[tuple[str, str]]:
   return found
 
 
+def _report_command(workdir: str) -> str:
+  """The report over the folder that holds this run and its siblings."""
+  parent = os.path.dirname(workdir.rstrip("/")) or "."
+  return (f"python -m attn_contrastive.report --runs={parent} "
+          f"--out={os.path.join(parent, 'report')}")
+
+
+def _study_next(config_file: str, workdir: str) -> str | None:
+  """After the demo study, the full one beside it; after any other study, nothing."""
+  file, _, arg = config_file.partition(":")
+  if arg not in ("", "demo"):
+    return None
+  full = os.path.join(os.path.dirname(workdir.rstrip("/")),
+                      os.path.basename(workdir.rstrip("/")) + "_full")
+  return f"python -m attn_contrastive.main --config={file}:full --workdir={full}"
+
+
 def next_command(task: str, config_file: str, workdir: str, data_name: str,
                  source_workdir: str | None = None) -> str | None:
-  """The command of the chain's next stage (None: none yet).
+  """The command to run next (None: there is none).
 
-  The next stage reads this run's workdir, or ``source_workdir``, the run
-  that this one evaluated.
+  The chain's next stage reads this run's workdir, or ``source_workdir``,
+  the run that this one evaluated; after alignment, the chain's last stage,
+  comes the report over the folder of the runs; after the demo study, the
+  full study.
   """
+  if task == "alignment":
+    return _report_command(workdir)
+  if task == "study":
+    return _study_next(config_file, workdir)
   if task not in NEXT_STAGE:
     return None
   file, real_arg, flag, next_workdir = NEXT_STAGE[task]
@@ -173,26 +193,51 @@ def next_command(task: str, config_file: str, workdir: str, data_name: str,
           f"--workdir={next_workdir} --config.{flag}={handed_on}")
 
 
-def summary(task: str, config_file: str, workdir: str, data_name: str,
-            minutes: float) -> str:
-  """The closing lines of a run, from its workdir (``results.json`` and what else is there)."""
-  workdir = paths.resolve(workdir)
-  results_path = os.path.join(workdir, "results.json")
-  results = {}
-  if paths.exists(results_path):
-    results = config_lib.flatten(paths.read_json(results_path), sep="/")
+def key_numbers(task: str, results: dict[str, Any]) -> list[str]:
+  """``"<key> <value>"`` of :data:`KEY_METRICS` found in flat ``results``."""
+  return [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4g}"
+          for k in KEY_METRICS.get(task, ())
+          if isinstance(v := results.get(k), (int, float)) and not isinstance(v, bool)]
+
+
+def _block(label: str, items: list[str]) -> list[str]:
+  """``label`` before the first item, the others aligned under it."""
+  return [f"{label if i == 0 else '':10}{item}" for i, item in enumerate(items)]
+
+
+def _ran(task: str, config_file: str, results: dict[str, Any], minutes: float) -> str:
   ran = f"{task} ({config_file})"
   if "step" in results:
     ran += f", {results['step']} steps"
-  lines = ["", f"=== {task} finished ===", f"ran:      {ran} in {minutes:.1f} min"]
-  numbers = [f"{k} {v:.4g}" for k in KEY_METRICS.get(task, ())
-             if isinstance(v := results.get(k), (int, float))]
+  stages = results.get("stages")
+  if task == "study" and isinstance(stages, list):
+    skipped = sum(bool(s.get("skipped")) for s in stages if isinstance(s, dict))
+    ran += f", {len(stages)} stages" + (f" ({skipped} done earlier)" if skipped else "")
+  return f"{ran} in {minutes:.1f} min"
+
+
+def summary(task: str, config_file: str, workdir: str, data_name: str,
+            minutes: float) -> str:
+  """The closing lines of a run, from its workdir (``results.json`` and what else is there).
+
+  A study's key numbers are one line per row (its ``results.json``'s
+  ``headline``) and what differs between them (``notes``: a robustness
+  subset that is not linear evaluation's images).
+  """
+  workdir = paths.resolve(workdir)
+  results_path = os.path.join(workdir, "results.json")
+  raw = paths.read_json(results_path) if paths.exists(results_path) else {}
+  results = config_lib.flatten(raw, sep="/")
+  lines = ["", f"=== {task} finished ===",
+           f"ran:      {_ran(task, config_file, results, minutes)}"]
   if task == "study":
-    numbers = ["one line per row above; every table in the report"]
-  lines.append(f"metrics:  {', '.join(numbers) or '(none in results.json)'}")
-  for i, (what, where) in enumerate(_outputs(workdir)):
-    lines.append(f"{'outputs:' if i == 0 else '':10}{what + ':':16}{where}")
+    lines += _block("results:", list(raw.get("headline") or ["(no rows scored)"]))
+    lines += _block("note:", list(raw.get("notes") or []))
+  else:
+    lines += _block("metrics:", [", ".join(key_numbers(task, results))
+                                 or "(none in results.json)"])
+  lines += _block("outputs:", [f"{what + ':':16}{where}" for what, where in _outputs(workdir)])
   command = next_command(task, config_file, workdir, data_name,
                          results.get("source_workdir"))
-  lines.append(f"next:     {command or '(the last stage of the chain so far)'}")
+  lines.append(f"next:     {command or 'none: the chain has run to its end'}")
   return "\n".join(lines)

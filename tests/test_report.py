@@ -313,3 +313,27 @@ def test_fine_tuned_runs_are_tabled_under_the_row_they_started_from(tmp_path):
   ten = written["tables"]["finetune:imagenet2012_subset/10pct"]["rows"]
   assert ten[BASELINE]["eval/top5"]["mean"] == pytest.approx(80.0)
   assert "Label-efficient fine-tuning" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_robustness_subset_is_said_in_the_report_and_the_severity_caption(tmp_path):
+  for row, top1 in ((BASELINE, 0.25), (GUIDED, 0.296)):
+    name = "base" if row == BASELINE else "attn"
+    _evaluation(tmp_path / f"linear_{name}", "linear_eval", row, 0,
+                {"linear_cached/top1": top1, "linear_cached/num_images": 2000})
+    _evaluation(tmp_path / f"robustness_{name}", "robustness", row, 0,
+                dict(_robustness(0.2, 0.8, clean=top1 - 0.05), **{
+                    "robustness/num_images": 200}))
+  written = report.write_report([str(tmp_path)], str(tmp_path / "report"))
+  said = ("robustness scores the first 200 validation images and linear evaluation 2000: "
+          "robustness's clean top-1 (severity 0) is of those 200, not the linear top-1 of "
+          "the classification table")
+  assert written["notes"] == [said]
+  text = open(written["markdown"]).read()
+  assert text.count(said) == 2  # under the title and under the severity figure
+  assert written["figures"]["robustness_severity"] and written["figures"]["pr_curves"]
+  # The same images for both: nothing to say.
+  _evaluation(tmp_path / "linear_base", "linear_eval", BASELINE, 0,
+              {"linear_cached/top1": 0.25, "linear_cached/num_images": 200})
+  _evaluation(tmp_path / "linear_attn", "linear_eval", GUIDED, 0,
+              {"linear_cached/top1": 0.296, "linear_cached/num_images": 200})
+  assert report.write_report([str(tmp_path)], str(tmp_path / "report"))["notes"] == []

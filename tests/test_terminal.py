@@ -1,4 +1,4 @@
-"""The end of a run: library INFO lines in log.txt only, and the closing summary."""
+"""The end of a run: INFO lines in log.txt only, and the closing summary."""
 import json
 import logging
 import os
@@ -51,10 +51,26 @@ def test_next_command_follows_the_chain(task, data, config, flag):
     assert f"--workdir=/w/{prefix}_run " in command
 
 
-def test_alignment_is_the_last_stage(tmp_path):
-  assert terminal.next_command("alignment", "configs/alignment.py", "/w", "salicon") is None
+def test_after_alignment_comes_the_report_and_after_the_demo_the_full_study(tmp_path):
+  assert terminal.next_command("alignment", "configs/alignment.py", "/w/align_run",
+                               "salicon") == (
+      "python -m attn_contrastive.report --runs=/w --out=/w/report")
   text = terminal.summary("alignment", "configs/alignment.py", str(tmp_path), "salicon", 1.0)
-  assert "next:" in text and "(none in results.json)" in text
+  assert "metrics:  (none in results.json)" in text
+  assert terminal.next_command("study", "configs/study.py", "/w/study", "x") == (
+      "python -m attn_contrastive.main --config=configs/study.py:full "
+      "--workdir=/w/study_full")
+  assert terminal.next_command("study", "configs/study.py:full", "/w/study", "x") is None
+  (tmp_path / "results.json").write_text(json.dumps({
+      "task": "study", "stages": [{"skipped": True}, {"skipped": False}],
+      "headline": ["Contrastive: linear top-1 20.40", "Teacher: NSS 2.04"],
+      "notes": ["robustness scores the first 200 validation images"]}))
+  text = terminal.summary("study", "configs/study.py:cifar10", str(tmp_path), "cifar10", 2.0)
+  assert ("ran:      study (configs/study.py:cifar10), 2 stages (1 done earlier) in 2.0 min\n"
+          "results:  Contrastive: linear top-1 20.40\n"
+          "          Teacher: NSS 2.04\n"
+          "note:     robustness scores the first 200 validation images\n") in text
+  assert text.endswith("next:     none: the chain has run to its end")
 
 
 def test_alignment_summary_reads_the_evaluation_outline(tmp_path):
@@ -69,7 +85,7 @@ def test_alignment_summary_reads_the_evaluation_outline(tmp_path):
                  "alignment/center_bias/nss 1.125", "alignment/center_bias/cc 0.5625",
                  "alignment/gradcam/nss 1.25", "alignment/gradcam/cc 0.625"):
     assert number in text
-  assert "(the last stage of the chain so far)" in text
+  assert "--runs=/runs " not in text and "python -m attn_contrastive.report" in text
 
 
 def test_library_info_goes_to_the_log_file_only(tmp_path):
@@ -86,10 +102,10 @@ def test_library_info_goes_to_the_log_file_only(tmp_path):
     project = os.path.join(os.path.dirname(terminal.__file__), "train", "loop.py")
     assert not absl_handler.filter(record(library))
     assert absl_handler.filter(record(library, logging.WARNING))
-    assert absl_handler.filter(record(project))
+    assert not absl_handler.filter(record(project))  # how far a run is: its bars
+    assert absl_handler.filter(record(project, logging.ERROR))
     writer = "/venv/site-packages/clu/metric_writers/logging_writer.py"
-    assert absl_handler.filter(record(writer, func="write_scalars"))  # the loop's metrics
-    assert not absl_handler.filter(record(writer, func="write_hparams"))
+    assert not absl_handler.filter(record(writer, func="write_scalars"))
     root.handle(record(library, msg="saved checkpoint 3"))
     with open(path) as f:
       assert "saved checkpoint 3" in f.read()

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from attn_contrastive import paths
+from attn_contrastive import progress
 from attn_contrastive.evaluators import common
 from attn_contrastive.train import mesh as mesh_lib
 from attn_contrastive.train import preemption
@@ -57,8 +58,9 @@ def _gather_in_order(local: np.ndarray, positions: np.ndarray, total: int) -> np
 
 
 def _extract_range(embed_step, state, source, transform, start: int, stop: int,
-                   global_batch: int, pool, mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of examples ``start … stop-1`` (gathered, in order)."""
+                   global_batch: int, pool, mesh, bar) -> tuple[np.ndarray, np.ndarray]:
+  """Features and labels of examples ``start … stop-1`` (gathered, in order); ``bar``
+  counts the images embedded."""
   load = lambda i: transform(source[start + i])  # noqa: E731
   feats, labels, positions = [], [], []
   n_proc, p = jax.process_count(), jax.process_index()
@@ -70,6 +72,7 @@ def _extract_range(embed_step, state, source, transform, start: int, stop: int,
     labels.append(np.array([ex.get("label", -1) for ex in examples], np.int64))
     pos = k * global_batch + p + n_proc * np.arange(len(examples))
     positions.append(np.where(mask, pos, stop - start))
+    bar.update(min(global_batch, stop - start - k * global_batch))
   local_f = np.concatenate(feats).astype(np.float32)
   local_l = np.concatenate(labels)
   local_p = np.concatenate(positions)
@@ -96,7 +99,8 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
   embed_step = _jitted(embed, mesh_lib.data_sharding(mesh))
   threads = max(int(eval_cfg.num_threads), 1)
   parts_f, parts_l = [], []
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+  with (concurrent.futures.ThreadPoolExecutor(threads) as pool,
+        progress.bar(total, "features", unit="img") as bar):
     for start in range(0, total, shard_size if cache_dir else total):
       preemption.check()
       stop = min(start + (shard_size if cache_dir else total), total)
@@ -112,9 +116,10 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
         if len(f) != stop - start:
           raise ValueError(f"{path} holds {len(f)} features, expected {stop - start}: it "
                            "comes from another split or shard size; delete the folder")
+        bar.update(stop - start)
       else:
         f, lab = _extract_range(embed_step, state, source, transform, start, stop,
-                                global_batch, pool, mesh)
+                                global_batch, pool, mesh, bar)
         if path and jax.process_index() == 0:
           paths.save_npz_atomic(path, features=f, labels=lab)
       parts_f.append(f if rows is None else f[keep].copy())

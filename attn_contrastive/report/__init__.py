@@ -44,7 +44,8 @@ def write_report(roots: Sequence[str], out_dir: str) -> dict[str, Any]:
   why a figure was not drawn (``skipped``), the tables as data (``tables``:
   name → ``{"datasets", "columns", "rows": {row: {metric: {"mean", "std", "n",
   "seeds", "paper"}}}}``, values in the units of the markdown), the CSV's
-  lines, the stages each row lacks and the number of workdirs read. A root
+  lines, the stages each row lacks, the number of workdirs read and what
+  differs between the images two tables score (``notes``). A root
   that is not a folder raises FileNotFoundError.
   """
   roots = [str(roots)] if isinstance(roots, (str, os.PathLike)) else [str(r) for r in roots]
@@ -66,6 +67,6 @@ def write_report(roots: Sequence[str], out_dir: str) -> dict[str, Any]:
           "skipped": {n: notes[n] for n, p in paths.items() if p is None},
           "tables": {t.name: _as_data(t) for t in built}, "csv_lines": lines,
           "missing": tables.missing_stages(collection),
-          "workdirs": len(collection.entries),
+          "workdirs": len(collection.entries), "notes": tables.subset_notes(collection),
           "rows": sorted({e.row for e in collection.entries if e.row in ROWS},
                          key=collect.row_order)}

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from attn_contrastive import paths
 from attn_contrastive.report import collect
@@ -25,6 +26,17 @@ MAX_IMAGES = 4
 GUIDED, BASELINE = "Contrastive attn. teacher", "Contrastive"
 _COLOURS = dict(zip(collect.ROWS, ("tab:blue", "tab:green", "tab:orange", "tab:red",
                                    "tab:purple", "tab:brown", "tab:pink")))
+
+
+def colour(row: str) -> str:
+  """The row's colour, the same in every figure."""
+  return _COLOURS.get(row, "black")
+
+
+def _legend_outside(ax, handles: Sequence) -> None:
+  """The legend to the right of the axes, where it covers no data."""
+  ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0, frameon=False)
 
 
 def _png(fig: Figure, dpi: int) -> bytes:
@@ -85,19 +97,25 @@ def pr_curves(collection: collect.Collection, path: str) -> tuple[str | None, st
       panels.append((d, clean, corrupt))
   if not panels:
     return None, "no retrieval or robustness results with an 11-point precision-recall curve"
-  fig = Figure(figsize=(6.4 * len(panels), 4.6))
+  fig = Figure(figsize=(5.2 * len(panels) + 3.2, 4.2), layout="constrained")
   recall = np.linspace(0.0, 1.0, 11)
+  seeds, kinds = {}, set()
   for ax, (dataset, clean, corrupt) in zip(np.atleast_1d(fig.subplots(1, len(panels))),
                                            panels):
-    for style, curves, what in (("-", clean, "clean"), ("--", corrupt, "corrupted queries")):
+    for style, curves in (("-", clean), ("--", corrupt)):
+      kinds.update([style] if curves else [])
       for row, c in curves.items():
-        ax.plot(recall, 100 * c.mean(0), style, color=_COLOURS.get(row, "black"),
-                marker=".", label=f"{row}, {what} (n={len(c)})")
+        ax.plot(recall, 100 * c.mean(0), style, color=colour(row), marker=".")
+        seeds[row] = max(seeds.get(row, 0), len(c))
     ax.set(xlabel="recall", ylabel="interpolated precision (%)", xlim=(0, 1))
-    ax.set_title(f"Retrieval precision-recall on {dataset}, mean over seeds", fontsize=10)
+    ax.set_title(f"Precision-recall on {dataset}, mean over seeds", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
+  handles = [Line2D([], [], color=colour(row), marker=".", label=f"{row} (n={n})")
+             for row, n in sorted(seeds.items(), key=lambda rn: collect.row_order(rn[0]))]
+  handles += [Line2D([], [], color="0.3", linestyle=style, label=what)
+              for style, what in (("-", "clean queries"), ("--", "corrupted queries"))
+              if style in kinds]
+  _legend_outside(ax, handles)  # beside the last panel
   data = "; ".join(f"`{d}`" + " (clean and corrupted queries)" * bool(c and k) +
                    " (corrupted queries)" * bool(k and not c) for d, c, k in panels)
   return _save(fig, path), f"Precision-recall per row, mean over seeds, on {data}."
@@ -115,23 +133,34 @@ def robustness_severity(collection: collect.Collection, path: str) -> tuple[str 
       by_row.setdefault(e.row, []).append([clean] + [float(v) for v in severity])
   if not by_row:
     return None, "no robustness results with clean top-1 and accuracy by severity"
-  fig = Figure(figsize=(6.4, 4.6))
+  fig = Figure(figsize=(8.4, 4.2), layout="constrained")
   ax = fig.subplots()
   x = np.arange(6)
   for row in sorted(by_row, key=collect.row_order):
     acc = 100 * np.asarray(by_row[row])
-    mean, colour = acc.mean(0), _COLOURS.get(row, "black")
-    ax.plot(x, mean, "-o", color=colour, label=f"{row} (n={len(acc)})")
+    mean = acc.mean(0)
+    ax.plot(x, mean, "-o", color=colour(row), label=f"{row} (n={len(acc)})")
     if len(acc) > 1:
       std = acc.std(0, ddof=1)
-      ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2)
-  ax.set(xlabel="severity (0: clean images)", ylabel="top-1 accuracy (%)", xticks=x)
-  ax.set_title("Accuracy by corruption severity (15 corruptions), mean ± std over seeds",
-               fontsize=10)
+      ax.fill_between(x, mean - std, mean + std, color=colour(row), alpha=0.2)
+  images = _image_count(collection.of("robustness", dataset))
+  ax.set(xlabel="severity (0: the clean images)", ylabel="top-1 accuracy (%)", xticks=x)
+  ax.set_title("Accuracy by corruption severity (15 corruptions), mean ± std over seeds"
+               + (f"\n(the first {images} validation images)" if images else ""), fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  return _save(fig, path), f"Accuracy by severity, mean ± std over seeds (`{dataset}`)."
+  _legend_outside(ax, ax.get_legend_handles_labels()[0])
+  note = f"Accuracy by severity, mean ± std over seeds (`{dataset}`)."
+  differs = tables_lib.subset_notes(collection)
+  if differs:
+    note += f" Severity 0: {differs[0]}."
+  return _save(fig, path), note
+
+
+def _image_count(entries: Sequence[collect.Entry]) -> str | None:
+  """The number of validation images robustness scored ("200", or "200 or 300")."""
+  counts = sorted({int(v) for e in entries
+                   if (v := tables_lib.number(e.results.get("robustness/num_images")))})
+  return " or ".join(map(str, counts)) or None
 
 
 def _lowest_seed_examples(entries: Sequence[collect.Entry]) -> collect.Entry | None:
@@ -229,7 +258,8 @@ def attention(collection: collect.Collection, path: str) -> tuple[str | None, st
       ok = where.size and _same_image(arrays["image"][where[0]], base["image"][r])
       _overlay(axes[r, 2 + c], image, arrays[key][where[0]] if ok else None)
   for c, title in enumerate(titles):
-    axes[0, c].set_title(title, fontsize=7)
+    row = next((r for r in (GUIDED, BASELINE) if f"({r})" in title), None)
+    axes[0, c].set_title(title, fontsize=7, color=colour(row) if row else "black")
   suptitle = "Attention on validation images (maps over the image, each min-max scaled)"
   if missing:
     suptitle += "\nleft out: " + "; ".join(m.split(":")[0] for m in missing)

@@ -120,6 +120,8 @@ def markdown(collection: collect.Collection, tables: Sequence[tables_lib.Table],
              roots: Sequence[str]) -> str:
   """The whole ``report.md``."""
   lines = _header(collection, roots)
+  lines += [f"Note: {note}." for note in tables_lib.subset_notes(collection)]
+  lines += [""] if lines[-1] else []
   if not tables:
     lines += ["No evaluation results found.", ""]
   for table in tables:

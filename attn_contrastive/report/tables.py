@@ -250,3 +250,21 @@ def missing_stages(collection: collect.Collection) -> dict[str, list[str]]:
     if notes:
       gaps[row] = notes
   return gaps
+
+
+def _image_counts(entries: Sequence[collect.Entry], key: str) -> list[int]:
+  return sorted({int(v) for e in entries if (v := number(e.results.get(key))) is not None})
+
+
+def subset_notes(collection: collect.Collection) -> list[str]:
+  """What differs between the images two tables score: robustness on fewer validation
+  images (``eval.max_examples``) than linear evaluation, so that its clean top-1 (the
+  severity figure's clean point) is not the classification table's linear top-1."""
+  robust = _image_counts(collection.of("robustness"), "robustness/num_images")
+  linear = _image_counts(collection.of("linear_eval"), "linear_cached/num_images")
+  if not robust or not linear or robust == linear:
+    return []
+  n = " or ".join(map(str, robust))
+  return [f"robustness scores the first {n} validation images and linear evaluation "
+          f"{' or '.join(map(str, linear))}: robustness's clean top-1 (severity 0) is of "
+          f"those {n}, not the linear top-1 of the classification table"]

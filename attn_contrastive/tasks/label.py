@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attn_contrastive import paths
+from attn_contrastive import paths, progress
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
@@ -214,6 +214,7 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
     submit = lambda k: [pool.submit(_prepared, source, i, place)  # noqa: E731
                         for i in range(*ranges[todo[k]])] if k < len(todo) else []
     pending = submit(0)
+    bar = progress.bar(len(todo), "label shards", unit="shard")  # this process's to do
     for k, index in _rounds(todo, num_shards):
       preemption.check()
       if index is None:
@@ -226,6 +227,8 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
       rate = images / max(time.perf_counter() - t0, 1e-9)
       logging.info("shard %d/%d done (%d images), %.1f images/s", index + 1, num_shards,
                    stop - start, rate)
+      bar.update(1)
+    bar.close()
   results = _totals(written, images, time.perf_counter() - t0)
   # Undecodable images of this run, over every process (their maps are all zero).
   results["bad_images"] = results_lib.bad_images(

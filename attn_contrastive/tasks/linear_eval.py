@@ -115,6 +115,7 @@ def run_linear_cached(config, workdir: str, embed, frozen, splits, num_classes: 
       holdout_fraction=lc.holdout_fraction, max_iters=lc.max_iters, tol=lc.tol, mesh=mesh)
   logging.info("Softmax regression: l2 %g chosen from %s, fitted in %.1f s", fit["l2"],
                tuple(lc.l2_grid), time.perf_counter() - t0)
+  fit["num_images"] = int(len(val_y))  # the validation images scored
   if jax.process_index() == 0:
     paths.save_npz_atomic(os.path.join(workdir, runs.CACHED_CLASSIFIER), **fit["classifier"])
   return fit
@@ -166,7 +167,8 @@ def score(ev: evaluation.Evaluation) -> dict[str, Any]:
     source = {"checkpoint": run.run_dir, "step": run.step}
     fit = run_linear_cached(config, ev.workdir, embed, frozen, splits, num_classes,
                             ev.image_size, source, mesh)
-    metrics.update({f"linear_cached/{k}": fit[k] for k in ("top1", "top5", "l2", "grid")})
+    metrics.update({f"linear_cached/{k}": fit[k] for k in ("top1", "top5", "l2", "grid",
+                                                            "num_images")})
     metrics["linear_cached/wall_time_s"] = time.perf_counter() - t0
   for name in ("supervised", *config.protocols):
     if f"{name}/top1" in metrics:

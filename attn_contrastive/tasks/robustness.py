@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from attn_contrastive import paths, runs
+from attn_contrastive import paths, progress, runs
 from attn_contrastive.evaluators import corruption_errors, features, results
 from attn_contrastive.evaluators import retrieval_metrics as rm
 from attn_contrastive.tasks import evaluation
@@ -174,28 +174,36 @@ def score_conditions(config, workdir: str, scorer: _Scorer, clean_source, view,
                      corruptions: Sequence[str]) -> dict[str, dict[str, Any]]:
   """``{"<corruption>_<severity>": {"top1", ["retrieval"]}}`` of ``corruptions`` ×
   ``robustness.severities``, resuming finished ones."""
-  rc = config.robustness
+  conditions = [(name, s) for name in corruptions for s in config.robustness.severities]
   out, cache = {}, {}
-  for name in corruptions:
-    for severity in rc.severities:
+  with progress.bar(len(conditions), "conditions", unit="cond") as bar:
+    for name, severity in conditions:
       preemption.check()
-      key = f"{name}_{severity}"
-      path = os.path.join(workdir, "conditions", f"{key}.json")
-      if paths.exists(path):
-        out[key] = paths.read_json(path)
-        continue
-      t0 = time.perf_counter()
-      source, transform = _condition_source(config, name, severity, clean_source, view, cache)
-      x, y = scorer.features(source, transform)
-      result = {"top1": scorer.top1(x, y), "num_images": int(len(y))}
-      if rc.retrieval and severity in rc.retrieval_severities:
-        result["retrieval"] = scorer.retrieval(x, y, rc)
-      result["wall_time_s"] = time.perf_counter() - t0
-      results.write_json(path, result)
-      out[key] = result
-      logging.info("%s severity %d: top-1 %.4f (%.1f s)", name, severity, result["top1"],
-                   result["wall_time_s"])
+      bar.set_postfix_str(f"{name} {severity}")
+      out[f"{name}_{severity}"] = _condition(config, workdir, scorer, clean_source, view,
+                                             name, severity, cache)
+      bar.update(1)
   return out
+
+
+def _condition(config, workdir: str, scorer: _Scorer, clean_source, view, name: str,
+               severity: int, cache: dict) -> dict[str, Any]:
+  """One condition's scores, read back when an earlier run wrote them."""
+  rc = config.robustness
+  path = os.path.join(workdir, "conditions", f"{name}_{severity}.json")
+  if paths.exists(path):
+    return paths.read_json(path)
+  t0 = time.perf_counter()
+  source, transform = _condition_source(config, name, severity, clean_source, view, cache)
+  x, y = scorer.features(source, transform)
+  result = {"top1": scorer.top1(x, y), "num_images": int(len(y))}
+  if rc.retrieval and severity in rc.retrieval_severities:
+    result["retrieval"] = scorer.retrieval(x, y, rc)
+  result["wall_time_s"] = time.perf_counter() - t0
+  results.write_json(path, result)
+  logging.info("%s severity %d: top-1 %.4f (%.1f s)", name, severity, result["top1"],
+               result["wall_time_s"])
+  return result
 
 
 def is_cifar(rc) -> bool:

@@ -28,7 +28,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from attn_contrastive import config_checks, paths, tasks
+from attn_contrastive import config as config_lib
+from attn_contrastive import config_checks, paths, progress, tasks, terminal
+from attn_contrastive.evaluators import results
 from attn_contrastive.train import preemption
 
 
@@ -57,6 +59,33 @@ def read_results(path: str) -> Any:
         "training stage resumes from its last checkpoint), the others are skipped") from None
 
 
+def stage_kind(name: str) -> str:
+  """The entry of ``study.stages`` that a stage's name (``<row>/seed<k>/train``) is of."""
+  kind = name.split("/")[-1]
+  return "train" if kind.startswith("train") else kind
+
+
+def planned_stages(config: ml_collections.ConfigDict) -> list[str]:
+  """The names of the stages a study runs (done or not), in order: what its bar counts."""
+  names = ["teacher", "label"]
+  for seed in config.study.seeds:
+    for row in config.study.rows:
+      names += [f"{row}/seed{seed}/{kind}" for kind in ("train", *config_checks.EVALUATIONS)]
+  return [n for n in names if stage_kind(n) in config.study.stages]
+
+
+def stage_line(number: int, total: int, name: str, task: str, workdir: str,
+               seconds: float | None) -> str:
+  """``stage 7/17 <name>: 2.1 min, <key> <value>``: a finished stage and its key number."""
+  results_path = os.path.join(workdir, "results.json")
+  found = config_lib.flatten(paths.read_json(results_path), sep="/") if paths.exists(
+      results_path) else {}
+  numbers = terminal.key_numbers(task, found)[:1]
+  took = ("done earlier" if seconds is None else f"{seconds:.0f} s" if seconds < 60
+          else f"{seconds / 60:.1f} min")
+  return f"stage {number}/{total} {name}: " + ", ".join([took, *numbers])
+
+
 class Study:
   """Runs the stages of ``config`` in ``workdir``, skipping finished ones."""
 
@@ -65,6 +94,7 @@ class Study:
     self.config, self.workdir = config, paths.resolve(workdir)
     self.run_stage = run_stage or _run_stage
     self.timings: list[tuple[str, float, bool]] = []
+    self._bar = None
     bad = config_checks.study_problems(config)
     if bad:
       raise ValueError("; ".join(bad))
@@ -74,21 +104,46 @@ class Study:
 
   def stage(self, name: str, config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs one stage unless it is done or not among ``study.stages``; returns its workdir."""
-    kind = name.split("/")[-1]
-    kind = "train" if kind.startswith("train") else kind
-    if kind not in self.config.study.stages:
+    if stage_kind(name) not in self.config.study.stages:
       return workdir
     preemption.check()
     if is_done(workdir):
-      logging.info("Study: %s done already (%s)", name, workdir)
       self.timings.append((name, 0.0, True))
+      self.announce_finished(name, config, workdir, None)
       return workdir
-    logging.info("Study: %s → %s", name, workdir)
+    self.announce_start(name, workdir)
     t0 = time.perf_counter()
     self.run_stage(config, workdir)
     self.timings.append((name, time.perf_counter() - t0, False))
-    logging.info("Study: %s finished in %.1f min", name, self.timings[-1][1] / 60)
+    self.announce_finished(name, config, workdir, self.timings[-1][1])
     return workdir
+
+  def progress_bar(self):
+    """The study's bar, "stage k/n <name>", made when the first stage starts."""
+    if self._bar is None:
+      self._bar = progress.bar(len(planned_stages(self.config)), "study", unit="stage",
+                               bar_format="{desc} |{bar:12}| {elapsed}")
+    return self._bar
+
+  def announce_start(self, name: str, workdir: str) -> None:
+    """The log's line and the bar's name for a stage that starts."""
+    logging.info("Study: %s → %s", name, workdir)
+    number = len(self.timings) + 1
+    self.progress_bar().set_description_str(
+        f"stage {number}/{len(planned_stages(self.config))} {name}")
+
+  def announce_finished(self, name: str, config: ml_collections.ConfigDict, workdir: str,
+                        seconds: float | None) -> None:
+    """One line on the terminal per finished stage (``seconds`` None: done earlier), with
+    its key number; the bar moves on, and goes when the last stage is done."""
+    line = stage_line(len(self.timings), len(planned_stages(self.config)), name,
+                      config.task, workdir, seconds)
+    logging.info("Study: %s", line)
+    progress.say(line)
+    bar = self.progress_bar()
+    bar.update(1)
+    if bar.n >= bar.total:
+      bar.close()
 
   def teacher_and_maps(self) -> str:
     """The teacher, then its maps of the training split; returns the maps folder."""
@@ -174,14 +229,13 @@ def run_study(config, workdir: str) -> dict[str, Any] | None:
   study = Study(config, workdir)
   start = time.perf_counter()
   written = study.run()
-  if written:
-    for line in headline(written):
-      logging.info("%s", line)
-    logging.info("Report: %s", written["markdown"])
-  from attn_contrastive.train import loop
-  loop.write_results(workdir, {
+  lines, notes = (headline(written), list(written["notes"])) if written else ([], [])
+  for line in lines + notes:
+    logging.info("%s", line)
+  results.write_json(os.path.join(workdir, results.FILE), {
       "task": "study", "rows": list(config.study.rows), "seeds": list(config.study.seeds),
       "report": study.path("report", "report.md") if written else None,
+      "headline": lines, "notes": notes,
       "stages": [{"stage": n, "minutes": s / 60, "skipped": k} for n, s, k in study.timings],
       "wall_time_s": time.perf_counter() - start})
   return written

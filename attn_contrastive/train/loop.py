@@ -23,6 +23,7 @@ from clu import metric_writers, periodic_actions
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import paths
+from attn_contrastive import progress
 from attn_contrastive.config_checks import TORCHVISION_INIT
 from attn_contrastive.data import images
 from attn_contrastive.data import pipeline
@@ -265,11 +266,13 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   # A signal after the last step lets the final evaluation finish: the last
   # checkpoint is written by then, and the run ends normally.
   with preemption.Watcher() as watcher:
+    bar = progress.bar(last_step, "steps", unit="step", initial=first_step - 1)
     steps = _Steps(config, task, mesh, step_fn, frozen, step_rng, ckpt, writer, hooks,
-                   skip_limit)
+                   skip_limit, bar)
     try:
       state, last = _train(steps, state, data_iter, watcher, first_step, last_step, stop_at)
     finally:  # stops grain's worker processes now, whatever ended the steps
+      bar.close()
       data_iter.close()
     results = {}
     if task.evaluate and (stop_at is None or int(state.step) == last_step):
@@ -297,6 +300,7 @@ class _Steps:
   writer: Any
   hooks: list
   skip_limit: int
+  bar: Any  # progress.bar of the steps: their count, loss and time left
 
 
 def _train(s: _Steps, state: TrainState, data_iter, watcher: preemption.Watcher,
@@ -318,6 +322,7 @@ def _train(s: _Steps, state: TrainState, data_iter, watcher: preemption.Watcher,
       state, metrics = step_fn(state, global_batch, step_rng, *frozen)
     for hook in hooks:
       hook(step)
+    s.bar.update(1)
     if step % config.train.log_every == 0 or step == last_step:
       last = {k: float(v) for k, v in jax.device_get(metrics).items()}
       _check_finite(last, step, ckpt, state, skip_limit)
@@ -326,6 +331,7 @@ def _train(s: _Steps, state: TrainState, data_iter, watcher: preemption.Watcher,
       elapsed = time.perf_counter() - t0
       last["examples_per_s"] = (step - t0_step) * batch / max(elapsed, 1e-9)
       writer.write_scalars(step, last)
+      s.bar.set_postfix_str(f"loss {last['loss']:.4g}", refresh=False)
       t0, t0_step = time.perf_counter(), step
     preempted = watcher.reached(step)
     if ckpt.should_save(step, last_step) or preempted:
