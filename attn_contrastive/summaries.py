@@ -73,10 +73,14 @@ class SummaryWriter:
   Scalars, images, texts and hyperparameters are written as TensorFlow 2's
   summary ops write them (a tensor and its plugin's metadata); videos, audio
   and histograms, which no task writes, are refused with a warning, as clu's
-  writer does for videos. Events are buffered and written on :meth:`flush`
+  writer does for videos. Events are buffered, as TensorFlow's writer buffers
+  them, and written on :meth:`flush`, and by the write that makes
+  :data:`MAX_QUEUE` wait or finds the oldest waiting for :data:`FLUSH_S`
   (appended to a local file; a remote file is uploaded whole again).
   """
 
+  MAX_QUEUE = 10
+  FLUSH_S = 120.0
   _count = 0
   _lock = threading.Lock()
 
@@ -99,7 +103,12 @@ class SummaryWriter:
     self.flush()
 
   def _add(self, event) -> None:
+    if not self._pending:
+      self._oldest = time.monotonic()
     self._pending.append(_record(event.SerializeToString()))
+    if (len(self._pending) >= self.MAX_QUEUE
+        or time.monotonic() - self._oldest >= self.FLUSH_S):
+      self.flush()
 
   def _summary(self, step: int, tag: str, tensor, metadata) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2

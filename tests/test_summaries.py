@@ -64,3 +64,14 @@ def test_bad_image_shape_is_refused_with_the_shapes_it_takes(tmp_path):
   writer = summaries.SummaryWriter(str(tmp_path))
   with pytest.raises(ValueError, match=r"expected \[H, W, C\] or \[N, H, W, C\]"):
     writer.write_images(0, {"x": np.zeros((4, 4), np.uint8)})
+
+
+def test_events_reach_the_file_unflushed_once_ten_wait(tmp_path):
+  """As TensorFlow's writer: a run that dies before its flush keeps all but the last few."""
+  writer = summaries.SummaryWriter(str(tmp_path))
+  (path,) = tmp_path.glob("events.out.tfevents.*")
+  opened = path.stat().st_size  # the file's version event
+  writer.write_scalars(1, {f"s{i}": i for i in range(writer.MAX_QUEUE - 1)})
+  assert path.stat().st_size == opened
+  writer.write_scalars(2, {"last": 1.0})
+  assert b"last" in path.read_bytes()
