@@ -17,6 +17,7 @@ Stages (each a real task on tiny in-memory data, as in the other tests):
 
 Markers for the tests: ``<workdir>/evaluating`` while an evaluation runs,
 ``<workdir>/saving`` while a save is held. A preempted run exits 75, as main does.
+A plan that imported TensorFlow fails: none of these stages needs it.
 """
 import argparse
 import json
@@ -146,6 +147,10 @@ def main():
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_PREEMPTED)
+  # Training, labelling and evaluating need no TensorFlow (attn_contrastive.summaries):
+  # seconds of start-up in every process if something imports it again.
+  if "tensorflow" in sys.modules:
+    sys.exit("these stages imported TensorFlow, which none of them needs")
 
 
 if __name__ == "__main__":
