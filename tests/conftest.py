@@ -17,8 +17,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 #: The longest modules first (minutes of subprocess runs): the short tests then fill
 #: the workers' ends, instead of one worker finishing a long test alone.
-LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_imagenet_chain", "test_interrupt",
-                 "test_train_step",
+LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_imagenet_chain", "test_signals",
+                 "test_interrupt", "test_train_step",
                  "test_workers", "test_kills", "test_remote_paths", "test_attention")
 
 

@@ -1,6 +1,6 @@
 """SIGTERM to one process of a two-process run, for every kind of piecewise task.
 
-Each case starts ``tests/signal_worker.py`` on two processes (``jax.distributed``
+Each job starts ``tests/signal_worker.py`` on two processes (``jax.distributed``
 on 127.0.0.1, one CPU device each), sends SIGTERM to process 1 alone once the
 task's first piece is written, and checks that both processes exit 75 within
 :data:`STOP_S` (JAX's preemption service tells process 0; both stop at the same
@@ -81,30 +81,49 @@ def _content(job: str, workdir: str) -> dict[str, object]:
   return out
 
 
-@pytest.mark.parametrize("job", sorted(PIECES))
-def test_sigterm_to_one_process_stops_both_at_a_boundary_and_the_rerun_finishes(
-    job, tmp_path):
-  workdir, log_dir = str(tmp_path / "run"), str(tmp_path)
-  procs = _start(job, workdir, log_dir, "stopped", READ_S[job])
-  deadline = time.monotonic() + 300
-  while _finished(job, workdir) < 1:
-    assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, (
-        multiprocess.logs(log_dir, "stopped"))
+def test_sigterm_to_one_process_stops_both_at_a_boundary_and_the_rerun_finishes(tmp_path):
+  """Every job at once (their processes mostly wait on slowed reads, so running them
+  side by side costs the suite one job's wall time, not four): each is signalled
+  when its first piece is written, then all are rerun side by side."""
+  jobs = sorted(PIECES)
+  workdirs = {job: str(tmp_path / job / "run") for job in jobs}
+  logs_at = {job: str(tmp_path / job) for job in jobs}
+  for job in jobs:
+    os.makedirs(logs_at[job])
+  procs = {job: _start(job, workdirs[job], logs_at[job], "stopped", READ_S[job])
+           for job in jobs}
+  signalled, deadline = {}, time.monotonic() + 300
+  while len(signalled) < len(jobs):
+    for job in set(jobs) - set(signalled):
+      assert all(p.poll() is None for p in procs[job]) and time.monotonic() < deadline, (
+          job, multiprocess.logs(logs_at[job], "stopped"))
+      if _finished(job, workdirs[job]) >= 1:
+        procs[job][1].send_signal(signal.SIGTERM)
+        signalled[job] = time.monotonic()
     time.sleep(0.05)
-  signalled = time.monotonic()
-  procs[1].send_signal(signal.SIGTERM)
-  codes = multiprocess.wait(procs, timeout=STOP_S + 60)
-  took = time.monotonic() - signalled
-  logs = multiprocess.logs(log_dir, "stopped")
-  assert codes == [75, 75] and took < STOP_S, (codes, took, logs)
-  assert "preempted: stopped; its finished pieces" in logs
-  kept = _pieces(job, workdir)
-  assert 1 <= _finished(job, workdir) < PIECES[job][1], logs
+  ended, deadline = {}, time.monotonic() + STOP_S + 60
+  while len(ended) < len(jobs) and time.monotonic() < deadline:
+    for job in set(jobs) - set(ended):
+      if all(p.poll() is not None for p in procs[job]):
+        ended[job] = time.monotonic()
+    time.sleep(0.05)
+  kept = {}
+  for job in jobs:
+    codes = multiprocess.wait(procs[job], timeout=1.0)
+    took = ended.get(job, float("inf")) - signalled[job]
+    logs = multiprocess.logs(logs_at[job], "stopped")
+    assert codes == [75, 75] and took < STOP_S, (job, codes, took, logs)
+    assert "preempted: stopped; its finished pieces" in logs, job
+    kept[job] = _pieces(job, workdirs[job])
+    assert 1 <= _finished(job, workdirs[job]) < PIECES[job][1], (job, logs)
 
-  straight = str(tmp_path / "straight")
-  codes = multiprocess.wait(_start(job, workdir, log_dir, "rerun", 0.0, straight))
-  assert codes == [0, 0], multiprocess.logs(log_dir, "rerun")
-  after = _pieces(job, workdir)
-  assert {k: after.get(k) for k in kept} == kept, "a kept piece was redone"
-  assert _finished(job, workdir) == PIECES[job][1]
-  assert _content(job, workdir) == _content(job, straight)
+  straight = {job: str(tmp_path / job / "straight") for job in jobs}
+  reruns = {job: _start(job, workdirs[job], logs_at[job], "rerun", 0.0, straight[job])
+            for job in jobs}
+  for job in jobs:
+    codes = multiprocess.wait(reruns[job])
+    assert codes == [0, 0], (job, multiprocess.logs(logs_at[job], "rerun"))
+    after = _pieces(job, workdirs[job])
+    assert {k: after.get(k) for k in kept[job]} == kept[job], f"{job}: a kept piece was redone"
+    assert _finished(job, workdirs[job]) == PIECES[job][1], job
+    assert _content(job, workdirs[job]) == _content(job, straight[job]), job
