@@ -670,6 +670,24 @@ def eval_view(
   return _geometric_view(image, attn_map, box, False, out_size, map_size)
 
 
+def _simclr_draws(rng: np.random.Generator, image_hw: tuple[int, int], strength: float,
+                  p_jitter: float, p_gray: float, p_blur: float,
+                  area_range: tuple[float, float], jitter_impl: str) -> tuple:
+  """A SimCLR view's random draws, in their fixed order, always all of them: crop
+  box, flip, jitter coin, jitter parameters, grayscale coin, blur coin, blur sigma.
+  One function for both view paths, so one rng state gives the same view on the
+  host and on the device."""
+  box = sample_crop_box(rng, image_hw[0], image_hw[1], area_range)
+  flip = bool(rng.random() < 0.5)
+  do_jitter = bool(rng.random() < p_jitter)
+  s = 0.8 * strength
+  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5), jitter_impl)
+  do_gray = bool(rng.random() < p_gray)
+  do_blur = bool(rng.random() < p_blur)
+  sigma = float(rng.uniform(0.1, 2.0))
+  return box, flip, do_jitter, jitter, do_gray, do_blur, sigma
+
+
 def simclr_view(
     rng: np.random.Generator,
     image: np.ndarray,
@@ -702,14 +720,8 @@ def simclr_view(
     ``out_size``), non-negative and not renormalised, or None).
   """
   image = _check_image(image)
-  box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
-  flip = bool(rng.random() < 0.5)
-  do_jitter = bool(rng.random() < p_jitter)
-  s = 0.8 * strength
-  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5), jitter_impl)
-  do_gray = bool(rng.random() < p_gray)
-  do_blur = bool(rng.random() < p_blur)
-  sigma = float(rng.uniform(0.1, 2.0))
+  box, flip, do_jitter, jitter, do_gray, do_blur, sigma = _simclr_draws(
+      rng, image.shape[:2], strength, p_jitter, p_gray, p_blur, area_range, jitter_impl)
 
   view, map_view = _geometric_view(image, attn_map, box, flip, out_size, map_size)
   # `view` is a fresh buffer: the colour ops below work on it in place.
@@ -754,14 +766,8 @@ def simclr_geometry(
     (image uint8 HxWx3, map as :func:`simclr_view`'s or None, colour params [13]).
   """
   image = _check_image(image)
-  box = sample_crop_box(rng, image.shape[0], image.shape[1], area_range)
-  flip = bool(rng.random() < 0.5)
-  do_jitter = bool(rng.random() < p_jitter)
-  s = 0.8 * strength
-  jitter = sample_jitter_params(rng, s, s, s, min(0.2 * strength, 0.5), jitter_impl)
-  do_gray = bool(rng.random() < p_gray)
-  do_blur = bool(rng.random() < p_blur)
-  sigma = float(rng.uniform(0.1, 2.0))
+  box, flip, do_jitter, jitter, do_gray, do_blur, sigma = _simclr_draws(
+      rng, image.shape[:2], strength, p_jitter, p_gray, p_blur, area_range, jitter_impl)
   out_hw = _pair(out_size)
   view = crop_resize(image, box, out_hw, flip=flip)
   if view.dtype != np.uint8:
