@@ -70,8 +70,9 @@ def logs(log_dir: str, tag: str) -> str:
   return "\n".join(out)
 
 
-def wait_for(path: str, procs, timeout: float = 120.0) -> None:
-  """Waits until ``path`` exists (failing if the workers end first)."""
+def wait_for(path: str, procs, timeout: float = 480.0) -> None:
+  """Waits until ``path`` exists (failing if the workers end first). The timeout
+  catches a hang, as :func:`wait`'s: a busy or slower host may take minutes."""
   deadline = time.monotonic() + timeout
   while not os.path.exists(path):
     if all(p.poll() is not None for p in procs) or time.monotonic() > deadline:
