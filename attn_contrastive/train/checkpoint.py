@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import logging as pylogging
 from typing import Any
 
 import jax
@@ -34,7 +35,15 @@ def _write_replicated_arrays_from_one_replica() -> None:
   current = ocp.type_handlers.get_type_handler(jax.Array)
   if getattr(current, "_use_replica_parallel", True) is False:
     return  # registered already (orbax warns at every override)
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  # Orbax warns at any override of a type's handler; this one is meant, and its
+  # warning would reach the terminal of every run.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(pylogging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _use_distributed_barriers() -> None:
