@@ -2,8 +2,11 @@
 cache so that identical programs compile once per machine, and XLA:CPU's quickest
 compilation (LLVM at -O0: the suite's tiny programs compile for much longer than
 they run: only faster machine code is given up)."""
+import logging
 import os
 import tempfile
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=0")
@@ -34,3 +37,14 @@ def pytest_collection_modifyitems(config, items):
   rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: keeps the rest
 
+
+
+@pytest.fixture(autouse=True)
+def _absl_logger_at_its_import_level():
+  """Each test starts with absl's logger at its import-time level (NOTSET: the
+  root's, which ``caplog.at_level`` sets). A command run in-process before it on
+  the same worker (``predict.main``'s quiet terminal, ``set_verbosity``) would
+  otherwise pin it at WARNING and hide the INFO lines a test reads through caplog."""
+  from absl import logging as absl_logging
+  absl_logging.get_absl_logger().setLevel(logging.NOTSET)
+  yield

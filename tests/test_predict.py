@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+from absl import logging as absl_logging
 from PIL import Image
 
 import attn_contrastive
@@ -69,7 +70,14 @@ def _command_line(run_dir: str, folder: str, out: str, *args: str) -> dict:
   flag_values = flags.FlagValues()
   defined = predict.define_flags(flag_values)
   flag_values(["predict", f"--run={run_dir}", f"--images={folder}", f"--out={out}", *args])
-  predict.main(["predict"], defined)
+  # main quietens absl for its process; this one goes on to other tests, whose caplog
+  # needs absl's INFO lines: its logger's own level is put back.
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
+  try:
+    predict.main(["predict"], defined)
+  finally:
+    absl_logger.setLevel(level)
   with open(os.path.join(out, "summary.json")) as f:
     return json.load(f)
 

@@ -46,7 +46,9 @@ def _run_study(workdir, stream, monkeypatch) -> None:
   monkeypatch.setattr(sys, "stdout", stream)
   root, absl_handler = logging.getLogger(), absl_logging.get_absl_handler()
   handlers, filters = list(root.handlers), list(absl_handler.filters)
-  stderr, verbosity = absl_handler.python_handler.stream, absl_logging.get_verbosity()
+  # The absl logger's own level, not get_verbosity() (its effective level): restoring
+  # that would pin the logger at the root's level and keep later tests' caplog from it.
+  stderr, level = absl_handler.python_handler.stream, absl_logging.get_absl_logger().level
   try:
     absl_handler.python_handler.stream = stream
     if absl_handler not in root.handlers:
@@ -65,7 +67,7 @@ def _run_study(workdir, stream, monkeypatch) -> None:
         h.close()
     absl_handler.filters[:] = filters
     absl_handler.python_handler.stream = stderr
-    absl_logging.set_verbosity(verbosity)
+    absl_logging.get_absl_logger().setLevel(level)
 
 
 def _check_lines(text: str, log: str) -> None:
