@@ -1,5 +1,7 @@
 """Pieces several test files share: the tiny models and their configs, a few steps of
 training, filled variables without a compiled init. (In-memory splits: fakes.py.)"""
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,20 +105,44 @@ def write_run(workdir, task: str, config=None):
   a tiny ``task`` model (``pretrain`` or ``supervised``; ``config`` instead of
   :func:`tiny_config`'s, a teacher's too) with filled variables, for the evaluation
   tasks and inference, without training. Returns (workdir, model, variables)."""
-  import os  # pylint: disable=g-import-not-at-top
   from attn_contrastive.models.build import build_model  # pylint: disable=g-import-not-at-top
-  from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
   config = config if config is not None else tiny_config(task)
   model = build_model(config)
   variables = filled_variables(model, (1, SIZE, SIZE, 3))
+  save_run(workdir, config, variables)
+  return str(workdir), model, variables
+
+
+def save_run(workdir, config, variables) -> None:
+  """``config.json`` and ``variables`` as the checkpoint at step 3, in a new ``workdir``."""
+  import os  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from attn_contrastive.train import loop  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir)
   loop.write_config(str(workdir), config)
   ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
   ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
                 "step": np.int32(3)})
   ckpt.close()
-  return str(workdir), model, variables
+
+
+@contextlib.contextmanager
+def mocked_tfds(num_examples: int, splits: tuple[str, ...]):
+  """tfds builders served by ``tfds.testing.mock_data`` (``num_examples`` random records
+  per split), as the project's sources open them: ``mock_data`` leaves a builder
+  unprepared, splitless and TFRecord, which these patches answer."""
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  split_dict = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[num_examples],
+                                                        num_bytes=0) for s in splits])
+  info = tfds.core.DatasetInfo
+  with tfds.testing.mock_data(num_examples=num_examples), \
+       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
+       mock.patch.object(info, "splits", new_callable=mock.PropertyMock,
+                         return_value=split_dict), \
+       mock.patch.object(info, "file_format", new_callable=mock.PropertyMock,
+                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
+    yield
 
 
 def filled_variables(model, shape, seed: int = 0):

@@ -1,35 +1,23 @@
 """The ``:cifar10`` configs end to end on tfds's ``cifar10`` mocked (no download): SimCLR's
 CIFAR-10 pretraining, linear evaluation, retrieval, and robustness on a CIFAR-10-C folder
 written in the release's layout."""
-import contextlib
 import json
 import os
-from unittest import mock
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from attn_contrastive import config as config_lib
 from helpers import TINY_MODEL
+from helpers import mocked_tfds
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 NUM_EXAMPLES = 24  # of each mocked split
 
 
-@contextlib.contextmanager
 def mocked_cifar10():
-  """tfds's ``cifar10`` as random 32-px records: ``mock_data`` serves the records; it leaves
-  the builder unprepared, splitless and TFRecord, which these patches answer."""
-  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[NUM_EXAMPLES],
-                                                    num_bytes=0) for s in ("train", "test")])
-  info = tfds.core.DatasetInfo
-  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES), \
-       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
-       mock.patch.object(info, "splits", new_callable=mock.PropertyMock, return_value=splits), \
-       mock.patch.object(info, "file_format", new_callable=mock.PropertyMock,
-                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
-    yield
+  """tfds's ``cifar10`` as random 32-px records (:func:`helpers.mocked_tfds`)."""
+  return mocked_tfds(NUM_EXAMPLES, ("train", "test"))
 
 
 def _config(name: str, **updates):

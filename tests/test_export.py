@@ -61,12 +61,7 @@ def write_run(workdir, config, seed=0):
   model = build_model(config)
   variables = _varied(helpers.filled_variables(model, (1, helpers.SIZE, helpers.SIZE, 3),
                                                seed), seed)
-  os.makedirs(workdir)
-  loop.write_config(str(workdir), config)
-  ckpt = ckpt_lib.Checkpointer(str(workdir), async_save=False)
-  ckpt.save(3, {"params": variables["params"], "batch_stats": variables["batch_stats"],
-                "step": np.int32(3)})
-  ckpt.close()
+  helpers.save_run(workdir, config, variables)
   return str(workdir), model, variables
 
 

@@ -1,17 +1,15 @@
 """Label-efficient fine-tuning (configs/finetune.py): SimCLR's protocol, a tiny run from a
 SimCLR run's encoder, and the ImageNet subsets read through tfds mocked (no download)."""
-import contextlib
 import os
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive.train import optim
+from helpers import mocked_tfds
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -93,17 +91,8 @@ def test_fine_tuning_starts_from_the_encoder_under_a_zero_classifier(tmp_path):
   assert np.any(head_only["classifier"]["kernel"])
 
 
-@contextlib.contextmanager
 def _mocked(n=8):
-  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-                                for s in ("train", "validation")])
-  info = tfds.core.DatasetInfo
-  with tfds.testing.mock_data(num_examples=n), \
-       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
-       mock.patch.object(info, "splits", new_callable=mock.PropertyMock, return_value=splits), \
-       mock.patch.object(info, "file_format", new_callable=mock.PropertyMock,
-                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
-    yield
+  return mocked_tfds(n, ("train", "validation"))
 
 
 def test_the_subsets_read_through_tfds_mocked():

@@ -1,9 +1,7 @@
 """Distribution shift (configs/shift.py): ImageNet-A/R's class subsets against their
 authors' published indices, the subset and ReaL scoring by hand, and the task end to end
 on tfds's builders mocked (tfds.testing.mock_data, no download)."""
-import contextlib
 import os
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from attn_contrastive import config as config_lib
 from attn_contrastive import config_checks
 from attn_contrastive.data import imagenet_c_release, imagenet_shifts
 from attn_contrastive.tasks import shift as shift_lib
+from helpers import mocked_tfds
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 NUM_EXAMPLES = 8
@@ -77,18 +76,8 @@ def test_real_scoring_leaves_out_images_without_real_labels():
   assert shift_lib.real_top1(np.array([1]), [set()])[1] == 0
 
 
-@contextlib.contextmanager
 def _mocked():
-  splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[NUM_EXAMPLES],
-                                                    num_bytes=0)
-                                for s in ("test", "validation")])
-  info = tfds.core.DatasetInfo
-  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES), \
-       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
-       mock.patch.object(info, "splits", new_callable=mock.PropertyMock, return_value=splits), \
-       mock.patch.object(info, "file_format", new_callable=mock.PropertyMock,
-                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
-    yield
+  return mocked_tfds(NUM_EXAMPLES, ("test", "validation"))
 
 
 def _linear_eval(tmp_path, bias):
