@@ -5,8 +5,9 @@ two-writer tests (``tests/test_workdir_lock.py``).
 
 Takes ``WORKDIR``'s lock (:mod:`attn_contrastive.workdir_lock`), prints
 ``ready``, then writes ``WORKDIR/checkpoints/<step>`` from the first missing
-step up to ``STEPS``, one every 20 ms, noting each step it writes in the
-local file ``RECORD`` (appended and flushed before the write). Exits 3 with
+step up to ``STEPS``, one every 20 ms, noting each step in the local file
+``RECORD``: ``start <step>`` before its write and ``done <step>`` after it, so
+that a test can tell a write a kill cut short from a finished one. Exits 3 with
 the refusal on stderr when a live run holds the workdir. NumPy and epath
 only: no JAX.
 """
@@ -33,9 +34,11 @@ def main() -> None:
     for step in range(steps):
       if str(step) in done:
         continue
-      notes.write(f"{step}\n")
+      notes.write(f"start {step}\n")
       notes.flush()
       paths.write_atomic(os.path.join(folder, str(step)), str(os.getpid()))
+      notes.write(f"done {step}\n")
+      notes.flush()
       time.sleep(0.02)
   lock.release()
 
