@@ -301,6 +301,21 @@ def test_torchvision_weights_start_the_teachers_encoder_only(tmp_path):
   assert new["params"]["head"] is start["params"]["head"]  # the decoder starts fresh
 
 
+def test_weights_saved_from_a_wrapped_model_are_read_under_torchvisions_names(tmp_path):
+  """A DistributedDataParallel model's checkpoint (``{"state_dict": {"module.…"}}``)
+  and a torch.compile'd one's (``_orig_mod.…``) read as the bare model's."""
+  from attn_contrastive.train import torchvision_init
+  bare = torch_models.resnet(**helpers.TINY_RESNET).state_dict()
+  for wrapper, layout in (("module.", "state_dict"), ("_orig_mod.", None)):
+    wrapped = {wrapper + k: v for k, v in bare.items()}
+    path = str(tmp_path / f"{wrapper.strip('._')}.pth")
+    torch.save({layout: wrapped, "epoch": 3} if layout else wrapped, path)
+    read = torchvision_init.read_state_dict(path)
+    assert sorted(read) == sorted(bare)
+    for key, value in bare.items():
+      np.testing.assert_array_equal(read[key], value.numpy(), err_msg=key)
+
+
 def test_torchvision_weights_of_another_layout_are_refused(tmp_path):
   from attn_contrastive.train import torchvision_init
   path = str(tmp_path / "r18.pth")

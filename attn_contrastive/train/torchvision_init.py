@@ -23,8 +23,9 @@ from attn_contrastive.export import torch_names
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """``{name: array}`` of a safetensors file or a PyTorch ``.pth`` / ``.pt`` state_dict
-  (also one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``; an export's
-  ``encoder.`` prefix is dropped)."""
+  (also one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``). The prefix that
+  DistributedDataParallel (``module.``) or ``torch.compile`` (``_orig_mod.``) puts on
+  every name is dropped, as is an export's ``encoder.``."""
   if not paths.exists(path):
     raise FileNotFoundError(f"init_checkpoint={TORCHVISION_INIT}{path}: no such file")
   data = paths.read_bytes(path)
@@ -39,6 +40,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       if isinstance(tensors.get(key), dict):
         tensors = tensors[key]
     tensors = {k: v.numpy() for k, v in tensors.items() if hasattr(v, "numpy")}
+  for wrapper in ("module.", "_orig_mod."):  # a wrapped model's names, all prefixed
+    if tensors and all(k.startswith(wrapper) for k in tensors):
+      tensors = {k[len(wrapper):]: v for k, v in tensors.items()}
   if any(k.startswith("encoder.") for k in tensors):
     tensors = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
   return dict(tensors)
