@@ -67,7 +67,7 @@ def _train(c, workdir):
                        train_transform=pipeline.SupervisedView(16, c.aug, None),
                        sample_input=jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
   state, _ = loop.run(c, str(workdir), task)
-  return jax.device_get(state.params)
+  return jax.device_get(state.params), jax.device_get(state.batch_stats)
 
 
 def test_fine_tuning_starts_from_the_encoder_under_a_zero_classifier(tmp_path):
@@ -84,11 +84,22 @@ def test_fine_tuning_starts_from_the_encoder_under_a_zero_classifier(tmp_path):
   assert not np.any(start["params"]["classifier"]["kernel"])
   np.testing.assert_array_equal(start["params"]["stem_conv"]["kernel"],
                                 encoder["stem_conv"]["kernel"])
-  head_only = _train(c, tmp_path / "head_only")
+  head_only, head_only_stats = _train(c, tmp_path / "head_only")
   for name, leaf in encoder.items():
     for a, b in zip(jax.tree.leaves(leaf), jax.tree.leaves(head_only[name])):
       np.testing.assert_array_equal(a, b)
   assert np.any(head_only["classifier"]["kernel"])
+  # Frozen blocks are layers at inference, as in SimCLR: their BatchNorm statistics stay.
+  stats = jax.device_get(variables["batch_stats"]["encoder"])
+  for name, leaf in stats.items():
+    for a, b in zip(jax.tree.leaves(leaf), jax.tree.leaves(head_only_stats[name])):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  # after_block=1: the stem and conv2 keep their statistics, the later blocks' move.
+  _, partly = _train(_tiny(1, run_dir), tmp_path / "partly")
+  for name in stats:
+    moved = any(not np.array_equal(a, b) for a, b in
+                zip(jax.tree.leaves(stats[name]), jax.tree.leaves(partly[name])))
+    assert moved == (optim.FINETUNE_BLOCKS[name.split("_")[0]] > 1), name
 
 
 def _mocked(n=8):

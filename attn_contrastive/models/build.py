@@ -34,14 +34,17 @@ def build_model(config) -> nn.Module:
   ``pretrain``: SimCLR, with attention heads if ``config.attention`` enables
   them and the online probe if ``config.train.online_probe`` is on.
   ``supervised``: a ResNet with a classifier, wrapped with attention heads if
-  they are enabled. ``teacher``: the saliency teacher (read by inference on a
+  they are enabled; a fine-tuning run's blocks up to ``finetune.after_block``
+  frozen (their BatchNorm statistics too). ``teacher``: the saliency teacher (read by inference on a
   folder and by export; no evaluation task reads a teacher run).
   """
   attn = config.get("attention")
   if config.task == "pretrain":
     return simclr_from_config(config.model, attn, probe_classes(config))
   if config.task == "supervised":
-    model = resnet_from_config(config.model, num_classes=config.data.num_classes)
+    finetune = config.get("finetune")
+    model = resnet_from_config(config.model, num_classes=config.data.num_classes,
+                               frozen_through=int(finetune.after_block) if finetune else -1)
     if attn is not None and attn.enabled:
       model = WithAttention(model, attention_heads_from_config(attn, config.model))
     return model

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ModuleDef = Any
@@ -116,6 +117,11 @@ class ResNet(nn.Module):
       another ``conv_general_dilated``); called with ``use_bias=False`` and
       ``dtype``.
     max_pool: the stem's max pooling, with ``nn.max_pool``'s signature.
+    frozen_through: stages up to this one (stem 0, conv2 1 … conv5 4; -1 none)
+      run as at inference even in training (BatchNorm normalises with its
+      running statistics and leaves them as they are) and pass no gradient
+      back: SimCLR's fine-tuning with ``fine_tune_after_block``, where
+      frozen blocks are not trainable layers.
   """
   depth: int = 50
   width: int = 64
@@ -127,6 +133,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   conv: ModuleDef = nn.Conv
   max_pool: Callable[..., jnp.ndarray] = nn.max_pool
+  frozen_through: int = -1
 
   @property
   def block_cls(self):
@@ -142,20 +149,27 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth {self.depth} is not one of {sorted(STAGE_SIZES)}")
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5,
-                             dtype=self.dtype)
+
+    def norm_of(stage: int):
+      return functools.partial(
+          nn.BatchNorm, use_running_average=not train or stage <= self.frozen_through,
+          momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
+
+    def after(stage: int, y):
+      return jax.lax.stop_gradient(y) if stage == self.frozen_through else y
+
     k, s = self.stem_kernel, self.stem_stride
     x = conv(self.width, (k, k), (s, s), padding=_pad(k), name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = nn.relu(norm_of(0)(name="stem_bn")(x))
     if self.stem_pool:
       x = self.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    x = after(0, x)
     out = {}
     for i, (n_blocks, stride) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_STRIDES)):
       for j in range(n_blocks):
-        x = self.block_cls(self.width * 2**i, stride if j == 0 else 1, conv, norm,
+        x = self.block_cls(self.width * 2**i, stride if j == 0 else 1, conv, norm_of(i + 1),
                            name=block_name(STAGE_NAMES[i], j))(x)
-      out[STAGE_NAMES[i]] = x
+      x = out[STAGE_NAMES[i]] = after(i + 1, x)
     out["pooled"] = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
     if self.num_classes:
       out["logits"] = nn.Dense(self.num_classes, dtype=jnp.float32,
@@ -163,7 +177,8 @@ class ResNet(nn.Module):
     return out
 
 
-def resnet_from_config(cfg, num_classes: int | None = None) -> ResNet:
+def resnet_from_config(cfg, num_classes: int | None = None, frozen_through: int = -1
+                       ) -> ResNet:
   """Builds a :class:`ResNet` from a ``config.model`` ConfigDict.
 
   ``cfg.conv_impl`` ('auto', 'xla' or 'cpu_matmul') selects the convolution
@@ -176,4 +191,5 @@ def resnet_from_config(cfg, num_classes: int | None = None) -> ResNet:
   return ResNet(depth=cfg.depth, width=cfg.width, stem_kernel=cfg.stem_kernel,
                 stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool,
                 num_classes=num_classes, dtype=jnp.dtype(cfg.dtype),
-                bn_momentum=cfg.bn_momentum, conv=conv, max_pool=max_pool)
+                bn_momentum=cfg.bn_momentum, conv=conv, max_pool=max_pool,
+                frozen_through=frozen_through)
