@@ -58,6 +58,9 @@ def test_imagenet_recipe_follows_simclr():
   assert c.input.global_batch_size == 4096 and c.loss.temperature == 0.1
   assert c.optim.name == "lars" and c.optim.weight_decay == 1e-6 and c.data.image_size == 224
   assert c.aug.jitter_impl == "simclrv1" and c.model.proj_num_layers == 2
+  assert c.aug.views_on == "device"  # the CPU configs keep "host", faster there
+  assert config_lib.load_config_file(os.path.join(ROOT, "configs/contrastive.py")
+                                     ).aug.views_on == "host"
   per_epoch, total = loop.total_steps(c, 1_281_167)
   assert (per_epoch, total) == (312, 93_600)
   lr = optim.make_schedule(c.optim, 4096, total, per_epoch)
