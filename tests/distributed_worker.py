@@ -14,12 +14,17 @@ Stages (each a real task on tiny in-memory data, as in the other tests):
   layout), then every process waits for it.
 * ``label``: the label task with a tiny teacher.
 * ``eval``: linear evaluation (cached features + the softmax probe) of ``run_dir``.
+* ``gallery``: retrieval and kNN against a gallery split between the processes (each
+  building its own block, ``mesh.rows_from_processes``), and the kNN monitor on pixel
+  features; every process writes ``<workdir>/gallery.p<i>.json`` (its scores and the
+  rows it held).
 
 Markers for the tests: ``<workdir>/evaluating`` while an evaluation runs,
 ``<workdir>/saving`` while a save is held. A preempted run exits 75, as main does.
 A plan that imported TensorFlow fails: none of these stages needs it.
 """
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -132,13 +137,54 @@ def evaluate(workdir, run_dir):
       dataset_version="test")
 
 
+def gallery(workdir):
+  """test_retrieval_metrics' data, 61 of its 64 items as the gallery (62 rows with the
+  padding, the last in process 1's block): this process's block only, scored as
+  retrieval and kNN of the 40 queries; then the kNN monitor with pixels as features
+  (45-image bank, 46 rows). The rows each held are written beside the scores."""
+  import jax
+  import ml_collections
+  import numpy as np
+  from attn_contrastive.evaluators import knn, retrieval_metrics as rm
+  from attn_contrastive.train import mesh as mesh_lib
+  from fakes import random_images
+  from test_retrieval_metrics import CHUNK, K, KS, NUM_CLASSES, _data
+
+  n = 61
+  queries, query_labels, items, item_labels = _data()
+  mesh = mesh_lib.make_mesh()
+  rows = mesh_lib.process_rows(62, mesh)
+  block = slice(rows.start, min(rows.stop, n))
+  x = mesh_lib.rows_from_processes(items[block], 62, mesh)
+  y = mesh_lib.rows_from_processes(item_labels[block], 62, mesh)
+  out = {"rows": [rows.start, rows.stop],
+         "held": sum(s.data.shape[0] for s in x.addressable_shards)}
+  out["retrieval"] = rm.retrieval_metrics(queries, query_labels, x, y, ks=KS, chunk=CHUNK,
+                                          num_items=n)
+  out["knn"] = np.asarray(rm.knn_classify(queries, x, y, num_classes=NUM_CLASSES, k=K,
+                                          chunk=CHUNK, num_items=n)).tolist()
+  cfg = ml_collections.ConfigDict(dict(batch_size=8, max_examples=-1, num_threads=1, knn_k=7,
+                                       knn_temperature=0.07, knn_bank_size=-1))
+  monitor = knn.KnnEvaluator(
+      lambda state, images: images.reshape(len(images), -1).astype(np.float32) - 127.5,
+      random_images(45, 4, seed=0, classes=4, random_labels=True),
+      random_images(13, 4, seed=1, classes=4, random_labels=True), dict, cfg, num_classes=4,
+      mesh=mesh)
+  out["monitor"] = monitor(collections.namedtuple("State", "step")(np.int32(0)))
+  out["monitor_rows"], out["monitor_size"] = monitor.bank_rows, monitor.results["knn/bank_size"]
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, f"gallery.p{jax.process_index()}.json"), "w") as f:
+    json.dump(out, f)
+
+
 def main():
   args = _FLAGS.parse_args()
   import jax
   if args.num_processes > 1:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from attn_contrastive.train import preemption
-  stages = {"train": train, "copy": copy, "label": label, "eval": evaluate}
+  stages = {"train": train, "copy": copy, "label": label, "eval": evaluate,
+            "gallery": gallery}
   try:
     for name, kwargs in json.loads(args.plan):
       start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Real processes on 127.0.0.1 (``jax.distributed``, gloo): training with a
 checkpoint and a resume in between, a checkpoint written by two processes
-resumed by one, the label task and a linear evaluation.
+resumed by one, the label task and a linear evaluation; retrieval, kNN and the
+kNN monitor with the gallery split between the two processes.
 """
 import json
 import os
@@ -29,6 +30,7 @@ def runs(tmp_path_factory):
       ["train", {"workdir": os.path.join(two, "run"), "steps": 4}],
       ["label", {"workdir": os.path.join(two, "maps")}],
       ["eval", {"workdir": os.path.join(two, "eval"), "run_dir": phase1}],
+      ["gallery", {"workdir": os.path.join(two, "gallery")}],
   ], processes=2, devices=1, log_dir=str(root), tag="two")
   multiprocess.run([
       ["copy", {"src": phase1, "dst": os.path.join(one, "from_two")}],
@@ -163,3 +165,37 @@ def test_evaluation_gives_the_same_metrics_on_two_processes(runs):
   own = _results(os.path.join(one, "eval"))  # each layout's own features
   assert own["linear_cached/l2"] == a["linear_cached/l2"]  # held-out losses 50x apart
   assert abs(own["linear_cached/top1"] - a["linear_cached/top1"]) <= 1 / 20 + 1e-9
+
+
+def test_a_gallery_split_between_processes_scores_as_the_brute_force(runs):
+  """Each process held only its block of the gallery (31 of 62 rows, one padding row
+  in process 1's) and of the kNN monitor's bank (23 of 46), and both read the
+  numbers of the one-process NumPy brute force over the 61 items (and 45 images)."""
+  import test_retrieval_metrics as ref
+  from fakes import random_images
+  two, _ = runs
+  got = []
+  for p in (0, 1):
+    with open(os.path.join(two, "gallery", f"gallery.p{p}.json")) as f:
+      got.append(json.load(f))
+  assert [g["rows"] for g in got] == [[0, 31], [31, 62]]
+  assert [g["held"] for g in got] == [31, 31] and [g["monitor_rows"] for g in got] == [23, 23]
+  n = 61
+  queries, query_labels, items, item_labels = ref._data()
+  want = ref._retrieval_reference(queries, query_labels, items[:n], item_labels[:n], ref.KS,
+                                  False)
+  want_knn = ref._knn_reference(queries, items[:n], item_labels[:n], ref.K, 0.07, False)
+  for g in got:
+    ref._assert_metrics_close(g["retrieval"], want)
+    np.testing.assert_array_equal(g["knn"], want_knn)
+  bank = random_images(45, 4, seed=0, classes=4, random_labels=True)
+  val = random_images(13, 4, seed=1, classes=4, random_labels=True)
+  want = ref._knn_reference(_pixels(val), _pixels(bank), bank.labels, 7, 0.07, False)
+  for g in got:
+    assert g["monitor"]["knn/top1"] == np.mean(want[:, 0] == val.labels)
+    assert g["monitor_size"] == 45
+
+
+def _pixels(split):
+  """The monitor's features in the gallery stage: an image's centred pixels."""
+  return split.images.reshape(len(split), -1).astype(np.float32) - 127.5

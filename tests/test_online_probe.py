@@ -15,7 +15,7 @@ import optax
 
 from attn_contrastive import config as config_lib
 from attn_contrastive.data import pipeline
-from attn_contrastive.evaluators import attention_heads, common, knn
+from attn_contrastive.evaluators import attention_heads, common, features, knn
 from attn_contrastive.models.attention import spatial_softmax
 from attn_contrastive.models.build import build_model
 from attn_contrastive.saliency import jax_metrics, metrics as np_metrics
@@ -134,6 +134,32 @@ def test_knn_evaluator_matches_numpy():
   assert evaluator.results["knn/num_queries"] == 13
   assert set(flat) == {"knn/top1", "knn/top5", "probe/top1"}
   assert evaluator(_State(params=jnp.asarray(w), step=jnp.int32(4))) == flat  # views kept
+  assert evaluator.bank_rows == 40  # one process holds every device's block
+
+
+def test_knn_bank_padded_over_8_devices_scores_every_image():
+  """45 bank images padded to 48 rows over 8 devices, built block by block: every image
+  votes (the padding never does), in split order, as NumPy's vote over all 45."""
+  assert jax.device_count() >= 8, "tests/conftest.py sets 8 host devices"
+  bank_split = random_images(45, 4, seed=0, classes=4, random_labels=True)
+  val = random_images(13, 4, seed=1, classes=4, random_labels=True)
+  cfg = ml_collections.ConfigDict(dict(batch_size=8, max_examples=-1, num_threads=2, knn_k=7,
+                                       knn_temperature=0.07, knn_bank_size=-1))
+  mesh = mesh_lib.make_mesh(8)
+  embed = lambda state, images: _pixels(images)  # noqa: E731
+  bank, labels, n = features.extract_block(embed, None, bank_split, dict, cfg, mesh=mesh,
+                                           columns=40)
+  assert n == 45 and bank.shape == (48, 40) and labels.shape == (48,)
+  assert [s.data.shape[0] for s in bank.addressable_shards] == [6] * 8
+  np.testing.assert_array_equal(np.asarray(bank)[:45], _pixels(bank_split.images)[:, :40])
+  np.testing.assert_array_equal(np.asarray(bank)[45:], 0)
+  np.testing.assert_array_equal(np.asarray(labels)[:45], bank_split.labels)
+  evaluator = knn.KnnEvaluator(embed, bank_split, val, dict, cfg, num_classes=4, mesh=mesh)
+  flat = evaluator(_State(params=None, step=jnp.int32(0)))
+  want = _numpy_knn(_pixels(val.images), _pixels(bank_split.images), bank_split.labels, 7,
+                    0.07, 4)
+  assert flat["knn/top1"] == np.mean(want == val.labels)
+  assert evaluator.results["knn/bank_size"] == 45 and evaluator.bank_rows == 48
 
 
 def test_attention_monitor_matches_numpy(tmp_path):

@@ -16,13 +16,15 @@ returned arrays hold the whole split on every host (ImageNet's train split
 at D = 2048 in float32 is 10.5 GB), unless ``rows`` asks for one block of
 them (a retrieval gallery, each process keeping its own rows): with a cache,
 a host then holds one cache shard whole at a time and its block.
+:func:`extract_block` embeds each process's own block only, on the devices,
+for a bank that is not cached (the kNN monitor's).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import functools
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -125,6 +127,60 @@ def extract(embed: EmbedFn, state, source, transform: Callable[[Any], common.Exa
       parts_f.append(f if rows is None else f[keep].copy())
       parts_l.append(lab if rows is None else lab[keep].copy())
   return np.concatenate(parts_f), np.concatenate(parts_l)
+
+
+def _block_batches(load: Callable[[int], common.Example], rows: slice, num_examples: int,
+                   local_batch: int, pool
+                   ) -> Iterator[tuple[list[common.Example], np.ndarray]]:
+  """This process's examples ``rows`` (those below ``num_examples``), ``local_batch`` at a
+  time: ``(examples, mask)``, the missing places filled with the block's first example
+  (or example 0) where ``mask`` is False, so that every process runs as many batches."""
+  fill = rows.start if rows.start < num_examples else 0
+  for start in range(rows.start, rows.stop, local_batch):
+    index = np.arange(start, start + local_batch)
+    mask = (index < rows.stop) & (index < num_examples)
+    yield list(pool.map(load, np.where(mask, index, fill).tolist())), mask
+
+
+def extract_block(embed: EmbedFn, state, source, transform: Callable[[Any], common.Example],
+                  eval_cfg, *, mesh=None, columns: int | None = None
+                  ) -> tuple[jax.Array, jax.Array, int]:
+  """``(features [R, D], labels [R], n)``: the split's first ``n`` examples as global arrays
+  sharded by rows on the mesh, each process embedding and holding only its own block.
+
+  ``n`` is as in :func:`extract`; ``R`` is ``n`` padded to a multiple of the
+  mesh size, the rows from ``n`` on zeros (labels 0), to be left out by
+  ``num_items`` (:mod:`attn_contrastive.evaluators.retrieval_metrics`).
+  Process ``p`` embeds the contiguous rows :func:`mesh.process_rows` gives it
+  (``eval_cfg.batch_size / num_processes`` at a time, as many batches on every
+  process) and its devices keep their outputs: nothing is gathered, so a
+  host holds ``R / num_processes`` rows of the bank (a kNN bank at ImageNet
+  size, which :func:`extract` would return whole on every host). The rows
+  are in split order, so a ranking breaks ties as the whole array's would.
+  ``columns``: only the first that many of ``embed``'s output columns are kept
+  (the rest computed beside the features, as the kNN monitor's classifiers).
+  """
+  mesh = mesh or mesh_lib.make_mesh()
+  global_batch = int(eval_cfg.batch_size)
+  mesh_lib.check_batch_divisible(global_batch, mesh)
+  n = common.num_examples(source, eval_cfg.max_examples)
+  padded = -(-n // mesh.size) * mesh.size
+  rows = mesh_lib.process_rows(padded, mesh)
+  embed_step = _jitted(embed, mesh_lib.data_sharding(mesh))
+  load = lambda i: transform(source[i])  # noqa: E731
+  feats, labels = [], []
+  preemption.check()
+  with (concurrent.futures.ThreadPoolExecutor(max(int(eval_cfg.num_threads), 1)) as pool,
+        progress.bar(min(rows.stop, n) - min(rows.start, n), "features", unit="img") as bar):
+    for examples, mask in _block_batches(load, rows, n, global_batch // jax.process_count(),
+                                         pool):
+      out = embed_step(state, mesh_lib.to_global(
+          {"x": np.stack([ex["image"] for ex in examples])}, mesh)["x"])
+      feats.append(mesh_lib.to_host_local(out, mesh)[mask, :columns].astype(np.float32))
+      labels.append(np.array([ex.get("label", -1) for ex in examples], np.int32)[mask])
+      bar.update(int(mask.sum()))
+  return (mesh_lib.rows_from_processes(np.concatenate(feats), padded, mesh),
+          mesh_lib.rows_from_processes(np.concatenate(labels), padded, mesh), n)
 
 
 def _overlap(rows: slice | None, start: int, stop: int) -> slice:

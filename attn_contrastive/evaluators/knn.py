@@ -17,11 +17,17 @@ computed on device beside the features, so no second pass is made.
 Settings from ``config.eval``: those of
 :mod:`attn_contrastive.evaluators.common` (``max_examples`` caps the
 queries), ``knn_k``, ``knn_temperature`` and ``knn_bank_size`` (the first
-that many training images; -1: the whole split). On a mesh of several
-devices the bank is sharded over them, cut to a multiple of the device count
-(at most ``devices - 1`` images fewer). Memory: :func:`features.extract`
-returns the whole bank on every host (``bank × D × 4`` bytes), the reason to
-cap the bank on ImageNet.
+that many training images; -1: the whole split).
+
+The bank is sharded by rows over the devices of every process
+(:func:`features.extract_block`): each process embeds and holds only its
+own block, ``bank / num_processes × D × 4`` bytes, padded to whole rows per
+device (the padding is in no ranking). Each device ranks its own rows and
+only each query's ``k`` best per device meet for the global ``k``
+(:func:`~attn_contrastive.evaluators.retrieval_metrics.knn_classify`), so the
+scores are those of the whole bank on one device, ties broken by bank order
+alike. The queries are gathered whole on every process (``queries × D × 4``
+bytes).
 
 Cost: the evaluation views of both splits are the same at every evaluation,
 so when they fit in ``VIEW_CACHE_BYTES`` they are decoded once and kept in
@@ -43,7 +49,8 @@ from attn_contrastive.train import mesh as mesh_lib
 #: ``(state, features [B, D]) -> logits [B, num_classes]``.
 ClassifyFn = Callable[[Any, jax.Array], jax.Array]
 
-#: Host memory the evaluation views of bank and queries may keep between evaluations.
+#: Host memory the evaluation views of bank and queries may keep between evaluations,
+#: per process.
 VIEW_CACHE_BYTES = 1 << 30
 
 
@@ -99,10 +106,13 @@ class KnnEvaluator:
     self.bank_cfg = eval_cfg.copy_and_resolve_references()
     self.bank_cfg.max_examples = int(eval_cfg.knn_bank_size)
     self.results: dict[str, Any] = {}
+    #: The bank rows this process held at the last call (its block, padding included).
+    self.bank_rows = 0
     n_bank = common.num_examples(bank_source, self.bank_cfg.max_examples)
     n_query = common.num_examples(query_source, eval_cfg.max_examples)
     view_bytes = transform(query_source[0])["image"].nbytes
-    keep = (n_bank + n_query) * view_bytes <= VIEW_CACHE_BYTES
+    # Each process reads its own block of the bank and its share of the queries only.
+    keep = (n_bank + n_query) * view_bytes <= VIEW_CACHE_BYTES * jax.process_count()
     self.bank = _Views(bank_source, transform, keep)
     self.queries = _Views(query_source, transform, keep)
 
@@ -116,30 +126,29 @@ class KnnEvaluator:
     # One function for bank and queries, so that they share a compiled program.
     self._embed = embed_with_predictions
 
-  def _knn(self, queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray
-           ) -> np.ndarray:
-    """Ranked classes ``[Q, 5]`` of the queries, the bank sharded over the mesh."""
-    rows = mesh_lib.data_sharding(self.mesh)
-    rep = mesh_lib.replicated(self.mesh)
+  def _knn(self, queries: np.ndarray, bank: jax.Array, bank_labels: jax.Array,
+           num_items: int) -> np.ndarray:
+    """Ranked classes ``[Q, 5]`` of the queries against a bank sharded by rows, its
+    rows from ``num_items`` on padding."""
     ranked = retrieval_metrics.knn_classify(
-        _global(queries, rep), _global(bank, rows), _global(bank_labels, rows),
+        _global(queries, mesh_lib.replicated(self.mesh)), bank, bank_labels,
         num_classes=self.num_classes, k=int(self.eval_cfg.knn_k),
-        temperature=float(self.eval_cfg.knn_temperature), num_top=5)
+        temperature=float(self.eval_cfg.knn_temperature), num_top=5, num_items=num_items)
     return np.asarray(jax.device_get(ranked))
 
   def __call__(self, state) -> dict[str, float]:
     """kNN and classifier accuracy of the state's features."""
     t0 = time.perf_counter()
     same = lambda example: example  # noqa: E731  (the views are made by _Views)
-    bank, bank_labels = features.extract(self._embed, state, self.bank, same, self.bank_cfg,
-                                         mesh=self.mesh)
-    t1 = time.perf_counter()
     queries, labels = features.extract(self._embed, state, self.queries, same, self.eval_cfg,
                                        mesh=self.mesh)
-    dim = bank.shape[1] - len(self.classifiers)
-    n = len(bank) - len(bank) % self.mesh.size  # whole rows per device
+    dim = queries.shape[1] - len(self.classifiers)
+    t1 = time.perf_counter()
+    bank, bank_labels, n = features.extract_block(self._embed, state, self.bank, same,
+                                                  self.bank_cfg, mesh=self.mesh, columns=dim)
+    self.bank_rows = sum(s.data.shape[0] for s in bank.addressable_shards)
     t2 = time.perf_counter()
-    ranked = self._knn(queries[:, :dim], bank[:n, :dim], bank_labels[:n])
+    ranked = self._knn(queries[:, :dim], bank, bank_labels, n)
     scores = {f"knn/{k}": v
               for k, v in retrieval_metrics.topk_accuracy(ranked, labels, (1, 5)).items()}
     for i, name in enumerate(self.classifiers):
@@ -148,7 +157,7 @@ class KnnEvaluator:
     self.results = {**scores, "knn/k": int(self.eval_cfg.knn_k),
                     "knn/temperature": float(self.eval_cfg.knn_temperature),
                     "knn/bank_size": n, "knn/num_queries": len(labels)}
-    logging.info("kNN monitor at step %d: %s (bank %.1f s, queries %.1f s, kNN %.1f s)",
+    logging.info("kNN monitor at step %d: %s (queries %.1f s, bank %.1f s, kNN %.1f s)",
                  int(jax.device_get(state.step)), self.results, t1 - t0, t2 - t1,
                  time.perf_counter() - t2)
     return scores

@@ -191,6 +191,9 @@ def _knn_chunk(queries, index, bank, bank_inv, labels, temperature, *, layout: _
   if layout.shards > 1:
     top_sim, pick = jax.lax.top_k(top_sim, min(k, top_sim.shape[1]))
     top_labels = jnp.take_along_axis(top_labels, pick, axis=1)
+  # The neighbours are kept apart from the vote: fused into it (an unsplit bank, where
+  # no shard_map separates them), XLA:CPU runs the vote many times slower.
+  top_sim, top_labels = jax.lax.optimization_barrier((top_sim, top_labels))
   # Relative to the nearest neighbour: the same ranking, no overflow at small temperatures.
   weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
   votes = jnp.sum(jnp.where(top_labels[..., None] == jnp.arange(num_classes),
