@@ -294,8 +294,11 @@ def test_a_restored_state_has_a_fresh_states_types_so_resuming_reuses_its_progra
   restored, step = ckpt.restore(fresh)
   ckpt.close()
   assert step == int(restored.step) == 2
-  types = lambda state: [(jax.tree_util.keystr(path), x.dtype, x.weak_type, x.sharding)  # noqa: E731
-                         for path, x in jax.tree_util.tree_leaves_with_path(state)]
+
+  def types(state):
+    return [(jax.tree_util.keystr(path), x.dtype, x.weak_type, x.sharding)
+            for path, x in jax.tree_util.tree_leaves_with_path(state)]
+
   assert types(restored) == types(fresh)
   assert (fresh.step.dtype, fresh.step.weak_type) == (jnp.int32, False)
 
