@@ -12,9 +12,10 @@ slowly, so that a kill lands inside the stage it aims at on a fast machine as on
 slow one. Each kill waits for a seeded number of the stage's pieces on disk (label
 shards, checkpoints, feature shards, conditions; the report's folder), then for a
 seeded delay shorter than one more piece; where it landed is read from the disk
-afterwards. Nothing finished is redone: every stage's ``results.json`` and every
-finished piece keeps its inode and modification time to the end, and the runs' stage
-lines show each stage finished by one run and skipped ("done earlier") by the later.
+afterwards (``ATTN_CONTRASTIVE_STUDY_KILLS_SEED=N`` draws other moments). Nothing
+finished is redone: every stage's ``results.json`` and every finished piece keeps its
+inode and modification time to the end, and the runs' stage lines show each stage
+finished by one run and skipped ("done earlier") by the later ones.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import study_kill_worker as worker
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_kill_worker.py")
 TIMEOUT_S = 300
+SEED = int(os.environ.get("ATTN_CONTRASTIVE_STUDY_KILLS_SEED", "0"))
 #: Seconds per record read (one label shard, feature shard or condition is 16 records;
 #: two training steps 32) and per report figure in the killed study.
 READ_S, FIGURE_S = 0.005, 0.3
@@ -91,7 +93,10 @@ def _landed(workdir: str) -> str:
 
 
 def _pieces(workdir: str) -> dict[str, tuple[int, int]]:
-  found = [f for p in PIECES for f in glob.glob(os.path.join(workdir, p))]
+  """Each finished piece's path → (inode, mtime); not a checkpoint still being written
+  (``<step>.orbax-checkpoint-tmp``), which the next run removes."""
+  found = [f for p in PIECES for f in glob.glob(os.path.join(workdir, p))
+           if "tmp" not in os.path.relpath(f, workdir)]
   return {os.path.relpath(f, workdir): (os.stat(f).st_ino, os.stat(f).st_mtime_ns)
           for f in found}
 
@@ -134,7 +139,7 @@ def test_a_study_killed_in_every_stage_ends_with_the_uninterrupted_report(tmp_pa
   main.execute(worker.study_config(data_dir), straight, "configs/study.py")
 
   landed, kept, logs = [], {}, []
-  for aim, reached, delay in _targets(np.random.default_rng(0), killed):
+  for aim, reached, delay in _targets(np.random.default_rng(SEED), killed):
     logs.append(str(tmp_path / f"{len(logs)}.log"))
     proc = _start(data_dir, killed, logs[-1])
     if _wait_for(proc, reached):
