@@ -34,8 +34,8 @@ import study_kill_worker as worker
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_kill_worker.py")
 TIMEOUT_S = 300
 SEED = int(os.environ.get("ATTN_CONTRASTIVE_STUDY_KILLS_SEED", "0"))
-#: Seconds per record read (one label shard, feature shard or condition is 16 records;
-#: two training steps 32) and per report figure in the killed study.
+#: Seconds per record read or image corrupted (16 make a label shard, a feature shard,
+#: a condition or a training step's batch) and per report figure in the killed study.
 READ_S, FIGURE_S = 0.005, 0.3
 BASE = os.path.join(worker.ROW, "seed0")
 #: Each stage's folder, in the order the study runs them.
@@ -60,21 +60,28 @@ def _checkpoints(workdir: str) -> int:
 
 
 def _targets(rng: np.random.Generator, workdir: str):
-  """(stage aimed at, reached(), seconds to wait once reached) of each kill, in order."""
-  piece = 16 * READ_S
+  """(stage aimed at, reached(), seconds to wait once reached) of each kill, in order.
+
+  A kill waits for ``k`` of its stage's pieces (at least one, and one fewer than the
+  stage has), then for less than half the slowed reads of the next piece, so that it
+  lands before the stage ends however fast the machine.
+  """
+  piece = 16 * READ_S  # a shard, a condition, a training step
   label = int(rng.integers(1, worker.LABEL_SHARDS))
-  steps = worker.TRAIN_STEPS // worker.CHECKPOINT_EVERY
-  checkpoint = int(rng.integers(1, steps))
+  checkpoint = int(rng.integers(1, worker.TRAIN_STEPS // worker.CHECKPOINT_EVERY))
   features = int(rng.integers(1, worker.NUM_TRAIN // worker.FEATURE_SHARD))
   conditions = int(rng.integers(1, len(worker.CORRUPTIONS) * len(worker.SEVERITIES)))
   yield ("label", lambda: _count(workdir, "maps_train/shard-*.npz") >= label,
-         rng.uniform(0, piece))
+         rng.uniform(0, piece / 2))
   yield ("train", lambda: _checkpoints(workdir) >= checkpoint,
-         rng.uniform(0, 2 * piece * worker.CHECKPOINT_EVERY))
+         rng.uniform(0, piece * worker.CHECKPOINT_EVERY / 2))
   yield ("linear_eval", lambda: _count(workdir, os.path.join(
-      FOLDERS["linear_eval"], "features", "train", "*.npz")) >= features, rng.uniform(0, piece))
+      FOLDERS["linear_eval"], "features", "train", "*.npz")) >= features,
+         rng.uniform(0, piece / 2))
   yield ("robustness", lambda: _count(workdir, os.path.join(
-      FOLDERS["robustness"], "conditions", "*_*.json")) >= conditions, rng.uniform(0, piece))
+      FOLDERS["robustness"], "conditions", "*_*.json")) >= conditions,
+         rng.uniform(0, piece / 2))
+  # The report draws its three figures, FIGURE_S each, once its folder is made.
   yield ("report", lambda: os.path.isdir(os.path.join(workdir, "report")),
          rng.uniform(0, 2 * FIGURE_S))
 
@@ -115,7 +122,7 @@ def _wait_for(proc: subprocess.Popen, reached) -> bool:
     if proc.poll() is not None:
       return False
     assert time.monotonic() < deadline, "the study made no progress"
-    time.sleep(0.002)
+    time.sleep(0.005)
   return True
 
 
