@@ -149,9 +149,11 @@ def test_a_study_killed_in_every_stage_ends_with_the_uninterrupted_report(tmp_pa
   for aim, reached, delay in _targets(np.random.default_rng(SEED), killed):
     logs.append(str(tmp_path / f"{len(logs)}.log"))
     proc = _start(data_dir, killed, logs[-1])
-    if _wait_for(proc, reached):
-      time.sleep(delay)
-    proc.kill()
+    try:
+      if _wait_for(proc, reached):
+        time.sleep(delay)
+    finally:
+      proc.kill()
     assert proc.wait() in (0, -signal.SIGKILL), open(logs[-1]).read()[-3000:]
     landed.append((aim, _landed(killed)))
     now = _pieces(killed)
@@ -169,6 +171,10 @@ def test_a_study_killed_in_every_stage_ends_with_the_uninterrupted_report(tmp_pa
   assert finished == {name: 1 for name in finished} and len(finished) == len(FOLDERS), finished
   with open(os.path.join(straight, "report", "report.csv"), "rb") as f:
     expected = f.read()
+  for row in (b"classification,Contrastive attn. teacher,linear_cached/top1,",
+              b"robustness,Contrastive attn. teacher,robustness/mce,",
+              b"alignment,Teacher,alignment/model/nss,"):
+    assert row in expected, expected  # every stage's numbers are in it
   with open(os.path.join(killed, "report", "report.csv"), "rb") as f:
     assert f.read() == expected  # byte for byte: the report holds no time or path
   assert os.path.exists(os.path.join(killed, "report", "report.md"))
