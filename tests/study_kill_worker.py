@@ -22,6 +22,10 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  import ml_collections
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -52,8 +56,11 @@ def build_data(data_dir: str) -> None:
         file_format="array_record")
 
 
-def study_config(data_dir: str):
-  """configs/study.py with sizes only reduced, on the data of :func:`build_data`."""
+def study_config(data_dir: str) -> ml_collections.ConfigDict:
+  """configs/study.py reduced, on the data of :func:`build_data`: one row and seed,
+  every stage but retrieval and alignment, the tiny models, few steps, shards and
+  conditions, no online probe or robustness retrieval; the tests' compilation cache
+  (the environment's) rather than one in the workdir, so that every run shares it."""
   from attn_contrastive import config as config_lib
   from helpers import TINY_MODEL, TINY_RESNET
   c = config_lib.load_config_file(os.path.join(os.path.dirname(HERE), "configs", "study.py"))
@@ -149,7 +156,6 @@ def main() -> None:
   parser.add_argument("--read_s", type=float, default=0.0)
   parser.add_argument("--figure_s", type=float, default=0.0)
   args = parser.parse_args()
-  import helpers  # noqa: F401  (the tests' JAX settings)
   from absl import flags, logging
   from attn_contrastive import main as main_lib
   flags.FLAGS(sys.argv[:1])  # absl's defaults, as main's app.run leaves them
