@@ -22,7 +22,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 #: the workers' ends, instead of one worker finishing a long test alone.
 LONGEST_FIRST = ("test_preemption", "test_multiprocess", "test_imagenet_chain", "test_signals",
                  "test_interrupt", "test_train_step",
-                 "test_workers", "test_kills", "test_remote_paths", "test_attention")
+                 "test_workers", "test_study_kills", "test_kills", "test_remote_paths", "test_attention")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -275,6 +275,34 @@ def test_resume_after_kill_matches_straight_run(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_restored_state_has_a_fresh_states_types_so_resuming_reuses_its_program(tmp_path):
+  """Every leaf restored from a checkpoint has the fresh state's dtype, weak type and
+  sharding: the jitted step's inputs are then the same, and so is its program (a
+  resumed run finds it in the persistent compilation cache instead of compiling)."""
+  from attn_contrastive.train import checkpoint as ckpt_lib
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return nn.BatchNorm(use_running_average=not train)(nn.Dense(3)(x))
+
+  mesh = mesh_lib.make_mesh()
+  fresh = create_train_state(Linear(), optax.sgd(0.1, momentum=0.9),
+                             jax.ShapeDtypeStruct((1, 4), jnp.float32), 0,
+                             mesh_lib.replicated(mesh))
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(2, fresh.replace(step=fresh.step + 2))
+  restored, step = ckpt.restore(fresh)
+  ckpt.close()
+  assert step == int(restored.step) == 2
+
+  def types(state):
+    return [(jax.tree_util.keystr(path), x.dtype, x.weak_type, x.sharding)
+            for path, x in jax.tree_util.tree_leaves_with_path(state)]
+
+  assert types(restored) == types(fresh)
+  assert (fresh.step.dtype, fresh.step.weak_type) == (jnp.int32, False)
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
   config = tiny_config()
   loop.run(config, str(tmp_path), _toy_task(config), stop_at=2)

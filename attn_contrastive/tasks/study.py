@@ -14,7 +14,8 @@ the other in this process, in ``<workdir>/``::
 
 A stage whose ``results.json`` exists is skipped, and a training stage
 killed half-way resumes from its checkpoint, so a killed study restarted
-with the same command goes on where it stopped. The report is rewritten
+with the same command goes on where it stopped and ends with the report an
+uninterrupted study writes (``tests/test_study_kills.py``). The report is rewritten
 after every seed, so a study cut short still leaves the tables of what ran.
 """
 from __future__ import annotations

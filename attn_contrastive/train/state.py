@@ -45,15 +45,19 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
   """Initialises the model and optimiser directly into ``sharding``.
 
   An integer seed draws from :func:`init_key` (the same parameters on CPU,
-  GPU and TPU); an explicit key may be passed instead.
+  GPU and TPU); an explicit key may be passed instead. The step is a strong
+  int32, as a checkpoint restores it (flax's weakly typed 0 would not be): a
+  resumed run then steps with the program a fresh run compiled, found in the
+  persistent compilation cache, rather than compiling another.
   """
   rng = init_key(seed) if isinstance(seed, int) else seed
 
   def init(rng):
     variables = model.init(rng, jnp.zeros(sample_input.shape, sample_input.dtype),
                            train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              batch_stats=variables.get("batch_stats", {}), tx=tx)
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
   return jax.jit(init, out_shardings=sharding)(rng)
 
