@@ -56,7 +56,7 @@ KEY_METRICS = {
     "supervised": ("eval/accuracy", "eval/loss", "loss"),
     "teacher": ("teacher/nss", "teacher/cc", "teacher/kld", "center_bias/nss",
                 "center_bias/cc"),
-    "label": ("images_labelled", "images_per_s", "shards_written"),
+    "label": ("maps", "images_labelled", "images_per_s", "shards_written"),
     "alignment": ("alignment/model/nss", "alignment/model/cc", "alignment/model/kld",
                   "alignment/center_bias/nss", "alignment/center_bias/cc",
                   "alignment/gradcam/nss", "alignment/gradcam/cc"),

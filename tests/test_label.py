@@ -91,6 +91,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, teacher):
     am.AttentionMapSource(killed)
   r = label.write_maps(c, killed, teacher=teacher, source=src)
   assert r["shards_written"] == 2  # the finished shard is not redone
+  assert (r["maps"], r["shards"]) == (len(src), 3)
   a, b = _files(tmp_path / "straight"), _files(killed)
   for i in range(3):
     np.testing.assert_array_equal(a[i][0], b[i][0])

@@ -179,8 +179,9 @@ def load_teacher(config):
 
 def write_maps(config, workdir: str, *, teacher=None, source=None,
                stop_after_shards: int | None = None) -> dict[str, Any]:
-  """Labels ``config.data.split``; returns what ``results.json`` holds: shards
-  written, images labelled and images/s, summed over processes.
+  """Labels ``config.data.split``; returns what ``results.json`` holds: the maps
+  and shards of the folder, and this run's shards written, images labelled
+  and images/s, summed over processes.
 
   ``teacher`` (``(model, variables)``) and ``source`` replace the checkpoint
   and the tfds split (tests); ``stop_after_shards`` stops early, as a killed
@@ -230,6 +231,8 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
       bar.update(1)
     bar.close()
   results = _totals(written, images, time.perf_counter() - t0)
+  # The folder's size beside this run's work, which a resumed run makes partial.
+  results.update(maps=len(source), shards=num_shards)
   # Undecodable images of this run, over every process (their maps are all zero).
   results["bad_images"] = results_lib.bad_images(
       [source.log] if getattr(source, "log", None) is not None else [])
