@@ -3,6 +3,7 @@ ImageNet-like dataset is what the real pipeline reads."""
 import os
 import sys
 
+import cv2
 import numpy as np
 
 from attn_contrastive.data import attention_maps as am
@@ -29,6 +30,7 @@ def test_benchmark_runs_on_a_few_images(tmp_path):
   assert all(r["views_per_s"] > 0 and r["views_per_core_s"] > 0 for r in out["pipeline"])
   assert 0 < out["cores_for_target"]["device"] and out["cpu"]["model"]
   assert 0 < out["cores_for_target"]["host"]
+  assert cv2.getNumThreads() == 1  # the pipeline's records run in parallel, not OpenCV's stripes
 
 
 def test_dataset_records_and_maps_line_up(tmp_path):
