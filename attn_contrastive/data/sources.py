@@ -144,8 +144,9 @@ class FlatRecordSource:
   for images and texts, ``int`` for labels) at about half its CPU per record,
   which a training run pays for every view it makes: tfds goes through its
   generic nested-feature machinery and a NumPy array per feature. A record
-  lacking a feature (a file cut short) goes to tfds's parser, which decides
-  as it always has.
+  lacking a feature (a file cut short), or a source whose records are not
+  serialized (tfds's mocked data), goes to tfds's parser, which decides as it
+  always has.
   """
 
   def __init__(self, source, kinds: dict[str, str]):
@@ -155,7 +156,10 @@ class FlatRecordSource:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    feature = _EXAMPLE.FromString(self.source.data_source[index]).features.feature
+    serialized = self.source.data_source[index]
+    if not isinstance(serialized, bytes):  # a source that is not serialized records
+      return self.source[index]
+    feature = _EXAMPLE.FromString(serialized).features.feature
     try:
       return {name: (feature[name].bytes_list.value[0] if kind == "bytes"
                      else feature[name].int64_list.value[0])
