@@ -13,7 +13,10 @@ run uses, end to end: ``sources.open_split`` (tfds data source: record read,
 row's transform (two SimCLR views at 224 px with their 28×28 maps) and
 ``pipeline.train_iterator`` (grain: shuffle, ``random_map``, batch, threads,
 worker processes), for each ``--settings`` entry ``THREADSxWORKERS``
-(``input.num_threads`` × ``input.num_workers``) and each ``--views_on`` path.
+(``input.num_threads`` × ``input.num_workers``) and each ``--views_on`` path,
+``--rounds`` times round by round (every setting and path once a round, so
+that a burst of other load on a shared machine hits them alike; the median
+is reported).
 
 Reported per setting: views/s (wall clock), the CPU cores the pipeline kept
 busy (CPU seconds of this process and its worker processes over wall
@@ -203,6 +206,16 @@ def time_pipeline(joined, transform, *, threads: int, workers: int, batch: int,
           "busy_cores": cpu / wall, "views_per_core_s": views / max(cpu, 1e-9)}
 
 
+def median_run(views_on: str, timed: list[dict[str, float]]) -> dict[str, Any]:
+  """One setting's rounds as one row: each rate's median, and every round's views/s
+  per core."""
+  row = dict(timed[0], views_on=views_on)
+  for key in ("views_per_s", "busy_cores", "views_per_core_s"):
+    row[key] = float(np.median([t[key] for t in timed]))
+  row["views_per_core_s_runs"] = [t["views_per_core_s"] for t in timed]
+  return row
+
+
 def reduced_decode_share(shapes, out_size: int = 224, area_min: float = 0.08,
                          samples: int = 20000, seed: int = 0) -> dict[str, float]:
   """Per image shape, the share of images whose two SimCLR crops both shrink by more
@@ -251,19 +264,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for name, rate in pieces.items():
     print(f"  {name:24s} {rate['cpu']:7.1f} ({rate['wall']:7.1f}) images/s "
           f"{1e3 / rate['cpu']:6.2f} ms/image")
-  rows = []
-  print(f"\npipeline, batch {args.batch}, {args.batches} batches after {args.warmup}:")
+  runs: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+  for _ in range(args.rounds):  # round by round, so that a burst of load hits every setting
+    for views_on in args.views_on.split(","):
+      for threads, workers in parse_settings(args.settings):
+        runs.setdefault((views_on, threads, workers), []).append(time_pipeline(
+            joined, transform if views_on == "host" else device_transform, threads=threads,
+            workers=workers, batch=args.batch, batches=args.batches, warmup=args.warmup,
+            prefetch=args.prefetch))
+  rows = [median_run(views_on, timed) for (views_on, _, _), timed in runs.items()]
+  print(f"\npipeline, batch {args.batch}, {args.batches} batches after {args.warmup}, median "
+        f"of {args.rounds} rounds (views/s per core: lowest-highest):")
   print(f"  {'views on':>8s} {'threads':>7s} {'workers':>7s} {'in flight':>9s} "
         f"{'views/s':>9s} {'busy cores':>10s} {'views/s/core':>12s}")
-  for views_on in args.views_on.split(","):
-    for threads, workers in parse_settings(args.settings):
-      row = time_pipeline(joined, transform if views_on == "host" else device_transform,
-                          threads=threads, workers=workers, batch=args.batch,
-                          batches=args.batches, warmup=args.warmup, prefetch=args.prefetch)
-      rows.append(dict(row, views_on=views_on))
-      print(f"  {views_on:>8s} {threads:7d} {workers:7d} {row['in_flight']:9d} "
-            f"{row['views_per_s']:9.1f} {row['busy_cores']:10.2f} "
-            f"{row['views_per_core_s']:12.1f}")
+  for row in rows:
+    print(f"  {row['views_on']:>8s} {row['threads']:7d} {row['workers']:7d} "
+          f"{row['in_flight']:9d} {row['views_per_s']:9.1f} {row['busy_cores']:10.2f} "
+          f"{row['views_per_core_s']:12.1f} ({min(row['views_per_core_s_runs']):.0f}-"
+          f"{max(row['views_per_core_s_runs']):.0f})")
   cores = {}
   for views_on in args.views_on.split(","):
     best = max(r["views_per_core_s"] for r in rows if r["views_on"] == views_on)
@@ -296,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="comma-separated aug.views_on paths the pipeline is timed with")
   p.add_argument("--batch", type=int, default=64, help="images per batch")
   p.add_argument("--batches", type=int, default=30, help="timed batches per setting")
+  p.add_argument("--rounds", type=int, default=3,
+                 help="times every setting is timed, round by round; the median is reported")
   p.add_argument("--warmup", type=int, default=4, help="untimed batches first")
   p.add_argument("--prefetch", type=int, default=4,
                  help="grain's prefetch buffer in batches (input.prefetch; 0: the number "

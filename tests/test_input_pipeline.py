@@ -3,9 +3,11 @@ ImageNet-like dataset is what the real pipeline reads."""
 import os
 import sys
 
+import cv2
 import numpy as np
 
 from attn_contrastive.data import attention_maps as am
+from attn_contrastive.data import sources
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import imagenet_like  # noqa: E402
@@ -28,11 +30,13 @@ def test_benchmark_runs_on_a_few_images(tmp_path):
   assert all(r["views_per_s"] > 0 and r["views_per_core_s"] > 0 for r in out["pipeline"])
   assert 0 < out["cores_for_target"]["device"] and out["cpu"]["model"]
   assert 0 < out["cores_for_target"]["host"]
+  assert cv2.getNumThreads() == 1  # the pipeline's records run in parallel, not OpenCV's stripes
 
 
 def test_dataset_records_and_maps_line_up(tmp_path):
-  """JPEG records of ImageNet's shapes, read through ``sources.open_split``, joined
-  index by index to maps written by the label task's writers (3 shards)."""
+  """JPEG records of ImageNet's shapes, read through ``sources.open_split`` (each
+  record parsed as tfds parses it), joined index by index to maps written by the
+  label task's writers (3 shards)."""
   images, joined, data_dir = imagenet_like.prepare(str(tmp_path), 7, maps_per_shard=3)
   assert len(images) == len(joined) == 7
   shapes = {(h, w) for h, w, _ in imagenet_like.SHAPES}
@@ -42,6 +46,12 @@ def test_dataset_records_and_maps_line_up(tmp_path):
     assert record["image"].shape[:2] in shapes
     assert record["attention_map"].shape == (64, 64) and record["attention_map"].max() == 255
   assert am.read_metadata(os.path.join(data_dir, "maps_3"))["num_shards"] == 3
+  flat = images.source.source  # parsed straight from the tf.Example: as tfds parses it
+  assert isinstance(flat, sources.FlatRecordSource)
+  for i in range(7):
+    mine, tfds_own = flat[i], flat.source[i]
+    assert mine == tfds_own and {k: type(v) for k, v in mine.items()} == {
+        "image": bytes, "label": int, "file_name": bytes}
 
 
 def test_half_scale_decoding_rarely_fits_imagenet_shapes():

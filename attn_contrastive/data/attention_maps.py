@@ -14,12 +14,14 @@ record's key instead of trusting the order.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import concurrent.futures
 import dataclasses
 import hashlib
 import io
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -111,6 +113,20 @@ def _member(f, zf: zipfile.ZipFile, name: str) -> _Member:
   offset = (info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + npy_header
             if stored else None)
   return _Member(offset, dtype, tuple(shape), fortran_order)
+
+
+def _mapped(path: epath.Path, layout: dict[str, _Member]) -> dict[str, np.ndarray]:
+  """A local shard's arrays as read-only views of one memory map of its file.
+
+  One ``mmap`` for both members (``np.memmap`` would open and map the file once per
+  array, at several times the cost: a shuffled read opens a shard for nearly every
+  map); the map lives as long as an array viewing it.
+  """
+  with open(os.fspath(path), "rb") as f:
+    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+  return {key: np.ndarray(m.shape, m.dtype, buffer=buffer, offset=m.offset,
+                          order="F" if m.fortran_order else "C")
+          for key, m in layout.items()}
 
 
 def _rerun_hint(path: epath.Path) -> str:
@@ -259,7 +275,7 @@ class AttentionMapSource:
                    num_examples=num_examples, teacher=teacher)
     n, s = self.metadata["source"]["num_examples"], self.metadata["num_shards"]
     self._ranges = shard_ranges(n, s)
-    self._starts = np.array([a for a, _ in self._ranges])
+    self._starts = [a for a, _ in self._ranges]
     self._paths = [epath.Path(shard_path(maps_dir, i, s)) for i in range(s)]
     missing = [i for i, p in enumerate(self._paths) if not p.exists()]
     if missing:
@@ -314,9 +330,7 @@ class AttentionMapSource:
     """Shard ``index``'s arrays: memory-mapped if it can be, else read whole."""
     path, layout = self._paths[index], self._layouts[index]
     if self.memory_map and all(m.offset is not None for m in layout.values()):
-      return {key: np.memmap(os.fspath(path), dtype=m.dtype, mode="r", offset=m.offset,
-                             shape=m.shape, order="F" if m.fortran_order else "C")
-              for key, m in layout.items()}
+      return _mapped(path, layout)
     try:
       with np.load(io.BytesIO(path.read_bytes())) as z:  # one read, also remote
         return {"maps": z["maps"], "keys": z["keys"]}
@@ -342,7 +356,7 @@ class AttentionMapSource:
     i = int(i)
     if not 0 <= i < len(self):
       raise IndexError(i)
-    s = int(np.searchsorted(self._starts, i, side="right") - 1)
+    s = bisect.bisect_right(self._starts, i) - 1
     shard = self._shard(s)
     j = i - self._ranges[s][0]
     # A copy (4 KB), so that a record never keeps a shard open.

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import cv2
 import grain
 import jax
 import numpy as np
@@ -59,15 +60,24 @@ class ContrastiveViews:
   aug: Any  # config.aug
   map_size: int | None = None
 
+  @functools.cached_property
+  def _view_args(self) -> dict[str, Any]:
+    """The views' keyword arguments, read from ``aug`` once (a config lookup per
+    record costs more than a crop box's draws)."""
+    return dict(out_size=self.image_size, strength=self.aug.strength,
+                p_jitter=self.aug.p_jitter, p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
+                area_range=(self.aug.area_min, 1.0), map_size=self.map_size,
+                jitter_impl=self.aug.jitter_impl)
+
+  @functools.cached_property
+  def _on_device(self) -> bool:
+    return self.aug.get("views_on", "host") == "device"
+
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
     out = {}
     attn_map = example["attention_map"] if self.map_size else None
-    on_device = self.aug.get("views_on", "host") == "device"
+    on_device, args = self._on_device, self._view_args
     for i, name in enumerate(("view1", "view2"), 1):
-      args = dict(out_size=self.image_size, strength=self.aug.strength,
-                  p_jitter=self.aug.p_jitter, p_gray=self.aug.p_gray, p_blur=self.aug.p_blur,
-                  area_range=(self.aug.area_min, 1.0), map_size=self.map_size,
-                  jitter_impl=self.aug.jitter_impl)
       if on_device:
         out[name], map_view, out[f"colour{i}"] = augment.simclr_geometry(
             rng, example["image"], attn_map, **args)
@@ -96,8 +106,12 @@ class CoTrainViews:
   map_size: int
   human_source: Any
 
+  @functools.cached_property
+  def _views(self) -> ContrastiveViews:
+    return ContrastiveViews(self.image_size, self.aug)
+
   def __call__(self, example: Example, rng: np.random.Generator) -> Example:
-    out = ContrastiveViews(self.image_size, self.aug)(example, rng)
+    out = self._views(example, rng)
     human = self.human_source[int(rng.integers(len(self.human_source)))]
     view, map_view = augment.supervised_train_view(
         rng, human["image"], human["saliency_map"],
@@ -177,6 +191,18 @@ class TeacherTrainView:
 
 
 
+def one_opencv_thread() -> None:
+  """Turns OpenCV's own thread pool off in this process.
+
+  The pipeline runs records in parallel (``input.num_threads`` threads,
+  ``input.num_workers`` processes); OpenCV's pool would split each 224-px
+  crop into stripes for threads that the pipeline's own threads already
+  occupy, spending more CPU handing them out and waiting than it saves. The
+  pixels are the same either way.
+  """
+  cv2.setNumThreads(1)
+
+
 def local_batch_size(global_batch: int) -> int:
   n = jax.process_count()
   if global_batch % n:
@@ -201,8 +227,10 @@ def train_iterator(source, transform: Callable[[Example, np.random.Generator], E
   The stream is a function of the seed alone, so a resumed run needs no saved
   iterator state: after step ``s`` the next global batch is batch ``s``
   (``start_batch=s``), whatever the number of processes or worker processes
-  before and after.
+  before and after. OpenCV runs on one thread in every process that makes
+  the views (:func:`one_opencv_thread`).
   """
+  one_opencv_thread()
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(transform)
   ds = ds[jax.process_index()::jax.process_count()]
@@ -310,6 +338,7 @@ def init_worker(parent: int, worker_index: int, worker_count: int,
   """
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  one_opencv_thread()
 
   def watch():
     while os.getppid() == parent:
