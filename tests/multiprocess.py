@@ -15,6 +15,31 @@ import time
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
 
+def share_compilation_cache() -> None:
+  """Lets the processes of one run read each other's entries of the persistent
+  compilation cache (conftest.py's), as one process of many devices reads its own.
+
+  JAX keys an entry by, among others, the fingerprint of XLA:CPU's topology, which
+  differs from process to process: process 1 would then find nothing that process 0
+  wrote (only process 0 writes) and compile every program again at each restart of
+  a test's run. Here the devices of the run (global ids, their processes) stand for
+  that fingerprint: the same in every process, and the cache lives in this host's
+  temporary folder, keyed as well by the jaxlib version and the XLA flags. Call it
+  after ``jax.distributed.initialize`` (it starts no backend: the package's XLA flags
+  may still be added); a one-process run keeps JAX's own key.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import cache_key  # pylint: disable=g-import-not-at-top
+  if not jax.distributed.is_initialized():
+    return
+
+  def hash_devices(hash_obj, devices) -> None:
+    hash_obj.update(repr([(d.platform, d.device_kind, d.id, d.process_index)
+                          for d in devices.flat]).encode())
+
+  cache_key._hash_accelerator_config = hash_devices  # pylint: disable=protected-access
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
