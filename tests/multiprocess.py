@@ -14,6 +14,18 @@ import time
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
+#: XLA:CPU's quickest compilation, in the test runner (tests/conftest.py) and in every
+#: process a test starts: LLVM at -O0, and the elemental IR emitters for fusions instead
+#: of the MLIR fusion emitters, which take several times longer on the tests' small
+#: programs. The tiny programs compile for much longer than they run: only faster
+#: machine code is given up, not what the programs compute.
+COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int) -> str:
+  """``XLA_FLAGS`` of a test process of ``devices`` CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}"
+
 
 def share_compilation_cache() -> None:
   """Lets the processes of one run read each other's entries of the persistent
@@ -48,9 +60,7 @@ def free_port() -> int:
 
 def start(plan, processes: int, devices: int, log_dir: str, tag: str):
   """Starts ``processes`` workers of ``devices`` CPU devices each; returns the Popens."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0")  # as tests/conftest.py
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
   port, procs = free_port(), []
   for p in range(processes):
     args = [sys.executable, WORKER, f"--plan={json.dumps(plan)}"]
