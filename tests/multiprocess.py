@@ -2,7 +2,9 @@
 
 Processes talk through ``jax.distributed`` (a coordinator on a free local port)
 and XLA:CPU's gloo collectives: the same code paths as hosts of a pod, on CPU
-devices.
+devices. Also what every process of the tests shares: XLA:CPU's quickest
+compilation (:func:`xla_flags`) and, across the processes of one run, the
+persistent compilation cache (:func:`share_compilation_cache`).
 """
 import json
 import os
@@ -18,7 +20,8 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_w
 #: process a test starts: LLVM at -O0, and the elemental IR emitters for fusions instead
 #: of the MLIR fusion emitters, which take several times longer on the tests' small
 #: programs. The tiny programs compile for much longer than they run: only faster
-#: machine code is given up, not what the programs compute.
+#: machine code is given up; the operations are the same, rounded in float32 either way
+#: (the tests' tolerances are those of float rounding, not of one emitter's code).
 COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
