@@ -1,15 +1,16 @@
 """Test setup: eight virtual CPU devices for sharding tests, a persistent compilation
 cache so that identical programs compile once per machine, and XLA:CPU's quickest
-compilation (LLVM at -O0: the suite's tiny programs compile for much longer than
-they run: only faster machine code is given up)."""
+compilation (multiprocess.COMPILE_FLAGS: the suite's tiny programs compile for much
+longer than they run: only faster machine code is given up)."""
 import logging
 import os
 import tempfile
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0")
+import multiprocess
+
+os.environ.setdefault("XLA_FLAGS", multiprocess.xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",

@@ -34,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fakes import colours  # noqa: E402  (NumPy only: before JAX starts)
+import multiprocess  # noqa: E402
 
 _FLAGS = argparse.ArgumentParser()
 _FLAGS.add_argument("--plan", required=True)
@@ -182,6 +183,7 @@ def main():
   import jax
   if args.num_processes > 1:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    multiprocess.share_compilation_cache()
   from attn_contrastive.train import preemption
   stages = {"train": train, "copy": copy, "label": label, "eval": evaluate,
             "gallery": gallery}

@@ -2,7 +2,9 @@
 
 Processes talk through ``jax.distributed`` (a coordinator on a free local port)
 and XLA:CPU's gloo collectives: the same code paths as hosts of a pod, on CPU
-devices.
+devices. Also what every process of the tests shares: XLA:CPU's quickest
+compilation (:func:`xla_flags`) and, across the processes of one run, the
+persistent compilation cache (:func:`share_compilation_cache`).
 """
 import json
 import os
@@ -14,6 +16,44 @@ import time
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 
+#: XLA:CPU's quickest compilation, in the test runner (tests/conftest.py) and in every
+#: process a test starts: LLVM at -O0, and the elemental IR emitters for fusions instead
+#: of the MLIR fusion emitters, which take several times longer on the tests' small
+#: programs. The tiny programs compile for much longer than they run: only faster
+#: machine code is given up; the operations are the same, rounded in float32 either way
+#: (the tests' tolerances are those of float rounding, not of one emitter's code).
+COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int) -> str:
+  """``XLA_FLAGS`` of a test process of ``devices`` CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}"
+
+
+def share_compilation_cache() -> None:
+  """Lets the processes of one run read each other's entries of the persistent
+  compilation cache (conftest.py's), as one process of many devices reads its own.
+
+  JAX keys an entry by, among others, the fingerprint of XLA:CPU's topology, which
+  differs from process to process: process 1 would then find nothing that process 0
+  wrote (only process 0 writes) and compile every program again at each restart of
+  a test's run. Here the devices of the run (global ids, their processes) stand for
+  that fingerprint: the same in every process, and the cache lives in this host's
+  temporary folder, keyed as well by the jaxlib version and the XLA flags. Call it
+  after ``jax.distributed.initialize`` (it starts no backend: the package's XLA flags
+  may still be added); a one-process run keeps JAX's own key.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import cache_key  # pylint: disable=g-import-not-at-top
+  if not jax.distributed.is_initialized():
+    return
+
+  def hash_devices(hash_obj, devices) -> None:
+    hash_obj.update(repr([(d.platform, d.device_kind, d.id, d.process_index)
+                          for d in devices.flat]).encode())
+
+  cache_key._hash_accelerator_config = hash_devices  # pylint: disable=protected-access
+
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -23,9 +63,7 @@ def free_port() -> int:
 
 def start(plan, processes: int, devices: int, log_dir: str, tag: str):
   """Starts ``processes`` workers of ``devices`` CPU devices each; returns the Popens."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0")  # as tests/conftest.py
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
   port, procs = free_port(), []
   for p in range(processes):
     args = [sys.executable, WORKER, f"--plan={json.dumps(plan)}"]

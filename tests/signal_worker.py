@@ -123,8 +123,10 @@ def study(workdir: str, read_s: float) -> None:
 def main() -> None:
   args = _FLAGS.parse_args()
   import jax
+  import multiprocess
   if args.num_processes > 1:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    multiprocess.share_compilation_cache()
   import helpers  # noqa: F401  (the tests' JAX settings)
   from attn_contrastive import paths, workdir_lock
   from attn_contrastive.train import preemption

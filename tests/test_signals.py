@@ -41,9 +41,7 @@ PIECES = {"label": ("shard-*.npz", signal_worker.SHARDS),
 
 def _start(job: str, workdir: str, log_dir: str, tag: str, read_s: float,
            straight: str | None = None) -> list[subprocess.Popen]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-             "--xla_backend_optimization_level=0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=multiprocess.xla_flags(1))
   port, procs = multiprocess.free_port(), []
   for p in range(2):
     args = [sys.executable, WORKER, f"--job={job}", f"--workdir={workdir}",
