@@ -114,8 +114,16 @@ def read_bytes(path: PathLike) -> bytes:
   return epath.Path(path).read_bytes()
 
 
-def read_json(path: PathLike) -> Any:
-  return json.loads(read_text(path))
+def read_json(path: PathLike, *, fix: str | None = None) -> Any:
+  """The JSON file at ``path``. With ``fix`` (what rebuilds the file), a damaged one
+  raises ValueError naming the file, the fault and ``fix``."""
+  if fix is None:
+    return json.loads(read_text(path))
+  try:
+    return json.loads(read_text(path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}): it was damaged after it was "
+                     f"written. {fix}") from None
 
 
 def write_text(path: PathLike, text: str) -> None:

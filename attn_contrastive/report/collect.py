@@ -14,7 +14,6 @@ task's) is ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -112,13 +111,9 @@ def _results_files(roots: Sequence[str]) -> Iterator[str]:
 
 def _read_json(path: str) -> Any:
   """A results or config file; a damaged one is refused naming it and the fix."""
-  try:
-    return paths.read_json(path)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(
-        f"{path} is not valid JSON ({e}): it was damaged after its run wrote it. Delete "
-        "it and run that run's command again (a study's command redoes the stage), or "
-        "leave its folder out of the report's roots") from None
+  return paths.read_json(path, fix=(
+      "Delete it and run that run's command again (a study's command redoes the stage), "
+      "or leave its folder out of the report's roots"))
 
 
 def _evaluation(workdir: str, results: Mapping[str, Any]) -> Entry:

@@ -20,7 +20,6 @@ after every seed, so a study cut short still leaves the tables of what ran.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable
@@ -51,13 +50,9 @@ def is_done(workdir: str) -> bool:
 
 def read_results(path: str) -> Any:
   """``results.json`` at ``path``; a damaged one raises naming the file and the fix."""
-  try:
-    return paths.read_json(path)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(
-        f"{path} is not valid JSON ({e}): it was damaged after its stage wrote it. "
-        f"Delete it and run the same study command again: that stage is redone (a "
-        "training stage resumes from its last checkpoint), the others are skipped") from None
+  return paths.read_json(path, fix=(
+      "Delete it and run the same study command again: that stage is redone (a training "
+      "stage resumes from its last checkpoint), the others are skipped"))
 
 
 def stage_kind(name: str) -> str:
