@@ -105,13 +105,20 @@ def _on_second_interrupt() -> None:
   raise KeyboardInterrupt("second Ctrl-C")
 
 
+def _note_ctrl_c(signum) -> bool:
+  """Whether ``signum`` is Ctrl-C, noting it; the second one stops at once."""
+  if signum != signal.SIGINT:
+    return False
+  if _interrupted.is_set():
+    _on_second_interrupt()
+  _interrupted.set()
+  return True
+
+
 def _on_signal(signum, frame) -> None:
   """A preemption signal stops the task where it is; Ctrl-C at the next :func:`check`."""
   del frame
-  if signum == signal.SIGINT:
-    if _interrupted.is_set():
-      _on_second_interrupt()
-    _interrupted.set()
+  if _note_ctrl_c(signum):
     logging.warning("Ctrl-C: stopping at the next shard, condition or stage boundary, "
                     "keeping the finished ones (Ctrl-C again to stop at once)")
     return
@@ -156,10 +163,7 @@ def _to_preemption_service(signum, frame) -> None:
   """Several processes: SIGUSR1 and Ctrl-C reach JAX's preemption service as SIGTERM
   (a second Ctrl-C stops at once)."""
   del frame
-  if signum == signal.SIGINT:
-    if _interrupted.is_set():
-      _on_second_interrupt()
-    _interrupted.set()
+  _note_ctrl_c(signum)
   logging.warning("%s: stopping at the next shard, condition, stage or step boundary "
                   "that every process reaches", "Ctrl-C" if signum == signal.SIGINT
                   else signal.Signals(signum).name)
@@ -256,10 +260,7 @@ class Watcher:
 
   def _on_signal(self, signum, frame) -> None:
     del frame
-    if signum == signal.SIGINT:
-      if _interrupted.is_set():
-        _on_second_interrupt()
-      _interrupted.set()
+    _note_ctrl_c(signum)
     if not self._signalled.is_set():
       name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
       logging.warning("%s: saving at the next step boundary, then stopping%s", name,
