@@ -278,13 +278,14 @@ def test_supervised_run_scores_every_kind_on_the_outline(runs, tmp_path):
                                              "protocol": "supervised"}
   _check_examples(str(tmp_path), ("activations", "gradcam"),
                   {"activations": (8, 8), "gradcam": (4, 4)})
-  # Both kinds of map recomputed from the network's stage outputs (model.apply, op by
-  # op: the task's come from a jitted program, the same sums rounded otherwise), then
-  # their NSS at the human fixations, against examples.npz and results.json.
+  # Both kinds of map recomputed from the network's stage outputs (model.apply, one
+  # program of its own: the task's come from another, the same sums rounded otherwise),
+  # then their NSS at the human fixations, against examples.npz and results.json.
   _, model, variables = runs["supervised"]
   run = runs_lib.read_config(run_dir)
   human = human_squares()
-  out = model.apply(variables, standardise(human.images), train=False)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, standardise(human.images))
   activations = _activation_maps(out, ("conv3", "conv4"))
   gradcam_maps, cancel = _gradcam_maps(run, variables, out)
   with np.load(tmp_path / saliency_eval.EXAMPLES_FILE) as z:

@@ -45,7 +45,8 @@ def test_attention_loss_matches_numpy(quantile):
   teacher = {"conv3": rng.random((4, 8, 8)).astype(np.float32) * 3,
              "conv4": rng.random((4, 4, 4)).astype(np.float32)}
   teacher["conv3"][0, :4] = 0.0  # zeros in the target: KLD terms drop out
-  loss, metrics = losses.attention_loss(logits, teacher, 1.0, 0.5, quantile)
+  loss, metrics = jax.jit(losses.attention_loss, static_argnums=(2, 3, 4))(
+      logits, teacher, 1.0, 0.5, quantile)
   expected = _np_attention_loss(logits, teacher, 1.0, 0.5, quantile)
   np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
   assert set(metrics) == {"attn_kld/conv3", "attn_nss/conv3", "attn_kld/conv4", "attn_nss/conv4"}

@@ -184,7 +184,8 @@ def _check_alignment(run_dir, out_dir, model, c):
   assert r["alignment/classifier"] is None and "alignment/gradcam" not in r
   variables = ckpt_lib.load_variables(run_dir)
   images = human.images
-  out = model.apply(variables, normalize_images(images), train=False)
+  # One program, not the network op by op (each operation would compile on its own).
+  out = jax.jit(lambda v, x: model.apply(v, normalize_images(x), train=False))(variables, images)
   dens = _np_head_density(out["attention_logits"])
   assert dens.shape == (6, 8, 8)
   np.testing.assert_allclose(alignment.model_density(out, ("conv3", "conv4"), "heads"), dens,
@@ -273,9 +274,9 @@ def test_pretrain_on_labelled_maps_runs(tmp_path, teacher, monkeypatch):
   # is their weighted mean, near 0 for heads this close to their start: atol 1e-5.
   params, stats, batch, last = steps[-1]
   assert metrics["attn_nss/conv3"] == pytest.approx(float(last["attn_nss/conv3"]))
-  out = model.apply({"params": params, "batch_stats": stats},
-                    standardise(np.concatenate([batch["view1"], batch["view2"]])),
-                    train=True, mutable=["batch_stats"])[0]
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+  out = forward({"params": params, "batch_stats": stats},
+                standardise(np.concatenate([batch["view1"], batch["view2"]])))
   maps = np.concatenate([batch["map1"], batch["map2"]])
   for stage, logits in out["attention_logits"].items():
     want = _np_head_nss(logits, maps, logits.shape[1:])

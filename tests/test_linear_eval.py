@@ -129,13 +129,14 @@ def test_linear_eval_keeps_the_encoder_frozen_and_writes_the_outline(simclr_run,
   assert protocol == "linear"
   np.testing.assert_array_equal(kernel, seen["head"]["head"]["kernel"])
   # The linear protocol's top-1, recomputed: that head on the frozen encoder's pooled
-  # features of the validation split's centre crops, the network applied here op by
-  # op (the task's features come from a jitted program: the same network rounded
+  # features of the validation split's centre crops, the network applied here as a
+  # program of its own (the task's features come from another: the same network rounded
   # otherwise, rtol 1e-5 as test_multiprocess's error model for features).
   val = colours(20, 2)
   crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
   encoder = simclr_from_config(config.model).encoder
-  feats = np.asarray(encoder.apply(seen["before"], standardise(crops), train=False)["pooled"])
+  feats = np.asarray(jax.jit(lambda v, x: encoder.apply(v, x, train=False)["pooled"])(
+      seen["before"], standardise(crops)))
   top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
   ties = _near_ties(feats, kernel, bias, 1e-5 + feats.shape[1] * EPS32)
   assert abs(top1 - written["linear/top1"]) <= ties + 1e-6, (top1, written["linear/top1"])
@@ -163,8 +164,8 @@ def test_supervised_run_is_scored_with_its_own_classifier(tmp_path):
                              dataset_version="test", mesh=mesh_lib.make_mesh(8))
   assert {"supervised/top1", "supervised/top5"} <= set(out) and "linear/top1" not in out
   crops = np.stack([pipeline.EvalView(SIZE)(val[i])["image"] for i in range(len(val))])
-  logits = np.asarray(model.apply(variables, standardise(crops), train=False)["logits"],
-                      np.float64)
+  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])(
+      variables, standardise(crops)), np.float64)
   ranks = (logits > logits[np.arange(len(val)), val.labels][:, None]).sum(1)
   # The task's logits: the same network jitted over 8 devices, rounded otherwise
   # (rtol 1e-5, as for features): only rows whose top two are that close may differ.
@@ -323,10 +324,10 @@ def test_robustness_scores_the_linear_evaluation_under_corruption_and_resumes(si
   images = np.stack([image_corruptions.corrupt(view(val[i])["image"], "gaussian_noise", 5,
                                          corruption_rng(0, "gaussian_noise", 5, i))
                      for i in range(len(val))])
-  feats = np.asarray(forward.predict(encoder, jnp.float32, "pooled")(frozen, images))
+  feats = np.asarray(jax.jit(forward.predict(encoder, jnp.float32, "pooled"))(frozen, images))
   top1 = np.mean(np.argmax(feats @ kernel + bias, -1) == val.labels)
   top1s = out["robustness/top1"]
-  # The task's features come from a jitted program, these op by op: the same
+  # The task's features come from a jitted program, these from one of their own: the same
   # network rounded otherwise (test_multiprocess's error model: rtol 1e-5).
   ties = _near_ties(feats, kernel, bias, 1e-5 + feats.shape[1] * EPS32)
   assert abs(top1s["gaussian_noise"][1] - top1) <= ties + 1e-6  # (written in float32)

@@ -305,23 +305,26 @@ def batch():
 
 
 def test_jax_agrees_with_numpy(batch):
+  """Each metric as one program (as the evaluation runs it), against NumPy's."""
   pred, gt, fix = batch
   f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  jm_cc, jm_nss = jax.jit(jm.cc), jax.jit(jm.nss)
+  kld, nss_from_logits = jax.jit(jm.kld_from_logits), jax.jit(jm.nss_from_logits)
   np.testing.assert_allclose(
-      jm.cc(f32(pred), f32(gt)), [sm.cc(p, g) for p, g in zip(pred, gt)], rtol=1e-4, atol=1e-5)
+      jm_cc(f32(pred), f32(gt)), [sm.cc(p, g) for p, g in zip(pred, gt)], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(
-      jm.nss(f32(pred), f32(fix)), [sm.nss(p, f) for p, f in zip(pred, fix)], rtol=1e-4, atol=1e-5)
+      jm_nss(f32(pred), f32(fix)), [sm.nss(p, f) for p, f in zip(pred, fix)], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(
-      jm.kld_from_logits(f32(np.log(pred)), f32(gt)), [sm.kld(p, g) for p, g in zip(pred, gt)],
+      kld(f32(np.log(pred)), f32(gt)), [sm.kld(p, g) for p, g in zip(pred, gt)],
       rtol=1e-4, atol=1e-5)
   probs = pred / pred.sum(axis=(1, 2), keepdims=True)
   np.testing.assert_allclose(
-      jm.nss_from_logits(f32(np.log(pred)), f32(fix)), [sm.nss(p, f) for p, f in zip(probs, fix)],
+      nss_from_logits(f32(np.log(pred)), f32(fix)), [sm.nss(p, f) for p, f in zip(probs, fix)],
       rtol=1e-4, atol=1e-5)
   # A trailing channel axis of size 1 is accepted.
   np.testing.assert_allclose(
-      jm.cc(f32(pred)[..., None],
-            f32(gt)[..., None]), jm.cc(f32(pred), f32(gt)))
+      jm_cc(f32(pred)[..., None],
+            f32(gt)[..., None]), jm_cc(f32(pred), f32(gt)))
 
 
 def test_jax_density_nss(batch):
@@ -367,7 +370,8 @@ def test_jax_gradients(batch):
     assert bool(jnp.all(jnp.isfinite(g))), name
     assert float(jnp.abs(g).max()) > 0, name
   # Constant prediction: zero, finite gradient (no NaN from the std).
-  g = jax.grad(lambda x: jm.cc(x, gt).sum() + jm.nss(x, fixf).sum())(jnp.ones_like(pred))
+  g = jax.jit(jax.grad(lambda x: jm.cc(x, gt).sum() + jm.nss(x, fixf).sum()))(
+      jnp.ones_like(pred))
   assert bool(jnp.all(jnp.isfinite(g)))
 
 

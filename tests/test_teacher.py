@@ -183,11 +183,12 @@ def test_short_run_learns_and_writes_results(tmp_path, monkeypatch):
       {"params": state.params, "batch_stats": state.batch_stats}, ex["image"])
   np.testing.assert_allclose(ex["map/teacher"], predicted, rtol=1e-4, atol=1e-7)
   # NSS, written out on the same images and fixations: the trained teacher's density
-  # (model.apply op by op), upsampled to the human map's 16 px, at each image's fixated
-  # pixels. The evaluation's densities come from a jitted program: the same sums
-  # rounded otherwise (rtol 1e-5), moving z-scores of order 1 by about as much.
-  log_density = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                            standardise(source.images), train=False)["log_density"]
+  # (model.apply, one program of its own), upsampled to the human map's 16 px, at each
+  # image's fixated pixels. The evaluation's densities come from another jitted program:
+  # the same sums rounded otherwise (rtol 1e-5), moving z-scores of order 1 by about as
+  # much.
+  log_density = jax.jit(lambda v, x: model.apply(v, x, train=False)["log_density"])(
+      {"params": state.params, "batch_stats": state.batch_stats}, standardise(source.images))
   density = np.exp(np.asarray(log_density, np.float64))
   want = np.mean([nss(bilinear(d, (SIZE, SIZE)), source[i]["fixations"])
                   for i, d in enumerate(density)])

@@ -171,14 +171,22 @@ def _reference_steps(model, config, variables, batch, steps):
                   momentum=o.momentum, nesterov=False)
   loss_and_grad = jax.jit(jax.value_and_grad(functools.partial(_paper_loss, model, config)))
   inputs_of = jax.jit(functools.partial(_batchnorm_inputs, model))
+
+  @jax.jit
+  def apply_lars(grads, opt_state, params):
+    """optax's update as one program: run op by op, its hundreds of small operations
+    would each compile on their own."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
   params, stats = variables["params"], variables["batch_stats"]
-  opt_state, losses = tx.init(params), []
+  opt_state, losses = jax.jit(tx.init)(params), []
   for _ in range(steps):
     loss, grads = loss_and_grad(params, stats, batch, targets)
     new_stats = _running_statistics(stats, inputs_of(params, stats, batch),
                                     config.model.bn_momentum)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params, stats = optax.apply_updates(params, updates), new_stats
+    params, opt_state = apply_lars(grads, opt_state, params)
+    stats = new_stats
     losses.append(float(loss))
   return losses, jax.device_get(params), stats
 

@@ -40,7 +40,6 @@ from attn_contrastive import paths, progress
 from attn_contrastive.data import attention_maps as am
 from attn_contrastive.data import canvases
 from attn_contrastive.data import images as images_lib
-from attn_contrastive.data import sources
 from attn_contrastive.evaluators import results as results_lib
 from attn_contrastive.models.teacher import (canvas_density, input_hw, inside,
                                              teacher_from_config)
@@ -190,6 +189,7 @@ def write_maps(config, workdir: str, *, teacher=None, source=None,
   paths.makedirs(workdir)
   model, variables = teacher if teacher is not None else load_teacher(config)
   if source is None:
+    from attn_contrastive.data import sources  # tfds, only when the split is opened here
     source = sources.open_config_split(config.data, config.data.split)
   meta = metadata(config, len(source))
   _write_metadata(workdir, meta)

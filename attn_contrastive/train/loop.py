@@ -26,7 +26,6 @@ from attn_contrastive import paths
 from attn_contrastive import progress
 from attn_contrastive.config_checks import TORCHVISION_INIT
 from attn_contrastive.data import images
-from attn_contrastive.data import pipeline
 from attn_contrastive.evaluators import common as eval_lib
 from attn_contrastive.train import checkpoint as ckpt_lib
 from attn_contrastive.train import mesh as mesh_lib
@@ -241,6 +240,7 @@ def run(config, workdir: str, task: TaskSpec, *, stop_at: int | None = None,
   state = _restore(config, state, ckpt)
   first_step = int(state.step) + 1
   _record_bad_images(task.train_source, workdir)  # before grain's workers copy the source
+  from attn_contrastive.data import pipeline  # grain, only in a process that trains
   data_iter = pipeline.train_iterator(
       task.train_source, task.train_transform, seed=config.seed, global_batch=batch,
       num_threads=config.input.num_threads, prefetch=config.input.prefetch,
