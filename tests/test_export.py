@@ -101,13 +101,18 @@ def images(n=3, seed=0):
                                                dtype=np.uint8)
 
 
+def _predicted(model, variables, x, output: str | None = None):
+  """The project's float32 outputs for ``x`` (all, or ``output``), as one program."""
+  return jax.device_get(jax.jit(forward.predict(model, np.float32, output))(variables, x))
+
+
 @SHARED_RUNS
 def test_torchvision_export_of_simclr_computes_the_same(workdirs, tmp_path):
   run_dir, model, variables = workdirs["pretrain"]
   formats.export(run_dir, "torchvision", str(tmp_path))
   modules = torch_models.load(str(tmp_path))
   x = images()
-  ours = jax.device_get(jax.jit(forward.predict(model, np.float32))(variables, x))
+  ours = _predicted(model, variables, x)
   with torch.no_grad():
     feats = torch_models.stage_outputs(modules["encoder"], torch_models.normalize(x))
     pooled = modules["encoder"](torch_models.normalize(x))
@@ -135,7 +140,7 @@ def test_onnx_export_of_simclr_with_heads_takes_any_batch(workdirs, tmp_path):
   run_dir, model, variables = workdirs["pretrain"]
   formats.export(run_dir, "onnx", str(tmp_path))
   x = images()
-  ours = jax.device_get(jax.jit(forward.predict(model, np.float32))(variables, x))
+  ours = _predicted(model, variables, x)
   for rows in (slice(0, 1), slice(None)):  # traced with a batch of 2
     theirs = _onnx_outputs(str(tmp_path), x[rows])
     assert sorted(theirs) == ["attention_conv3", "attention_conv4", "pooled", "projection"]
@@ -152,7 +157,7 @@ def test_supervised_run_with_heads_in_torch_and_onnx(workdirs, tmp_path):
   formats.export(run_dir, "torchvision", str(tmp_path / "tv"))
   formats.export(run_dir, "onnx", str(tmp_path / "onnx"))
   x = images(seed=7)
-  ours = jax.device_get(jax.jit(forward.predict(model, np.float32))(variables, x))
+  ours = _predicted(model, variables, x)
   modules = torch_models.load(str(tmp_path / "tv"))
   with torch.no_grad():
     logits = modules["encoder"](torch_models.normalize(x))
@@ -174,7 +179,7 @@ def test_teacher_log_density_in_torch_and_onnx(workdirs, tmp_path):
   formats.export(run_dir, "torchvision", str(tmp_path / "tv"))
   formats.export(run_dir, "onnx", str(tmp_path / "onnx"))
   x = images(seed=8)
-  ours = jax.device_get(jax.jit(forward.predict(model, np.float32, "log_density"))(variables, x))
+  ours = _predicted(model, variables, x, "log_density")
   modules = torch_models.load(str(tmp_path / "tv"))
   with torch.no_grad():
     _, log_density = modules["teacher"](torch_models.normalize(x))
@@ -201,8 +206,7 @@ def test_linear_eval_classifier_and_the_hugging_face_folder(workdirs, tmp_path):
   assert "| linear/mCE | 0.8125 |" in card and "hf upload" in card and "CVPR" in card
   modules = torch_models.load(str(tmp_path / "hf"))
   x = images(seed=9)
-  pooled = np.asarray(jax.device_get(
-      jax.jit(forward.predict(model, np.float32, "pooled"))(variables, x)))
+  pooled = np.asarray(_predicted(model, variables, x, "pooled"))
   with torch.no_grad():
     logits = modules["classifier"](modules["encoder"](torch_models.normalize(x)))
   assert close(pooled @ kernel + bias, logits) < RTOL
